@@ -8,7 +8,7 @@ another writes it sees either the whole old file, the whole new one, or none.
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -63,14 +63,15 @@ def save_arrays(name: str, arrays: Mapping[str, np.ndarray]) -> Path:
     """
     path = entry_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary file lives beside the entry so that the rename never crosses file systems.
-    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=_TEMP_SUFFIX)
+    # The temporary file lives beside the entry so that the rename never crosses file systems, and its name is
+    # unique so that processes writing the same entry at once do not write into one file.
+    temp_path = path.with_name(f".{name}.{os.getpid()}.{uuid.uuid4().hex}{_TEMP_SUFFIX}")
     try:
-        with os.fdopen(descriptor, "wb") as temp_file:
+        with temp_path.open("xb") as temp_file:
             np.savez(temp_file, **arrays)
-        os.replace(temp_name, path)
+        os.replace(temp_path, path)
     except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+        temp_path.unlink(missing_ok=True)
         raise
     return path
 

@@ -2,10 +2,15 @@
 
 Layers, in order (NHWC; shapes for one 8×8×1 image)::
 
-    conv1  3×3, 1→16, SAME   → bn1 → ReLU          (8, 8, 16)
-    conv2  3×3, 16→32, SAME  → bn2 → ReLU → max-pool 2×2   (4, 4, 32)
-    flatten                                        (512,)
-    dense  512→10                                  (10,)  logits
+    conv1    3×3, 1→16, SAME     (8, 8, 16)
+    bn1, ReLU
+    conv2    3×3, 16→32, SAME    (8, 8, 32)
+    bn2, ReLU
+    max-pool 2×2, stride 2       (4, 4, 32)
+    flatten                      (512,)
+    dense    512→10              (10,)  logits
+
+10,026 parameters, plus 96 batch-norm running statistics.
 
 Every layer that quantization touches (conv1, conv2, dense) is an attribute of that name, so a chapter reads
 ``model.conv1.kernel`` directly. BatchNorm follows each conv, as in the networks that BN folding is for.
@@ -17,6 +22,8 @@ statistics and updates the running ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +31,7 @@ from flax import nnx
 
 from quantref.data import IMAGE_SHAPE, NUM_CLASSES
 
-__all__ = ["LAYER_NAMES", "DigitsCNN", "forward_with_activations", "accuracy"]
+__all__ = ["LAYER_NAMES", "DigitsCNN", "forward_with_activations", "map_kernels", "accuracy"]
 
 LAYER_NAMES = ("conv1", "conv2", "dense")
 
@@ -72,7 +79,11 @@ class DigitsCNN(nnx.Module):
 
 
 def forward_with_activations(
-    model: DigitsCNN, x: jax.Array, *, train: bool = False
+    model: DigitsCNN,
+    x: jax.Array,
+    *,
+    train: bool = False,
+    activation_fn: Callable[[str, jax.Array], jax.Array] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Runs the model and records the input and output of every conv and dense layer.
 
@@ -83,6 +94,9 @@ def forward_with_activations(
       model: the CNN.
       x: float32 images, shape ``(N, 8, 8, 1)``.
       train: batch-norm mode, as in :meth:`DigitsCNN.__call__`.
+      activation_fn: if given, ``activation_fn(name, value)`` replaces every recorded ``"<layer>.input"`` before the
+        layer consumes it — the hook through which chapters fake-quantize activations. The recorded value is the
+        replaced one.
 
     Returns:
       ``(logits, activations)``, where ``activations`` maps ``"<layer>.input"`` and ``"<layer>.output"`` for
@@ -91,20 +105,41 @@ def forward_with_activations(
     """
     use_running_average = not train
     activations: dict[str, jax.Array] = {}
+    hook = activation_fn or (lambda name, value: value)
 
-    activations["conv1.input"] = x
+    x = activations["conv1.input"] = hook("conv1.input", x)
     x = activations["conv1.output"] = model.conv1(x)
     x = nnx.relu(model.bn1(x, use_running_average=use_running_average))
 
-    activations["conv2.input"] = x
+    x = activations["conv2.input"] = hook("conv2.input", x)
     x = activations["conv2.output"] = model.conv2(x)
     x = nnx.relu(model.bn2(x, use_running_average=use_running_average))
     x = nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))
 
     x = x.reshape(x.shape[0], -1)
-    activations["dense.input"] = x
+    x = activations["dense.input"] = hook("dense.input", x)
     logits = activations["dense.output"] = model.dense(x)
     return logits, activations
+
+
+def map_kernels(model: DigitsCNN, kernel_fn: Callable[[str, jax.Array], jax.Array]) -> DigitsCNN:
+    """A copy of the model with every conv and dense kernel replaced by ``kernel_fn(name, kernel)``.
+
+    The original model is left unchanged; biases and batch-norm statistics are copied as they are. This is how
+    chapters put fake-quantized weights into the model.
+
+    Args:
+      model: the CNN.
+      kernel_fn: maps a layer name from ``LAYER_NAMES`` and its kernel to the new kernel (same shape and dtype).
+
+    Returns:
+      The new model.
+    """
+    clone = nnx.clone(model)
+    for name in LAYER_NAMES:
+        kernel = getattr(clone, name).kernel
+        kernel[...] = kernel_fn(name, kernel[...])
+    return clone
 
 
 @nnx.jit
