@@ -2,7 +2,7 @@
 
 A chapter is a plain Python script in jupytext "percent" format: a line ``# %%`` starts a code cell and
 ``# %% [markdown]`` starts a prose cell whose lines are markdown behind ``# ``. ``python chapters/02_affine.py``
-runs it as a script; :func:`render_chapter` runs the same cells one by one in a single namespace and writes a page
+runs it as a script; `render_chapter` runs the same cells one by one in a single namespace and writes a page
 with each cell's source, its printed output and the matplotlib figures it left open.
 
 Why in-process and not a Jupyter kernel: every chapter imports JAX and trains or loads the same model, so rendering
@@ -19,19 +19,23 @@ import io
 import re
 import shutil
 import sys
+import traceback
 import types
 import warnings
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:  # matplotlib is imported only when a chapter is rendered
+    from matplotlib.figure import Figure
 
 CELL_MARKER = re.compile(r"^# %%(.*)$")
 CHAPTER_GLOB = "[0-9][0-9]_*.py"
 
 
 class ChapterError(RuntimeError):
-    """A chapter cell raised while rendering; the message names the chapter, the cell and its line."""
+    """A chapter cell raised while rendering; the message names the chapter, the cell and the line."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,7 @@ def _fence(text: str, lang: str) -> str:
     return f"{ticks}{lang}\n{text}\n{ticks}"
 
 
-def _alt_text(figure, number: int) -> str:
+def _alt_text(figure: Figure, number: int) -> str:
     """A figure's suptitle or first axes title, for the image's alt text."""
     titles = [figure.get_suptitle()] + [axes.get_title() for axes in figure.axes]
     title = next((t for t in titles if t), f"Figure {number}")
@@ -133,7 +137,7 @@ def render_chapter(script: Path, out_dir: Path, *, echo: bool = True) -> Path:
         The path of the written markdown page.
 
     Raises:
-        ChapterError: a cell raised; the message names the chapter, the cell number and its first line.
+        ChapterError: a cell raised; the message names the chapter, the cell number and the script line.
     """
     import matplotlib
 
@@ -174,8 +178,10 @@ def render_chapter(script: Path, out_dir: Path, *, echo: bool = True) -> Path:
                     with redirect_stdout(output):
                         exec(code, module.__dict__)
                 except Exception as error:
+                    frames = traceback.extract_tb(error.__traceback__)
+                    line = next((f.lineno for f in reversed(frames) if f.filename == str(script)), cell.line)
                     raise ChapterError(
-                        f"{script.name}: cell {index} (line {cell.line}) raised {type(error).__name__}: {error}"
+                        f"{script.name}: cell {index} (line {line}) raised {type(error).__name__}: {error}"
                     ) from error
                 text = output.getvalue().rstrip()
                 if text.strip():
@@ -184,7 +190,7 @@ def render_chapter(script: Path, out_dir: Path, *, echo: bool = True) -> Path:
                     figure = plt.figure(number)
                     figure_count += 1
                     name = f"fig{figure_count}.png"
-                    figure.savefig(fig_dir / name, dpi=100, bbox_inches="tight", metadata={"Software": None})
+                    figure.savefig(fig_dir / name, dpi=120, bbox_inches="tight", metadata={"Software": None})
                     parts.append(f"![{_alt_text(figure, figure_count)}]({stem}/{name})")
                     plt.close(figure)
     finally:

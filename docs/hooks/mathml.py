@@ -3,8 +3,10 @@
 ``pymdownx.arithmatex`` with ``generic: true`` leaves ``$...$`` as ``<span class="arithmatex">\\(...\\)</span>`` and
 ``$$...$$`` (and ``\\begin{env}...``) as ``<div class="arithmatex">\\[...\\]</div>``, with the TeX HTML-escaped
 (``&lt;``, ``&amp;``). This hook unescapes it, converts it with ``latex2mathml`` and puts the ``<math>`` element in
-its place (inside the same span/div); browsers render MathML natively (Chromium since 109, Firefox, Safari). TeX that does not convert is left
-as it is and logged as a warning, which fails ``mkdocs build --strict``.
+its place, inside the same span/div; browsers render MathML natively (Chromium since 109, Firefox, Safari). TeX that
+does not convert, or uses a command latex2mathml does not know, is logged as a warning, which fails
+``mkdocs build --strict``. Docstrings shown by mkdocstrings go through the same path, so write their math as
+``$...$`` and ``$$...$$`` too (not reST ``:math:`` roles).
 """
 
 from __future__ import annotations
@@ -18,12 +20,9 @@ from latex2mathml.converter import convert
 log = logging.getLogger("mkdocs.hooks.mathml")
 
 ARITHMATEX = re.compile(r'<(span|div) class="arithmatex">(.*?)</\1>', re.DOTALL)
+UNKNOWN_COMMAND = re.compile(r"<m[io]>(\\[A-Za-z]+)</m[io]>")
+CODE = re.compile(r"<(pre|code)\b.*?</\1>", re.DOTALL)
 DELIMITERS = {"span": (r"\(", r"\)"), "div": (r"\[", r"\]")}
-
-
-def tex_to_mathml(tex: str, *, display: bool) -> str:
-    """Convert one TeX formula (without delimiters) to a ``<math>`` element."""
-    return convert(tex.strip(), display="block" if display else "inline")
 
 
 def on_page_content(html_text: str, page, **kwargs) -> str:
@@ -35,10 +34,17 @@ def on_page_content(html_text: str, page, **kwargs) -> str:
         if tex.startswith(opening) and tex.endswith(closing):
             tex = tex[len(opening) : -len(closing)]
         try:
-            # Keep the wrapper: Material styles div.arithmatex to scroll sideways when a formula is too wide.
-            return f'<{tag} class="arithmatex">{tex_to_mathml(tex, display=tag == "div")}</{tag}>'
+            mathml = convert(tex.strip(), display="block" if tag == "div" else "inline")
         except Exception as error:  # latex2mathml raises assorted exception types on unsupported TeX
             log.warning("%s: cannot convert TeX to MathML (%s): %s", page.file.src_uri, error, tex)
             return match.group(0)
+        unknown = UNKNOWN_COMMAND.findall(mathml)
+        if unknown:  # latex2mathml prints commands it does not know as text instead of failing
+            log.warning("%s: TeX command(s) %s unknown to latex2mathml in: %s", page.file.src_uri, unknown, tex)
+        # Keep the wrapper: Material styles div.arithmatex to scroll sideways when a formula is too wide.
+        return f'<{tag} class="arithmatex">{mathml}</{tag}>'
 
-    return ARITHMATEX.sub(replace, html_text)
+    html_text = ARITHMATEX.sub(replace, html_text)
+    if "$$" in CODE.sub("", html_text):  # arithmatex only sees a $$ block that is a paragraph of its own
+        log.warning("%s: a $$ block was not recognised as math: put blank lines around it", page.file.src_uri)
+    return html_text
