@@ -170,13 +170,27 @@ def _params(x, scale, zero_point, fmt, axis, block_size):
     return x, scale, zero_point, axis
 
 
+def _divide(numerator: jax.Array, denominator: jax.Array | float) -> jax.Array:
+    """``numerator / denominator`` in float32, correctly rounded (IEEE division), elementwise.
+
+    XLA's algebraic simplifier rewrites ``a / broadcast(b)`` and ``a / constant`` as ``a * (1 / b)``, which is off
+    by one ulp for about one quotient in seven and so moves codes near ties (and scales off the formula by an
+    ulp). Selecting the denominator per element (1 where the numerator is NaN, whose quotient is NaN either way)
+    makes it something other than a broadcast, so the true division survives — and still fuses into one loop,
+    without materialising a full-size denominator.
+    """
+    numerator = jnp.asarray(numerator, jnp.float32)
+    denominator = jnp.where(jnp.isnan(numerator), jnp.float32(1), jnp.asarray(denominator, jnp.float32))
+    return numerator / denominator
+
+
 @functools.partial(jax.jit, static_argnames=("qmin", "qmax", "axis", "block_size", "rounding"))
 def _quantize_codes(x, scale, zero_point, key, *, qmin, qmax, axis, block_size, rounding):
     """The integer codes as float32: ``clamp(round(x / s) + z)``, NaN mapped to qmin."""
     scale = expand_param(scale.astype(jnp.float32), x.shape, axis, block_size)
     zero_point = expand_param(zero_point.astype(jnp.float32), x.shape, axis, block_size)
     # A true division, not a multiply by 1/s: x/s and x*(1/s) differ near ties (see rounding chapter).
-    codes = round_to_int(x.astype(jnp.float32) / scale, rounding, key) + zero_point
+    codes = round_to_int(_divide(x, scale), rounding, key) + zero_point
     return jnp.clip(codes, qmin, qmax)
 
 
@@ -389,7 +403,7 @@ def scale_zero_point(
 
     Raises:
       ValueError: if ``symmetric_divisor`` is unknown, ``min_val`` and ``max_val`` differ in shape, or
-        ``min_val > max_val`` somewhere (when concrete).
+        ``min_val > max_val`` or either is NaN or infinite somewhere (when concrete).
     """
     _check_format(fmt)
     if symmetric_divisor not in ("qmax", "half_levels"):
@@ -402,8 +416,12 @@ def scale_zero_point(
     max_val = jnp.asarray(max_val, jnp.float32)
     if min_val.shape != max_val.shape:
         raise ValueError(f"min_val and max_val must have the same shape, got {min_val.shape} and {max_val.shape}")
-    if _is_concrete(min_val) and _is_concrete(max_val) and np.any(np.asarray(min_val) > np.asarray(max_val)):
-        raise ValueError("min_val must be <= max_val everywhere")
+    if _is_concrete(min_val) and _is_concrete(max_val):
+        # A NaN range would pass the ordering check below and give a NaN scale.
+        if not (np.all(np.isfinite(np.asarray(min_val))) and np.all(np.isfinite(np.asarray(max_val)))):
+            raise ValueError("min_val and max_val must be finite everywhere")
+        if np.any(np.asarray(min_val) > np.asarray(max_val)):
+            raise ValueError("min_val must be <= max_val everywhere")
     return _scale_zero_point(
         min_val,
         max_val,
@@ -428,9 +446,9 @@ def _scale_zero_point(min_val, max_val, *, qmin, qmax, signed, bits, symmetric, 
         if not signed:
             # An unsigned symmetric grid is centred on 2^(b-1): the half that holds positive values is qmax - mid.
             d = (qmax - 2 ** (bits - 1)) if divisor == "qmax" else (qmax - qmin) / 2
-        scale = jnp.maximum(jnp.maximum(-lo, hi) / d, min_scale)
+        scale = jnp.maximum(_divide(jnp.maximum(-lo, hi), d), min_scale)
         zero_point = jnp.full(scale.shape, 0 if signed else 2 ** (bits - 1), jnp.int32)
         return scale, zero_point
-    scale = jnp.maximum((hi - lo) / (qmax - qmin), min_scale)
-    zero_point = jnp.clip(qmin - jnp.round(lo / scale), qmin, qmax).astype(jnp.int32)
+    scale = jnp.maximum(_divide(hi - lo, qmax - qmin), min_scale)
+    zero_point = jnp.clip(qmin - jnp.round(_divide(lo, scale)), qmin, qmax).astype(jnp.int32)
     return scale, zero_point

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -148,13 +149,21 @@ def pack_int(values: jnp.ndarray | np.ndarray, bits: int) -> jnp.ndarray:
       A flat ``uint8`` array of ``ceil(size * bits / 8)`` bytes.
 
     Raises:
-      ValueError: if ``bits`` is not 1, 2 or 4.
+      ValueError: if ``bits`` is not 1, 2 or 4, or (for concrete ``values``) a value lies outside
+        ``-2**(bits-1)..2**bits - 1``, the union of the signed and unsigned grids, so would be silently truncated.
       TypeError: if ``values`` is not an integer array.
     """
     bits = _check_pack_bits(bits)
     values = jnp.asarray(values)
     if not jnp.issubdtype(values.dtype, jnp.integer):
         raise TypeError(f"values must be an integer array, got dtype {values.dtype}")
+    if not isinstance(values, jax.core.Tracer) and values.size:
+        lowest, highest = int(values.min()), int(values.max())
+        if lowest < -(1 << (bits - 1)) or highest > (1 << bits) - 1:
+            raise ValueError(
+                f"values must fit in {bits} bits ({-(1 << (bits - 1))}..{(1 << bits) - 1}), "
+                f"got values in [{lowest}, {highest}]"
+            )
     per_byte = 8 // bits
     flat = values.reshape(-1).astype(jnp.int32) & ((1 << bits) - 1)
     pad = (-flat.size) % per_byte
