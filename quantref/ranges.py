@@ -1,0 +1,968 @@
+"""Range estimation (calibration): streaming observers that choose the ``(min_val, max_val)`` to quantize over.
+
+The affine quantizer (:mod:`quantref.affine`) needs a real range; this module estimates it from data. Each method
+is an :class:`Observer`, a triple of pure functions in optax's ``(init, update)`` style:
+
+.. code-block:: python
+
+   observer = ranges.min_max(axis=0)
+   state = observer.init(first_batch)               # a NamedTuple of arrays: a pytree
+   for batch in batches:
+       state = jax.jit(observer.update)(state, batch)
+   min_val, max_val = observer.result(state)
+   scale, zero_point = affine.scale_zero_point(min_val, max_val, formats.INT8)
+
+(:func:`calibrate` runs that loop.) The methods, following the white paper's sec. 3.1:
+
+- :func:`min_max` — the data's extent :math:`[\\min x, \\max x]`;
+- :func:`abs_max` — the symmetric range :math:`\\pm \\max |x|`;
+- :func:`moving_average_min_max` — an exponential moving average of per-batch min and max (QAT-style);
+- :func:`percentile` — clip the tails at a percentile;
+- :func:`mse` — the clipping range that minimises :math:`\\lVert x - Q(x) \\rVert^2` (and :func:`mse_range`, its
+  exact non-streaming form);
+- :func:`entropy` — TensorRT's KL-divergence calibration.
+
+**Granularity.** Every observer takes ``axis`` and the min/max observers also take ``block_size``; results have
+the shapes :func:`quantref.affine.check_granularity` expects: scalars per tensor, ``(x.shape[axis],)`` per channel
+(statistics reduced over every other axis), and ``x.shape`` with ``x.shape[axis] → x.shape[axis] // block_size``
+per group (every other axis kept). Unlike :mod:`quantref.affine`, observers do not accept a ragged last group:
+``block_size`` must divide ``x.shape[axis]``. The histogram observers (percentile, mse, entropy) are per-tensor or
+per-channel only: a histogram per group (thousands of bins for every 32 or 128 weights) costs more memory than the
+tensor itself.
+
+**The histogram.** Percentile, MSE and entropy need the distribution, not just the extremes, and a stream cannot be
+read twice. :class:`HistogramState` keeps, for each sign, ``num_bins`` bins of :math:`|x|` over :math:`[0, 2^e)`,
+where :math:`2^e` is the smallest power of two strictly above every :math:`|x|` seen so far (starting from
+:math:`2^{-100}`; bin width :math:`w = 2^e / \\text{num\\_bins}`, magnitude bin :math:`\\lfloor |x| / w \\rfloor`).
+When a batch holds a larger value, the bound grows to :math:`2^{e+k}` and each old bin :math:`j` merges into bin
+:math:`j \\gg k`. Because :math:`\\lfloor \\lfloor |x|/w \\rfloor / 2^k \\rfloor = \\lfloor |x| / (2^k w) \\rfloor`
+and every division by a power of two is exact in floating point, a value lands in the same final bin whenever it
+arrived: the counts are bitwise the same however the data is split into batches and in whatever order. (A histogram
+over ``[min, max]`` re-binned by interpolation, as PyTorch's ``HistogramObserver`` does, depends on the batching.)
+The two signs are stored side by side as one signed histogram of ``2 * num_bins`` bins with edges at multiples of
+:math:`w`.
+
+**NaN and Inf.** Observers ignore non-finite values: every statistic is taken over the finite values only, so one
+overflowed activation does not destroy the range. A tensor (or channel, or group) with no finite value yet has the
+range ``(0, 0)``, which :func:`~quantref.affine.scale_zero_point` turns into its smallest scale. All-equal input
+gives ``(c, c)``; ``scale_zero_point`` widens every range to contain zero, so this is usable too.
+
+Statistics are float32 (inputs are cast to float32) and histogram counts are int32: at most :math:`2^{31} - 1`
+values per tensor or channel.
+
+References:
+  Nagel et al., "A White Paper on Neural Network Quantization", arXiv:2106.08295, 2021, sec. 3.1.
+  Krishnamoorthi, "Quantizing deep convolutional networks for efficient inference", arXiv:1806.08342, 2018.
+  Wu et al., "Integer Quantization for Deep Learning Inference: Principles and Empirical Evaluation",
+  arXiv:2004.09602, 2020 (max, percentile, entropy and MSE calibration compared).
+  Migacz, "8-bit Inference with TensorRT", GPU Technology Conference, 2017.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from quantref import affine, formats
+
+__all__ = [
+    "Observer",
+    "MinMaxState",
+    "MovingAverageState",
+    "HistogramState",
+    "min_max",
+    "abs_max",
+    "moving_average_min_max",
+    "percentile",
+    "mse",
+    "mse_range",
+    "entropy",
+    "histogram_edges",
+    "calibrate",
+    "OBSERVERS",
+    "observer_from_name",
+]
+
+ShapeOrExample = Any  # an array, a jax.ShapeDtypeStruct, or a shape tuple
+_MIN_EXPONENT = -100  # the histogram starts at [0, 2**-100): every |x| below that shares bin 0
+
+
+class Observer(NamedTuple):
+    """A range estimator as three pure functions.
+
+    Attributes:
+      init: ``init(x_example) -> state``; ``x_example`` is a batch (or anything with a ``.shape``, or a shape
+        tuple) that fixes the shape of the statistics.
+      update: ``update(state, x) -> state``; folds one batch in. Jit-able; the state is a NamedTuple of arrays.
+      result: ``result(state) -> (min_val, max_val)``, float32 arrays shaped for the granularity, ready for
+        :func:`quantref.affine.scale_zero_point`.
+    """
+
+    init: Callable[[ShapeOrExample], Any]
+    update: Callable[[Any, jax.Array], Any]
+    result: Callable[[Any], tuple[jax.Array, jax.Array]]
+
+
+class MinMaxState(NamedTuple):
+    """Running extremes over the finite values seen (``+inf``/``-inf`` where none yet)."""
+
+    min_val: jax.Array
+    max_val: jax.Array
+
+
+class MovingAverageState(NamedTuple):
+    """Exponential moving averages of per-batch extremes; ``seen`` marks entries that have had a finite value."""
+
+    min_val: jax.Array
+    max_val: jax.Array
+    seen: jax.Array
+
+
+class HistogramState(NamedTuple):
+    """A signed histogram on a power-of-two range (see the module docstring), plus the exact extremes.
+
+    Attributes:
+      counts: int32, shape ``stats_shape + (2 * num_bins,)``. Bin ``i`` holds the values in
+        ``[(i - num_bins) w, (i - num_bins + 1) w)`` for ``i >= num_bins`` and in ``((i - num_bins) w,
+        (i - num_bins + 1) w]`` below (each sign bins its magnitude), with ``w = 2**exponent / num_bins``.
+      exponent: int32, shape ``stats_shape``: every finite ``|x|`` seen is below ``2**exponent``.
+      min_val: float32, the smallest finite value seen (``+inf`` if none).
+      max_val: float32, the largest finite value seen (``-inf`` if none).
+    """
+
+    counts: jax.Array
+    exponent: jax.Array
+    min_val: jax.Array
+    max_val: jax.Array
+
+
+# --- granularity ------------------------------------------------------------------------------------------------
+
+
+def _check_granularity_args(axis: int | None, block_size: int | None, allow_groups: bool = True) -> None:
+    """Validate ``axis``/``block_size`` types when an observer is built (the shape comes later)."""
+    if axis is not None and (isinstance(axis, bool) or not isinstance(axis, (int, np.integer))):
+        raise ValueError(f"axis must be None or an int, got {axis!r}")
+    if block_size is None:
+        return
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"block_size must be None or a positive int, got {block_size!r}")
+    if axis is None:
+        raise ValueError(f"block_size={block_size} needs an axis to group along; got axis=None")
+    if not allow_groups:
+        raise ValueError(
+            f"block_size={block_size}: histogram observers (percentile, mse, entropy) are per-tensor or per-channel "
+            "only; use block_size=None, or min_max/abs_max for per-group ranges"
+        )
+
+
+def _stats_shape(x_shape: tuple[int, ...], axis: int | None, block_size: int | None) -> tuple[int, ...]:
+    """Shape of the statistics (= of the quantization parameters) for a batch of ``x_shape``."""
+    if axis is None:
+        return ()
+    ndim = len(x_shape)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis must be None or an int in [{-ndim}, {ndim - 1}] for a {ndim}-d input, got {axis}")
+    axis = axis % ndim
+    if block_size is None:
+        return (x_shape[axis],)
+    if x_shape[axis] % block_size:
+        raise ValueError(
+            f"block_size={block_size} must divide x.shape[{axis}]={x_shape[axis]}: observers do not accept a "
+            "ragged last group"
+        )
+    return x_shape[:axis] + (x_shape[axis] // block_size,) + x_shape[axis + 1 :]
+
+
+def _shape_of(x_example: ShapeOrExample) -> tuple[int, ...]:
+    if isinstance(x_example, tuple):
+        return tuple(int(d) for d in x_example)
+    return tuple(np.shape(x_example))  # reads .shape where there is one (arrays, jax.ShapeDtypeStruct)
+
+
+def _as_float32(x: jax.Array) -> jax.Array:
+    return jnp.asarray(x).astype(jnp.float32)
+
+
+def _check_batch(x: jax.Array, expected: tuple[int, ...], axis: int | None, block_size: int | None) -> None:
+    got = _stats_shape(x.shape, axis, block_size)
+    if got != expected:
+        raise ValueError(
+            f"x of shape {x.shape} gives statistics of shape {got}, but the state was initialised for {expected} "
+            f"(axis={axis}, block_size={block_size})"
+        )
+
+
+def _reduce(x: jax.Array, reducer: Callable[..., jax.Array], axis: int | None, block_size: int | None) -> jax.Array:
+    """Apply ``jnp.min``/``jnp.max`` over each tensor, channel or group."""
+    if axis is None:
+        return reducer(x)
+    axis = axis % x.ndim
+    if block_size is None:
+        return reducer(x, axis=tuple(a for a in range(x.ndim) if a != axis))
+    grouped = x.reshape(x.shape[:axis] + (x.shape[axis] // block_size, block_size) + x.shape[axis + 1 :])
+    return reducer(grouped, axis=axis + 1)
+
+
+def _batch_min_max(x: jax.Array, axis: int | None, block_size: int | None) -> tuple[jax.Array, jax.Array]:
+    """Min and max over the finite values; ``+inf``/``-inf`` where there are none."""
+    finite = jnp.isfinite(x)
+    batch_min = _reduce(jnp.where(finite, x, jnp.inf), jnp.min, axis, block_size)
+    batch_max = _reduce(jnp.where(finite, x, -jnp.inf), jnp.max, axis, block_size)
+    return batch_min, batch_max
+
+
+def _empty_to_zero(min_val: jax.Array, max_val: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Map ranges that have seen no finite value (``min > max``) to ``(0, 0)``."""
+    empty = min_val > max_val
+    return jnp.where(empty, 0.0, min_val), jnp.where(empty, 0.0, max_val)
+
+
+# --- min-max, abs-max, moving average ---------------------------------------------------------------------------
+
+
+def _min_max_observer(
+    axis: int | None, block_size: int | None, result: Callable[[MinMaxState], tuple[jax.Array, jax.Array]]
+) -> Observer:
+    _check_granularity_args(axis, block_size)
+
+    def init(x_example: ShapeOrExample) -> MinMaxState:
+        shape = _stats_shape(_shape_of(x_example), axis, block_size)
+        return MinMaxState(jnp.full(shape, jnp.inf, jnp.float32), jnp.full(shape, -jnp.inf, jnp.float32))
+
+    def update(state: MinMaxState, x: jax.Array) -> MinMaxState:
+        x = _as_float32(x)
+        _check_batch(x, state.min_val.shape, axis, block_size)
+        batch_min, batch_max = _batch_min_max(x, axis, block_size)
+        return MinMaxState(jnp.minimum(state.min_val, batch_min), jnp.maximum(state.max_val, batch_max))
+
+    return Observer(init, update, result)
+
+
+def min_max(axis: int | None = None, block_size: int | None = None) -> Observer:
+    """The data's extent: running minimum and maximum.
+
+    .. math::
+
+       \\text{min\\_val} = \\min_i x_i, \\qquad \\text{max\\_val} = \\max_i x_i
+
+    over every finite value of every batch (per tensor, channel or group). Exact and order-independent: feeding
+    the data in batches gives bitwise the same range as one pass. Never clips, so one outlier stretches the grid
+    for everything else (see :func:`percentile` and :func:`mse`).
+
+    References:
+      Nagel et al., "A White Paper on Neural Network Quantization", arXiv:2106.08295, 2021, sec. 3.1 ("Min-max").
+      Jacob et al., arXiv:1712.05877, 2017, sec. 3.
+
+    Args:
+      axis: ``None`` for per-tensor, else the channel (or group) axis.
+      block_size: group size along ``axis`` for per-group ranges; must divide ``x.shape[axis]``.
+
+    Returns:
+      An :class:`Observer` whose state is a :class:`MinMaxState`.
+
+    Raises:
+      ValueError: naming the argument, for a non-int ``axis``, a non-positive ``block_size``, or ``block_size``
+        without ``axis``; ``init``/``update`` raise for an axis out of range or a ``block_size`` that does not
+        divide the axis.
+    """
+    return _min_max_observer(axis, block_size, lambda state: _empty_to_zero(state.min_val, state.max_val))
+
+
+def abs_max(axis: int | None = None, block_size: int | None = None) -> Observer:
+    """The symmetric range :math:`\\pm \\max_i |x_i|` (for symmetric quantization).
+
+    .. math::
+
+       \\text{max\\_val} = -\\text{min\\_val} = \\max_i |x_i|
+
+    Shares :func:`min_max`'s state (:math:`\\max |x| = \\max(-\\min x, \\max x)`), so it is exact and
+    order-independent too.
+
+    References:
+      Nagel et al., "A White Paper on Neural Network Quantization", arXiv:2106.08295, 2021, sec. 2.2 and 3.1.
+
+    Args:
+      axis: ``None`` for per-tensor, else the channel (or group) axis.
+      block_size: group size along ``axis``; must divide ``x.shape[axis]``.
+
+    Returns:
+      An :class:`Observer` whose state is a :class:`MinMaxState` and whose result is ``(-a, a)``.
+
+    Raises:
+      ValueError: as :func:`min_max`.
+    """
+
+    def result(state: MinMaxState) -> tuple[jax.Array, jax.Array]:
+        min_val, max_val = _empty_to_zero(state.min_val, state.max_val)
+        bound = jnp.maximum(-min_val, max_val)
+        return -bound, bound
+
+    return _min_max_observer(axis, block_size, result)
+
+
+def moving_average_min_max(
+    momentum: float = 0.9, axis: int | None = None, block_size: int | None = None
+) -> Observer:
+    """Exponential moving average of each batch's minimum and maximum.
+
+    .. math::
+
+       m_1 = \\min x^{(1)}, \\qquad m_t = \\mu\\, m_{t-1} + (1 - \\mu) \\min x^{(t)}
+
+    and the same for the maximum. The first batch initialises the average (no bias towards a zero start); a batch
+    with no finite value in an entry leaves that entry unchanged. ``momentum`` :math:`\\mu` is the weight of the
+    *old* value. PyTorch's ``MovingAverageMinMaxObserver`` names the other weight: its ``averaging_constant``
+    :math:`c` (default 0.01) is :math:`1 - \\mu`, so PyTorch's default is ``momentum=0.99``; TensorFlow's
+    ``MovingAverageQuantize`` uses ``ema_decay=0.999`` :math:`= \\mu`. Unlike the other observers the result
+    depends on how the data is batched — by design, since it tracks a drifting distribution during training.
+
+    References:
+      Jacob et al., arXiv:1712.05877, 2017, sec. 3.1 (EMA of activation ranges during training).
+      Krishnamoorthi, arXiv:1806.08342, 2018, sec. 3.
+
+    Args:
+      momentum: weight :math:`\\mu \\in [0, 1]` of the running value (0: the last batch only; 1: the first batch).
+      axis: ``None`` for per-tensor, else the channel (or group) axis.
+      block_size: group size along ``axis``; must divide ``x.shape[axis]``.
+
+    Returns:
+      An :class:`Observer` whose state is a :class:`MovingAverageState`.
+
+    Raises:
+      ValueError: if ``momentum`` is outside ``[0, 1]``, or as :func:`min_max`.
+    """
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be a float in [0, 1], got {momentum!r}")
+    _check_granularity_args(axis, block_size)
+
+    def init(x_example: ShapeOrExample) -> MovingAverageState:
+        shape = _stats_shape(_shape_of(x_example), axis, block_size)
+        zeros = jnp.zeros(shape, jnp.float32)
+        return MovingAverageState(zeros, zeros, jnp.zeros(shape, bool))
+
+    def update(state: MovingAverageState, x: jax.Array) -> MovingAverageState:
+        x = _as_float32(x)
+        _check_batch(x, state.min_val.shape, axis, block_size)
+        batch_min, batch_max = _batch_min_max(x, axis, block_size)
+        present = batch_min <= batch_max
+
+        def average(old: jax.Array, new: jax.Array) -> jax.Array:
+            blended = momentum * old + (1.0 - momentum) * new
+            return jnp.where(present, jnp.where(state.seen, blended, new), old)
+
+        return MovingAverageState(
+            average(state.min_val, batch_min), average(state.max_val, batch_max), state.seen | present
+        )
+
+    def result(state: MovingAverageState) -> tuple[jax.Array, jax.Array]:
+        return state.min_val, state.max_val
+
+    return Observer(init, update, result)
+
+
+# --- the power-of-two histogram ---------------------------------------------------------------------------------
+
+
+def _check_num_bins(num_bins: int) -> int:
+    if (
+        isinstance(num_bins, bool)
+        or not isinstance(num_bins, (int, np.integer))
+        or not 4 <= num_bins <= 2**20
+        or num_bins & (num_bins - 1)
+    ):
+        # A power of two keeps |x| * num_bins / 2**e exact; the bounds keep that factor a normal float32.
+        raise ValueError(f"num_bins must be a power of two in [4, 2**20], got {num_bins!r}")
+    return int(num_bins)
+
+
+def _scatter_counts(position: jax.Array, weight: jax.Array, num_bins: int) -> jax.Array:
+    """Sum ``weight`` into bins ``position`` of each row: ``(rows, n) -> (rows, 2 * num_bins)``."""
+    rows = position.shape[0]
+    flat = (jnp.arange(rows, dtype=jnp.int32)[:, None] * (2 * num_bins) + position).reshape(-1)
+    return jnp.zeros(rows * 2 * num_bins, jnp.int32).at[flat].add(weight.reshape(-1)).reshape(rows, 2 * num_bins)
+
+
+def _signed_position(magnitude_bin: jax.Array, negative: jax.Array, num_bins: int) -> jax.Array:
+    return jnp.where(negative, num_bins - 1 - magnitude_bin, num_bins + magnitude_bin)
+
+
+def _rebin(counts: jax.Array, shift: jax.Array, num_bins: int) -> jax.Array:
+    """Merge each row's bins for a range ``2**shift`` times wider: magnitude bin ``j`` goes to ``j >> shift``."""
+    position = jnp.arange(2 * num_bins, dtype=jnp.int32)
+    negative = position < num_bins
+    magnitude_bin = jnp.where(negative, num_bins - 1 - position, position - num_bins)
+    # Past log2(num_bins) every bin has merged into bin 0; the clamp keeps the shift count below 32.
+    shift = jnp.minimum(shift, int(math.log2(num_bins)))
+    merged = _signed_position(magnitude_bin[None, :] >> shift[:, None], negative[None, :], num_bins)
+    return _scatter_counts(merged, counts, num_bins)
+
+
+def _histogram_observer(
+    axis: int | None,
+    block_size: int | None,
+    num_bins: int,
+    result: Callable[[HistogramState], tuple[jax.Array, jax.Array]],
+) -> Observer:
+    _check_granularity_args(axis, block_size, allow_groups=False)
+    num_bins = _check_num_bins(num_bins)
+    log2_bins = int(math.log2(num_bins))
+
+    def init(x_example: ShapeOrExample) -> HistogramState:
+        shape = _stats_shape(_shape_of(x_example), axis, None)
+        return HistogramState(
+            counts=jnp.zeros(shape + (2 * num_bins,), jnp.int32),
+            exponent=jnp.full(shape, _MIN_EXPONENT, jnp.int32),
+            min_val=jnp.full(shape, jnp.inf, jnp.float32),
+            max_val=jnp.full(shape, -jnp.inf, jnp.float32),
+        )
+
+    def update(state: HistogramState, x: jax.Array) -> HistogramState:
+        x = _as_float32(x)
+        _check_batch(x, state.exponent.shape, axis, None)
+        rows = x.reshape(1, -1) if axis is None else jnp.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
+        finite = jnp.isfinite(rows)
+        magnitude = jnp.where(finite, jnp.abs(rows), 0.0)
+        batch_max = jnp.max(magnitude, axis=1)
+        # frexp: batch_max = f * 2**e with f in [0.5, 1), so every |x| < 2**e.
+        batch_exponent = jnp.where(batch_max > 0, jnp.frexp(batch_max)[1], _MIN_EXPONENT)
+        old_exponent = state.exponent.reshape(-1)
+        exponent = jnp.maximum(old_exponent, batch_exponent)
+        counts = _rebin(state.counts.reshape(-1, 2 * num_bins), exponent - old_exponent, num_bins)
+        # |x| / w = |x| * 2**(log2_bins - e): a multiply by a power of two, exact.
+        inverse_width = jnp.ldexp(jnp.ones_like(batch_max), log2_bins - exponent)
+        magnitude_bin = jnp.floor(magnitude * inverse_width[:, None]).astype(jnp.int32)
+        # A no-op by the frexp bound; kept because bin num_bins would spill into the next row's counts.
+        magnitude_bin = jnp.minimum(magnitude_bin, num_bins - 1)
+        position = _signed_position(magnitude_bin, rows < 0, num_bins)
+        counts = counts + _scatter_counts(position, finite.astype(jnp.int32), num_bins)
+        batch_min, batch_max = _batch_min_max(x, axis, None)
+        return HistogramState(
+            counts=counts.reshape(state.counts.shape),
+            exponent=exponent.reshape(state.exponent.shape),
+            min_val=jnp.minimum(state.min_val, batch_min),
+            max_val=jnp.maximum(state.max_val, batch_max),
+        )
+
+    return Observer(init, update, result)
+
+
+def histogram_edges(state: HistogramState) -> np.ndarray:
+    """Bin edges of a :class:`HistogramState`, for plotting or inspection.
+
+    Args:
+      state: a histogram observer's state.
+
+    Returns:
+      float64 array of shape ``state.counts.shape[:-1] + (2 * num_bins + 1,)``: edge ``i`` is
+      ``(i - num_bins) * 2**exponent / num_bins``.
+    """
+    num_bins = state.counts.shape[-1] // 2
+    width = np.ldexp(1.0, np.asarray(state.exponent, np.int64)) / num_bins
+    return (np.arange(2 * num_bins + 1) - num_bins) * width[..., None]
+
+
+class _Histogram(NamedTuple):
+    """A histogram state flattened to rows (one per tensor or channel), in numpy float64 for ``result``."""
+
+    counts: np.ndarray  # (rows, 2 * num_bins) int64
+    width: np.ndarray  # (rows,)
+    min_val: np.ndarray  # (rows,), 0 for an empty row
+    max_val: np.ndarray
+    empty: np.ndarray  # (rows,) bool
+    shape: tuple[int, ...]
+
+    @property
+    def num_bins(self) -> int:
+        return self.counts.shape[1] // 2
+
+    def magnitude_counts(self) -> np.ndarray:
+        """Counts of :math:`|x|`: bin ``j`` holds ``[j w, (j + 1) w)``."""
+        return self.counts[:, self.num_bins :] + self.counts[:, self.num_bins - 1 :: -1]
+
+    def finish(self, min_val: np.ndarray, max_val: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        min_val = np.where(self.empty, 0.0, min_val).reshape(self.shape)
+        max_val = np.where(self.empty, 0.0, max_val).reshape(self.shape)
+        return jnp.asarray(min_val, jnp.float32), jnp.asarray(max_val, jnp.float32)
+
+
+def _histogram(state: HistogramState) -> _Histogram:
+    num_bins = state.counts.shape[-1] // 2
+    counts = np.asarray(state.counts, np.int64).reshape(-1, 2 * num_bins)
+    min_val = np.asarray(state.min_val, np.float64).reshape(-1)
+    max_val = np.asarray(state.max_val, np.float64).reshape(-1)
+    empty = ~(min_val <= max_val)
+    return _Histogram(
+        counts=counts,
+        width=np.ldexp(1.0, np.asarray(state.exponent, np.int64).reshape(-1)) / num_bins,
+        min_val=np.where(empty, 0.0, min_val),
+        max_val=np.where(empty, 0.0, max_val),
+        empty=empty,
+        shape=tuple(state.exponent.shape),
+    )
+
+
+def _first_bin_reaching(counts: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Per row, the first bin at which the cumulative count reaches ``rank``."""
+    return np.argmax(np.cumsum(counts, axis=1) >= rank[:, None], axis=1)
+
+
+# --- percentile -------------------------------------------------------------------------------------------------
+
+
+def percentile(
+    percentile: float = 99.99,
+    *,
+    symmetric: bool = False,
+    axis: int | None = None,
+    block_size: int | None = None,
+    num_bins: int = 2048,
+) -> Observer:
+    """Clip the tails at a percentile, estimated from a streaming histogram.
+
+    With :math:`n` finite values and rank :math:`k = \\lceil n p / 100 \\rceil` (the "inverted CDF" percentile,
+    ``np.percentile(..., method="inverted_cdf")``):
+
+    .. math::
+
+       \\text{two-tailed: } \\text{max\\_val} = x_{(k)}, \\quad \\text{min\\_val} = -(-x)_{(k)}; \\qquad
+       \\text{symmetric: } \\pm\\, |x|_{(k)}
+
+    — the same fraction is clipped from each tail. The histogram locates :math:`x_{(k)}` to its bin, and the
+    result is the bin's outer edge (so it errs towards clipping less), clamped to the data's extent: it is within
+    one bin width :math:`w = 2^e/\\text{num\\_bins}` of the exact percentile. The symmetric result is also clamped
+    to ``[min_val, max_val]`` of the data, so non-negative data gives ``(min x, t)`` rather than ``(-t, t)``.
+
+    References:
+      McKinstry et al., "Discovering Low-Precision Networks Close to Full-Precision Networks for Efficient
+      Inference", arXiv:1809.04191, 2018 (percentile clipping).
+      Wu et al., arXiv:2004.09602, 2020, sec. 4.1.
+
+    Args:
+      percentile: :math:`p` in ``(0, 100]``; ``100`` is min-max (up to the bin). Two-tailed needs :math:`p \\ge 50`.
+      symmetric: clip ``|x|`` at its percentile (one threshold for both signs) if True, else each tail separately.
+      axis: ``None`` for per-tensor, else the channel axis.
+      block_size: must be ``None``: per-group histograms are not supported (the argument exists to say so).
+      num_bins: bins per sign, a power of two.
+
+    Returns:
+      An :class:`Observer` whose state is a :class:`HistogramState`.
+
+    Raises:
+      ValueError: naming ``percentile`` if it is not a number in ``(0, 100]`` (or below 50 when two-tailed);
+        ``num_bins`` if it is not a power of two; ``block_size``/``axis`` as :func:`min_max`.
+    """
+    value = percentile
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 < value <= 100.0:
+        raise ValueError(f"percentile must be a number in (0, 100], got {value!r}")
+    if not symmetric and value < 50.0:
+        raise ValueError(
+            f"percentile must be in [50, 100] for two-tailed clipping (symmetric=False), got {value!r}: below 50 "
+            "the upper percentile falls under the lower one"
+        )
+    fraction = float(value) / 100.0
+
+    def result(state: HistogramState) -> tuple[jax.Array, jax.Array]:
+        hist = _histogram(state)
+        counts, n = hist.counts, hist.counts.sum(axis=1)
+        rank = np.maximum(np.ceil(n * fraction), 1)
+        if symmetric:
+            magnitude_bin = _first_bin_reaching(hist.magnitude_counts(), rank)
+            threshold = (magnitude_bin + 1) * hist.width
+            return hist.finish(np.maximum(hist.min_val, -threshold), np.minimum(hist.max_val, threshold))
+        upper_bin = _first_bin_reaching(counts, rank)
+        lower_bin = 2 * hist.num_bins - 1 - _first_bin_reaching(counts[:, ::-1], rank)
+        upper = (upper_bin - hist.num_bins + 1) * hist.width
+        lower = (lower_bin - hist.num_bins) * hist.width
+        return hist.finish(np.maximum(hist.min_val, lower), np.minimum(hist.max_val, upper))
+
+    return _histogram_observer(axis, block_size, num_bins, result)
+
+
+# --- MSE-optimal clipping ---------------------------------------------------------------------------------------
+
+
+def _check_mse_args(fmt: formats.IntFormat, num_candidates: int, symmetric_divisor: str) -> None:
+    if not isinstance(fmt, formats.IntFormat):
+        raise TypeError(f"fmt must be a quantref.formats.IntFormat (see formats.int_format), got {fmt!r}")
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, (int, np.integer)) or num_candidates < 1:
+        raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r}")
+    if symmetric_divisor not in ("qmax", "half_levels"):
+        raise ValueError(f"symmetric_divisor must be 'qmax' or 'half_levels', got {symmetric_divisor!r}")
+
+
+def _shrink_factors(num_candidates: int) -> np.ndarray:
+    """``1, (K-1)/K, ..., 1/K``: the min-max range itself first, so that argmin prefers it on ties."""
+    return np.arange(num_candidates, 0, -1) / num_candidates
+
+
+def _candidate_params(
+    min_val: np.ndarray,
+    max_val: np.ndarray,
+    fmt: formats.IntFormat,
+    symmetric: bool,
+    symmetric_divisor: str,
+    num_candidates: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shrink factors ``alpha`` and the scale and zero point of each range ``alpha * [min, max]``.
+
+    Returns ``(alpha (K,), scale (K, *shape), zero_point (K, *shape))``.
+    """
+    alpha = _shrink_factors(num_candidates)
+    expand = (slice(None),) + (None,) * np.ndim(min_val)
+    scale, zero_point = affine.scale_zero_point(
+        alpha[expand] * min_val,
+        alpha[expand] * max_val,
+        fmt,
+        symmetric=symmetric,
+        symmetric_divisor=symmetric_divisor,
+    )
+    return alpha, np.asarray(scale, np.float64), np.asarray(zero_point, np.float64)
+
+
+def _rounding_error_integral(u: np.ndarray) -> np.ndarray:
+    """:math:`\\int_{-1/2}^{u} (v - \\operatorname{round}(v))^2\\, dv`: ``n/12`` per whole period, plus the rest."""
+    n = np.floor(u + 0.5)
+    return n / 12.0 + ((u - n) ** 3 + 0.125) / 3.0
+
+
+def _expected_squared_error(
+    hist: _Histogram, scale: np.ndarray, zero_point: np.ndarray, fmt: formats.IntFormat
+) -> np.ndarray:
+    """Sum of squared quantization error per row, if each bin's values were spread uniformly over the bin.
+
+    For the grid :math:`\\{s\\,q\\}_{q = q_{min}-z}^{q_{max}-z}` with ends :math:`L, H`, the error at :math:`t` is
+    :math:`(t - H)^2` above, :math:`(t - L)^2` below, and :math:`(t - s\\,\\mathrm{round}(t/s))^2` between; its
+    integral over each bin is closed-form, so no bin-centre aliasing against the grid.
+    """
+    width = hist.width[:, None]
+    left = (np.arange(2 * hist.num_bins) - hist.num_bins)[None, :] * width
+    right = left + width
+    scale, zero_point = scale[:, None], zero_point[:, None]
+    low, high = scale * (fmt.qmin - zero_point), scale * (fmt.qmax - zero_point)
+    above = (np.maximum(right, high) - high) ** 3 - (np.maximum(left, high) - high) ** 3
+    below = (low - np.minimum(left, low)) ** 3 - (low - np.minimum(right, low)) ** 3
+    inside = _rounding_error_integral(np.clip(right, low, high) / scale) - _rounding_error_integral(
+        np.clip(left, low, high) / scale
+    )
+    integral = (above + below) / 3.0 + scale**3 * inside
+    return np.sum(hist.counts * integral, axis=1) / hist.width
+
+
+def mse(
+    fmt: formats.IntFormat,
+    num_candidates: int = 100,
+    *,
+    symmetric: bool = False,
+    symmetric_divisor: affine.SymmetricDivisor = "qmax",
+    axis: int | None = None,
+    block_size: int | None = None,
+    num_bins: int = 2048,
+) -> Observer:
+    """MSE-optimal clipping range ("least squares"), estimated from a streaming histogram.
+
+    Clipping trades clipping error against rounding error; choose the range that minimises the total:
+
+    .. math::
+
+       \\alpha^\\ast = \\arg\\min_{\\alpha \\in \\{1, \\frac{K-1}{K}, \\dots, \\frac1K\\}}
+       \\big\\lVert x - Q_{\\alpha}(x) \\big\\rVert^2, \\qquad
+       (\\text{min\\_val}, \\text{max\\_val}) = \\alpha^\\ast (\\min x, \\max x)
+
+    where :math:`Q_\\alpha` is the fake-quantizer with ``scale_zero_point(alpha * min, alpha * max, fmt,
+    symmetric=...)`` — a one-dimensional search that shrinks both ends by the same factor (the white paper's grid
+    search; a 2-D search over both ends costs :math:`K^2`). The error of each candidate is computed from the
+    histogram, assuming the values of a bin
+    are spread uniformly over it, and integrating the exact squared error of the grid over each bin (closed form:
+    :math:`s^3/12` per whole grid step inside the range, :math:`\\int (t - H)^2` beyond it). :math:`\\alpha = 1`,
+    the exact min-max range, is a candidate and wins ties, so the estimated error is never worse than min-max's.
+    Use the result with the same ``fmt``, ``symmetric`` and ``symmetric_divisor``. (This is the quantity the
+    "least-squares quantization" of some write-ups should mean: least squares chooses the range; the quantizer
+    stays :math:`Q`.)
+
+    References:
+      Nagel et al., "A White Paper on Neural Network Quantization", arXiv:2106.08295, 2021, sec. 3.1 ("Mean
+      squared error").
+      Banner et al., "Post-training 4-bit quantization of convolution networks for rapid-deployment",
+      arXiv:1810.05723, 2018 (analytical clipping).
+
+    Args:
+      fmt: the integer grid the range is for.
+      num_candidates: :math:`K`, the number of shrink factors tried.
+      symmetric: choose the range for symmetric quantization if True, else asymmetric.
+      symmetric_divisor: as :func:`quantref.affine.scale_zero_point`.
+      axis: ``None`` for per-tensor, else the channel axis.
+      block_size: must be ``None``: per-group histograms are not supported (the argument exists to say so).
+      num_bins: bins per sign, a power of two.
+
+    Returns:
+      An :class:`Observer` whose state is a :class:`HistogramState`.
+
+    Raises:
+      ValueError: naming the argument, for ``num_candidates < 1``, an unknown ``symmetric_divisor``, a bad
+        ``num_bins``, or ``axis``/``block_size`` as :func:`percentile`.
+      TypeError: if ``fmt`` is not an :class:`~quantref.formats.IntFormat`.
+    """
+    _check_mse_args(fmt, num_candidates, symmetric_divisor)
+
+    def result(state: HistogramState) -> tuple[jax.Array, jax.Array]:
+        hist = _histogram(state)
+        alpha, scale, zero_point = _candidate_params(
+            hist.min_val, hist.max_val, fmt, symmetric, symmetric_divisor, num_candidates
+        )
+        errors = np.stack([_expected_squared_error(hist, scale[k], zero_point[k], fmt) for k in range(len(alpha))])
+        best = alpha[np.argmin(errors, axis=0)]
+        return hist.finish(best * hist.min_val, best * hist.max_val)
+
+    return _histogram_observer(axis, block_size, num_bins, result)
+
+
+def mse_range(
+    x: jax.Array,
+    fmt: formats.IntFormat,
+    *,
+    num_candidates: int = 100,
+    symmetric: bool = False,
+    symmetric_divisor: affine.SymmetricDivisor = "qmax",
+    axis: int | None = None,
+    block_size: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """MSE-optimal clipping range, computed exactly on the data with :func:`quantref.affine.fake_quant`.
+
+    .. math::
+
+       \\alpha^\\ast = \\arg\\min_{\\alpha \\in \\{1, \\frac{K-1}{K}, \\dots, \\frac1K\\}}
+       \\sum_i \\big(x_i - \\operatorname{fake\\_quant}_{\\alpha}(x_i)\\big)^2
+
+    chosen independently for each tensor, channel or group (the error separates over them). The non-streaming
+    counterpart of :func:`mse`: one pass per candidate over all of ``x``. :math:`\\alpha = 1` is the min-max range
+    and wins ties, so the error is never worse than min-max's — exactly, as ``fake_quant`` measures it. Non-finite
+    values are ignored.
+
+    References:
+      Nagel et al., "A White Paper on Neural Network Quantization", arXiv:2106.08295, 2021, sec. 3.1.
+
+    Args:
+      x: float data.
+      fmt: the integer grid.
+      num_candidates: :math:`K`, the number of shrink factors tried.
+      symmetric: symmetric quantization if True, else asymmetric.
+      symmetric_divisor: as :func:`quantref.affine.scale_zero_point`.
+      axis: ``None`` for per-tensor, else the channel or group axis.
+      block_size: group size along ``axis``; must divide ``x.shape[axis]``.
+
+    Returns:
+      ``(min_val, max_val)``, float32, shaped for the granularity.
+
+    Raises:
+      ValueError: as :func:`mse` and :func:`min_max`.
+      TypeError: if ``fmt`` is not an :class:`~quantref.formats.IntFormat`.
+    """
+    _check_mse_args(fmt, num_candidates, symmetric_divisor)
+    _check_granularity_args(axis, block_size)
+    x = _as_float32(x)
+    _stats_shape(x.shape, axis, block_size)
+    min_val, max_val = _empty_to_zero(*_batch_min_max(x, axis, block_size))
+    min_val, max_val = np.asarray(min_val, np.float64), np.asarray(max_val, np.float64)
+    alpha, scale, zero_point = _candidate_params(min_val, max_val, fmt, symmetric, symmetric_divisor, num_candidates)
+    finite = jnp.isfinite(x)
+    errors = []
+    for k in range(len(alpha)):
+        x_hat = affine.fake_quant(
+            x,
+            jnp.asarray(scale[k], jnp.float32),
+            jnp.asarray(zero_point[k], jnp.int32),
+            fmt,
+            axis=axis,
+            block_size=block_size,
+        )
+        squared = jnp.where(finite, (x - x_hat) ** 2, 0.0)
+        errors.append(np.asarray(_reduce(squared, jnp.sum, axis, block_size), np.float64))
+    best = alpha[np.argmin(np.stack(errors), axis=0)]
+    return jnp.asarray(best * min_val, jnp.float32), jnp.asarray(best * max_val, jnp.float32)
+
+
+# --- entropy (KL divergence) ------------------------------------------------------------------------------------
+
+
+def _kl_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Row-wise :math:`\\sum p \\log(p/q)` of the normalised rows; ``inf`` where ``q`` misses mass of ``p``."""
+    with np.errstate(divide="ignore", invalid="ignore"):  # an empty row is NaN here and so never chosen
+        p = p / p.sum(axis=1, keepdims=True)
+        q = q / q.sum(axis=1, keepdims=True)
+        terms = np.where(p > 0, p * np.log(p / q), 0.0)
+    return np.where(np.isfinite(terms).all(axis=1), terms.sum(axis=1), np.inf)
+
+
+def _entropy_threshold_bins(magnitude_counts: np.ndarray, num_quantized_bins: int) -> np.ndarray:
+    """Per row, the number of magnitude bins ``i`` to keep that minimises KL(P_i || Q_i) (TensorRT's loop)."""
+    rows, num_bins = magnitude_counts.shape
+    counts = magnitude_counts.astype(np.float64)
+    occupied = num_bins - np.argmax(counts[:, ::-1] > 0, axis=1)  # one past the last non-empty bin
+    # Keeping more bins than the data occupies clips nothing; the smallest such i is the min-max candidate.
+    stop = np.maximum(occupied, num_quantized_bins)
+    best_bins, best_kl = stop.copy(), np.full(rows, np.inf)
+    for i in range(num_quantized_bins, int(stop.max()) + 1):
+        inside = counts[:, :i]
+        reference = inside.copy()
+        reference[:, -1] += counts[:, i:].sum(axis=1)  # P: the clipped distribution, outliers in the last bin
+        chunk = np.arange(i) * num_quantized_bins // i  # bin -> quantization level
+        starts = np.flatnonzero(np.diff(chunk, prepend=-1))
+        level_mass = np.add.reduceat(inside, starts, axis=1)  # Q: levels from the in-range values only
+        level_support = np.add.reduceat(reference > 0, starts, axis=1)
+        candidate = np.where(reference > 0, (level_mass / np.maximum(level_support, 1))[:, chunk], 0.0)
+        kl = _kl_divergence(reference, candidate)
+        better = (i <= stop) & (kl < best_kl)
+        best_bins, best_kl = np.where(better, i, best_bins), np.where(better, kl, best_kl)
+    return best_bins
+
+
+def entropy(
+    fmt: formats.IntFormat,
+    *,
+    num_quantized_bins: int | None = None,
+    axis: int | None = None,
+    block_size: int | None = None,
+    num_bins: int = 2048,
+) -> Observer:
+    """KL-divergence ("entropy") calibration, TensorRT's method, from a streaming histogram of :math:`|x|`.
+
+    For each candidate threshold :math:`t_i = i\\,w` (keep the first :math:`i` magnitude bins), build
+
+    - :math:`P_i`: the histogram clipped at :math:`t_i` — bins :math:`0..i-1`, with every count beyond
+      :math:`t_i` added to bin :math:`i-1`;
+    - :math:`Q_i`: its quantized version — bins :math:`0..i-1` (the in-range values only) merged into
+      ``num_quantized_bins`` levels, each level's mass spread evenly over the bins where :math:`P_i > 0`;
+
+    and pick
+
+    .. math::
+
+       i^\\ast = \\arg\\min_{i \\ge \\text{num\\_quantized\\_bins}} \\mathrm{KL}(P_i \\,\\Vert\\, Q_i)
+       = \\sum_j P_i(j) \\log \\frac{P_i(j)}{Q_i(j)}, \\qquad \\text{range} = \\pm\\, i^\\ast w
+
+    (clamped to the data's extent, so the largest candidate is exactly min-max). Clipping puts mass in
+    :math:`P`'s last bin that :math:`Q` does not have, so heavy clipping costs divergence; a long sparse tail
+    costs resolution in every level, so it gets clipped. Where :math:`Q_i` is zero on mass of :math:`P_i` (the
+    outliers land in an empty level) the divergence is infinite and the candidate is skipped, rather than
+    smoothed with an epsilon as some implementations do; ties go to the smaller threshold. Runs in
+    :math:`O(\\text{num\\_bins}^2)` numpy per ``result``.
+
+    KL compares the *shapes* of two histograms, so it needs a dense one: many values per tensor or channel, as
+    activations over a calibration set have. On a handful of values it is degenerate (when everything kept falls
+    in one level, :math:`P_i = Q_i` and the divergence is 0), so prefer :func:`mse` or :func:`percentile` for
+    small per-channel weight tensors. With ``num_bins == num_quantized_bins`` the only candidate is min-max.
+
+    References:
+      Migacz, "8-bit Inference with TensorRT", GPU Technology Conference, 2017.
+      Wu et al., arXiv:2004.09602, 2020, sec. 4.1 ("Entropy").
+
+    Args:
+      fmt: the integer grid; sets the default ``num_quantized_bins``.
+      num_quantized_bins: quantization levels covering ``[0, t]``. Default: half the grid for a signed format
+        (``fmt.levels // 2``, 128 for int8, TensorRT's value), the whole grid for an unsigned one (non-negative
+        data such as ReLU outputs).
+      axis: ``None`` for per-tensor, else the channel axis.
+      block_size: must be ``None``: per-group histograms are not supported (the argument exists to say so).
+      num_bins: bins per sign, a power of two, at least ``num_quantized_bins``.
+
+    Returns:
+      An :class:`Observer` whose state is a :class:`HistogramState`.
+
+    Raises:
+      ValueError: naming the argument, for a ``num_quantized_bins`` outside ``[1, num_bins]``, a bad ``num_bins``,
+        or ``axis``/``block_size`` as :func:`percentile`.
+      TypeError: if ``fmt`` is not an :class:`~quantref.formats.IntFormat`.
+    """
+    if not isinstance(fmt, formats.IntFormat):
+        raise TypeError(f"fmt must be a quantref.formats.IntFormat (see formats.int_format), got {fmt!r}")
+    num_bins = _check_num_bins(num_bins)
+    if num_quantized_bins is None:
+        num_quantized_bins = fmt.levels // 2 if fmt.signed else fmt.levels
+    if (
+        isinstance(num_quantized_bins, bool)
+        or not isinstance(num_quantized_bins, (int, np.integer))
+        or not 1 <= num_quantized_bins <= num_bins
+    ):
+        raise ValueError(f"num_quantized_bins must be an int in [1, num_bins={num_bins}], got {num_quantized_bins!r}")
+
+    def result(state: HistogramState) -> tuple[jax.Array, jax.Array]:
+        hist = _histogram(state)
+        threshold = _entropy_threshold_bins(hist.magnitude_counts(), int(num_quantized_bins)) * hist.width
+        return hist.finish(np.maximum(hist.min_val, -threshold), np.minimum(hist.max_val, threshold))
+
+    return _histogram_observer(axis, block_size, num_bins, result)
+
+
+# --- running an observer ----------------------------------------------------------------------------------------
+
+
+def calibrate(
+    observer: Observer, batches: Iterable[jax.Array], *, progress: bool | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Fold an observer over batches and return its range.
+
+    .. math::
+
+       s_0 = \\text{init}(x^{(1)}), \\quad s_t = \\text{update}(s_{t-1}, x^{(t)}), \\quad
+       (\\text{min\\_val}, \\text{max\\_val}) = \\text{result}(s_T)
+
+    ``update`` is jitted once (it recompiles only for a new batch shape).
+
+    Args:
+      observer: an :class:`Observer`, e.g. ``min_max()``.
+      batches: an iterable of float arrays; the first also initialises the state.
+      progress: show a tqdm progress bar; ``None`` shows one when ``batches`` has a length of 100 or more.
+
+    Returns:
+      ``(min_val, max_val)``, as ``observer.result``.
+
+    Raises:
+      ValueError: if ``batches`` is empty, or as the observer's ``init``/``update``.
+    """
+    if progress is None:
+        progress = hasattr(batches, "__len__") and len(batches) >= 100  # type: ignore[arg-type]
+    iterator = iter(tqdm(batches, desc="calibrating", disable=not progress))
+    first = next(iterator, None)
+    if first is None:
+        raise ValueError("batches must hold at least one batch")
+    update = jax.jit(observer.update)
+    state = update(observer.init(first), first)
+    for batch in iterator:
+        state = update(state, batch)
+    return observer.result(state)
+
+
+OBSERVERS: dict[str, Callable[..., Observer]] = {
+    "min_max": min_max,
+    "abs_max": abs_max,
+    "moving_average_min_max": moving_average_min_max,
+    "percentile": percentile,
+    "mse": mse,
+    "entropy": entropy,
+}
+
+
+def observer_from_name(name: str, **kwargs: Any) -> Observer:
+    """Build an observer by name, for chapters and the command line.
+
+    Args:
+      name: one of :data:`OBSERVERS`: ``min_max``, ``abs_max``, ``moving_average_min_max``, ``percentile``,
+        ``mse``, ``entropy``.
+      **kwargs: the observer's arguments, e.g. ``fmt=formats.INT8`` for ``mse`` and ``entropy``.
+
+    Returns:
+      The :class:`Observer`.
+
+    Raises:
+      ValueError: for an unknown name, listing the allowed ones.
+    """
+    if name not in OBSERVERS:
+        raise ValueError(f"name must be one of {sorted(OBSERVERS)}, got {name!r}")
+    return OBSERVERS[name](**kwargs)
