@@ -805,10 +805,17 @@ def _entropy_threshold_bins(magnitude_counts: np.ndarray, num_quantized_bins: in
     rows, num_bins = magnitude_counts.shape
     counts = magnitude_counts.astype(np.float64)
     occupied = num_bins - np.argmax(counts[:, ::-1] > 0, axis=1)  # one past the last non-empty bin
+    # Bin 0 holds the exact zeros of ReLU outputs and zero padding. Left as it is, that spike dominates the
+    # divergence (every level that merges it spreads its mass thin) and drives the search to the smallest
+    # candidate; like NVIDIA's pytorch-quantization entropy calibrator, replace it by its neighbour's count.
+    if num_bins > 1:
+        counts[:, 0] = counts[:, 1]
     # Keeping more bins than the data occupies clips nothing; the smallest such i is the min-max candidate.
     stop = np.maximum(occupied, num_quantized_bins)
     best_bins, best_kl = stop.copy(), np.full(rows, np.inf)
-    for i in range(num_quantized_bins, int(stop.max()) + 1):
+    # Like TensorRT and pytorch-quantization, never search below 128 bins (1/16 of the default histogram): with few
+    # levels (4-bit) the smallest candidates clip almost everything, yet can score a low divergence on sparse data.
+    for i in range(min(max(num_quantized_bins, 128), num_bins), int(stop.max()) + 1):
         inside = counts[:, :i]
         reference = inside.copy()
         reference[:, -1] += counts[:, i:].sum(axis=1)  # P: the clipped distribution, outliers in the last bin
@@ -858,6 +865,9 @@ def entropy(
     activations over a calibration set have. On a handful of values it is degenerate (when everything kept falls
     in one level, :math:`P_i = Q_i` and the divergence is 0), so prefer :func:`mse` or :func:`percentile` for
     small per-channel weight tensors. With ``num_bins == num_quantized_bins`` the only candidate is min-max.
+    The first magnitude bin (exact zeros from ReLU or padding) is given its neighbour's count before the search,
+    as NVIDIA's pytorch-quantization does, so a spike at zero does not push the threshold to the smallest
+    candidate.
 
     References:
       Migacz, "8-bit Inference with TensorRT", GPU Technology Conference, 2017.

@@ -1,0 +1,861 @@
+"""ONNX quantization operators, bit-exact with onnxruntime's CPU execution provider.
+
+Each function mirrors one ONNX operator (same inputs, same attributes as keyword arguments) and returns the values
+that onnxruntime 1.32's CPU execution provider returns, bit for bit — at rounding ties, at saturation, for ±Inf and
+NaN. Where the ONNX reference evaluator (``onnx.reference.ReferenceEvaluator``, onnx 1.23) gives a different answer,
+``flavor="reference"`` reproduces the reference evaluator instead; each function lists the differences under
+"Differs from the reference evaluator".
+
+The core formulas (``rne`` = round half to even, ``sat`` = clamp to the output type, ``f32`` = round to float32):
+
+.. math::
+
+   \\text{QuantizeLinear: } y = \\operatorname{sat}(\\operatorname{rne}(x / s) + z), \\qquad
+   \\text{DequantizeLinear: } \\hat x = (x - z)\\cdot s,
+
+   \\text{QLinearMatMul/Conv: } y = \\operatorname{sat}\\big(\\operatorname{rne}(f_{32}(f_{32}(acc)\\cdot M)) + z_y\\big),
+   \\quad M = f_{32}(f_{32}(s_a s_b) / s_y).
+
+Conventions shared by every function here:
+
+- Inputs may be numpy or JAX arrays. Float inputs are computed in float32 (float16/bfloat16 are widened exactly,
+  float64 is rounded to float32 first). Quantized inputs and zero points must carry their ONNX type as a numpy /
+  ml_dtypes dtype (``np.uint8``, ``ml_dtypes.int4``, ``ml_dtypes.float8_e4m3fn``, ...): the dtype *is* the ONNX type.
+- Results are JAX arrays of the exact ONNX output dtype (JAX supports int4/uint4/int2/uint2 and the four float8
+  types natively); ``np.asarray(result)`` gives the numpy/ml_dtypes array to compare with onnxruntime's output.
+- Every function is ``jax.jit``-compatible: attributes (``axis``, ``block_size``, ``saturate``, ``flavor``, conv
+  geometry) are static, and the output dtype follows the zero point's dtype, which is static under tracing.
+- Validation happens in Python before tracing: dtypes, shapes against ``axis``/``block_size``, conv/matmul geometry.
+  Scales must be finite and > 0: onnxruntime has no defined answer for a zero scale (it divides by zero) and the
+  spec does not define negative or NaN scales, so a concrete scale outside ``(0, inf)`` raises ``ValueError``. Traced
+  scales cannot be inspected and are not checked; they then follow the formulas above literally.
+- Float arithmetic is written so that XLA has no multiply-add to contract: each rounding that the runtime performs
+  is a separate operation here, and the tests check constructed ties ``x = (k + 1/2)·s`` and their float32
+  neighbours against the live runtime.
+- No 64-bit JAX types are needed. The one float64 step (the reference evaluator's requantization in
+  :func:`qlinear_matmul` / :func:`qlinear_conv` with ``flavor="reference"``) runs in numpy through
+  ``jax.pure_callback``, so it stays exact and jit-compatible without ``jax_enable_x64``.
+
+References:
+  ONNX operator specification, https://onnx.ai/onnx/operators/ (QuantizeLinear, DequantizeLinear,
+  DynamicQuantizeLinear, MatMulInteger, ConvInteger, QLinearMatMul, QLinearConv).
+  onnxruntime sources: ``onnxruntime/core/providers/cpu/quantization/quantize_linear.cc``,
+  ``core/mlas/lib/quantize.cpp`` (MlasQuantizeLinear, MlasRequantizeOutput), ``core/util/qmath.h``
+  (GetQuantizationParameter), ``include/onnxruntime/core/common/float8.h`` (float → float8 conversion),
+  ``core/providers/cpu/quantization/qlinearconv.cc``, ``core/providers/cpu/math/quantize_linear_matmul.cc``.
+  onnx sources: ``onnx/reference/ops/op_quantize_linear.py``, ``op_qlinear_matmul.py``, ``op_qlinear_conv.py``,
+  ``op_dynamic_quantize_linear.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from quantref import formats
+from quantref.affine import check_granularity, expand_param
+
+__all__ = [
+    "Flavor",
+    "QUANTIZED_DTYPES",
+    "quantize_linear",
+    "dequantize_linear",
+    "dynamic_quantize_linear",
+    "matmul_integer",
+    "conv_integer",
+    "qlinear_matmul",
+    "qlinear_conv",
+]
+
+Flavor = Literal["onnxruntime", "reference"]
+_FLAVORS = ("onnxruntime", "reference")
+
+# The integer output types of QuantizeLinear and their grids. int4/uint4 need opset 21, int2/uint2 opset 25.
+_INT_FORMATS: dict[np.dtype, formats.IntFormat] = {
+    np.dtype(np.int8): formats.INT8,
+    np.dtype(np.uint8): formats.UINT8,
+    np.dtype(np.int16): formats.INT16,
+    np.dtype(np.uint16): formats.int_format(16, signed=False),
+    np.dtype(ml_dtypes.int4): formats.INT4,
+    np.dtype(ml_dtypes.uint4): formats.UINT4,
+    np.dtype(ml_dtypes.int2): formats.int_format(2, signed=True),
+    np.dtype(ml_dtypes.uint2): formats.int_format(2, signed=False),
+}
+_FLOAT8_NAMES: dict[np.dtype, str] = {dtype: name for name, dtype in formats.FLOAT8_DTYPES.items()}
+
+#: Every output type of QuantizeLinear, by name.
+QUANTIZED_DTYPES: dict[str, np.dtype] = {
+    **{dtype.name: dtype for dtype in _INT_FORMATS},
+    **formats.FLOAT8_DTYPES,
+}
+_ALLOWED = ", ".join(QUANTIZED_DTYPES)
+_EIGHT_BIT = (np.dtype(np.int8), np.dtype(np.uint8))
+_INT32_MIN = -(2**31)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation (Python level, before tracing)
+
+
+def _is_concrete(value: jax.Array) -> bool:
+    return not isinstance(value, jax.core.Tracer)
+
+
+def _check_flavor(flavor: str) -> None:
+    if flavor not in _FLAVORS:
+        raise ValueError(f"flavor must be one of {_FLAVORS}, got {flavor!r}")
+
+
+def _float_input(value, name: str) -> jax.Array:
+    array = jnp.asarray(value)
+    if not jnp.issubdtype(array.dtype, jnp.floating) or array.dtype in _FLOAT8_NAMES:
+        raise TypeError(f"{name} must be a float32/float16/bfloat16 array, got dtype {array.dtype}")
+    return array.astype(jnp.float32)
+
+
+def _scale(value, name: str) -> jax.Array:
+    scale = _float_input(value, name)
+    if _is_concrete(scale):
+        values = np.asarray(scale)
+        good = np.isfinite(values) & (values > 0)
+        if not np.all(good):
+            raise ValueError(
+                f"{name} must be finite and > 0 everywhere (the runtime has no defined answer otherwise), "
+                f"got values such as {values[~good].ravel()[:3].tolist()}"
+            )
+    return scale
+
+
+def _dtype_arg(value, name: str) -> np.dtype:
+    if isinstance(value, str):
+        if value not in QUANTIZED_DTYPES:
+            raise ValueError(f"{name} must be one of {_ALLOWED}, got {value!r}")
+        return QUANTIZED_DTYPES[value]
+    try:
+        dtype = np.dtype(value)
+    except TypeError as error:
+        raise TypeError(f"{name} must be a dtype or a dtype name ({_ALLOWED}), got {value!r}") from error
+    if dtype not in _INT_FORMATS and dtype not in _FLOAT8_NAMES:
+        raise ValueError(f"{name} must be one of {_ALLOWED}, got {dtype}")
+    return dtype
+
+
+def _typed_input(value, name: str, allowed: Sequence[np.dtype]) -> jax.Array:
+    array = jnp.asarray(value)
+    if np.dtype(array.dtype) not in allowed:
+        names = ", ".join(np.dtype(d).name for d in allowed)
+        raise TypeError(f"{name} must have one of the dtypes {names}, got {array.dtype}")
+    return array
+
+
+def _granularity(
+    x_shape: tuple[int, ...], scale_shape: tuple[int, ...], axis: int, block_size: int, name: str
+) -> tuple[int | None, int | None]:
+    """Map ONNX's (scale shape, axis, block_size) to affine's (axis | None, block_size | None)."""
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 0:
+        raise ValueError(f"block_size must be an int >= 0 (0 = per-tensor or per-axis), got {block_size!r}")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise ValueError(f"axis must be an int, got {axis!r}")
+    if block_size == 0 and (scale_shape == () or scale_shape == (1,)):
+        return None, None
+    if block_size == 0 and len(scale_shape) != 1:
+        raise ValueError(
+            f"{name} must be a scalar (per-tensor) or 1-D (per-axis) when block_size=0, got shape {scale_shape}"
+        )
+    resolved = check_granularity(x_shape, scale_shape, axis, block_size or None, name)
+    return resolved, block_size or None
+
+
+def _zero_point_like(zero_point, scale: jax.Array, dtype: np.dtype, name: str) -> jax.Array:
+    if zero_point is None:
+        return jnp.zeros(scale.shape, dtype)
+    if zero_point.shape != scale.shape:
+        raise ValueError(f"{name} must have the scale's shape {scale.shape}, got {zero_point.shape}")
+    return zero_point
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# QuantizeLinear / DequantizeLinear
+
+
+def _divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+    """IEEE float32 division, elementwise.
+
+    XLA's algebraic simplifier rewrites a division by a broadcast scalar or a constant into a multiplication by
+    the reciprocal, which rounds differently (4.995 / 0.37 = 13.499999 but 4.995 · (1 / 0.37) = 13.5). Broadcasting
+    the denominator behind an optimization barrier keeps the true division that the runtimes perform.
+    """
+    shape = jnp.broadcast_shapes(jnp.shape(numerator), jnp.shape(denominator))
+    denominator = jax.lax.optimization_barrier(jnp.broadcast_to(denominator, shape))
+    return numerator / denominator
+
+
+def _round_to_int32_reference(value: jax.Array) -> jax.Array:
+    """numpy's ``np.rint(v).astype(np.int32)`` on x86: out-of-range and NaN become INT32_MIN."""
+    rounded = jnp.round(value)
+    in_range = (rounded >= -(2.0**31)) & (rounded < 2.0**31)
+    return jnp.where(in_range, jnp.where(in_range, rounded, 0.0).astype(jnp.int32), jnp.int32(_INT32_MIN))
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype", "axis", "block_size", "flavor"))
+def _quantize_int(x, scale, zero_point, *, out_dtype, axis, block_size, flavor):
+    fmt = _INT_FORMATS[out_dtype]
+    scale = expand_param(scale, x.shape, axis, block_size)
+    zero_point = expand_param(zero_point.astype(jnp.int32), x.shape, axis, block_size)
+    # A true float32 division, rounded before the zero point is added (MlasQuantizeLinear).
+    quotient = _divide(x, scale)
+    if flavor == "onnxruntime":
+        # MLAS clamps in float to [qmin - z, qmax - z] and then rounds; equal to sat(rne(v) + z) for every v,
+        # with NaN mapped to qmin.
+        rounded = jnp.round(quotient)
+        codes = jnp.clip(rounded, fmt.qmin - zero_point, fmt.qmax - zero_point)
+        codes = jnp.where(jnp.isnan(rounded), fmt.qmin, codes.astype(jnp.int32) + zero_point)
+    else:
+        # Reference evaluator: int32 conversion (NaN and |v| >= 2^31 give INT32_MIN), a wrapping int32 add of the
+        # zero point, then the clamp.
+        codes = jnp.clip(_round_to_int32_reference(quotient) + zero_point, fmt.qmin, fmt.qmax)
+    return codes.astype(jnp.int32).astype(out_dtype)
+
+
+def _float8_bits(value: jax.Array) -> jax.Array:
+    return jax.lax.bitcast_convert_type(value, jnp.uint8)
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype", "axis", "block_size", "saturate", "flavor"))
+def _quantize_float8(x, scale, *, out_dtype, axis, block_size, saturate, flavor):
+    name = _FLOAT8_NAMES[out_dtype]
+    quotient = _divide(x, expand_param(scale, x.shape, axis, block_size))
+    result = formats.cast_float8(quotient, name, saturate=saturate)
+    if flavor == "reference":
+        return result
+    # onnxruntime's own converter (float8.h) differs from a round-to-nearest-even cast in three places.
+    magnitude = jnp.abs(quotient)
+    sign = jnp.where(jnp.signbit(quotient), jnp.uint8(0x80), jnp.uint8(0))
+    bits = _float8_bits(result)
+    if name == "float8_e4m3fn" and not saturate:
+        # Mantissa 111 at the top exponent is NaN, and the converter clears the low bit before rounding: values in
+        # [480, 496) come out as 448 instead of NaN.
+        bits = jnp.where((magnitude >= 480) & (magnitude < 496), sign | jnp.uint8(0x7E), bits)
+    if name == "float8_e5m2":
+        # NaN is encoded 0x7F (ml_dtypes/XLA: 0x7E), and the non-saturating overflow path ORs 0x7C into 0x7B, which
+        # gives NaN for [61440, 65536) instead of Inf.
+        nan = jnp.isnan(quotient)
+        if not saturate:
+            nan = nan | ((magnitude >= 61440) & (magnitude < 65536))
+        bits = jnp.where(nan, sign | jnp.uint8(0x7F), bits)
+    return jax.lax.bitcast_convert_type(bits, out_dtype)
+
+
+def quantize_linear(
+    x: jax.Array | np.ndarray,
+    y_scale: jax.Array | np.ndarray | float,
+    y_zero_point: jax.Array | np.ndarray | None = None,
+    *,
+    axis: int = 1,
+    block_size: int = 0,
+    saturate: bool = True,
+    output_dtype: str | np.dtype | type | None = None,
+    flavor: Flavor = "onnxruntime",
+) -> jax.Array:
+    """ONNX QuantizeLinear: ``y = sat(rne(x / y_scale) + y_zero_point)``.
+
+    .. math::
+
+       y = \\operatorname{clamp}\\big(\\operatorname{rne}(f_{32}(x / s)) + z,\\; q_{min},\\; q_{max}\\big)
+
+    for integer outputs — a true float32 division, rounded *before* the zero point is added — and
+    ``y = cast_fp8(x / s)`` (round half to even; the zero point's *values* are ignored, as both runtimes do) for
+    float8 outputs. Granularity follows the scale's shape: a scalar (or 1-element) scale is per-tensor; with
+    ``block_size=0`` a 1-D scale of length ``x.shape[axis]`` is per-axis; with ``block_size=B > 0`` the scale has
+    ``x``'s shape with ``x.shape[axis]`` replaced by ``ceil(x.shape[axis] / B)`` and element ``i`` uses block
+    ``i // B`` (a ragged last block is allowed).
+
+    onnxruntime: NaN → qmin; +Inf and ``x/s >= qmax`` → qmax; −Inf → qmin. float8 with ``saturate=True``: out of
+    range and ±Inf → ±max, NaN → NaN; with ``saturate=False``: e4m3fn and the fnuz types overflow to NaN, e5m2 to ±Inf.
+
+    Differs from the reference evaluator:
+      - integer outputs: the reference converts ``rne(x/s)`` to int32 before adding the zero point, so NaN, ±Inf
+        and ``|x/s| >= 2^31`` become INT32_MIN (then qmin — or qmax when the zero point is negative, because the
+        int32 add wraps), and ``rne(x/s) + z`` wraps when it passes 2^31 − 1. onnxruntime saturates instead.
+      - float8 e4m3fn, ``saturate=False``: ``|x/s|`` in [480, 496) gives ±448 in onnxruntime, NaN in the reference.
+      - float8 e5m2, ``saturate=False``: ``|x/s|`` in [61440, 65536) gives NaN in onnxruntime, ±Inf in the reference.
+      - float8 e5m2 NaN is the code 0x7F/0xFF in onnxruntime and 0x7E/0xFE in the reference (both NaN).
+
+    References:
+      ONNX operator spec, QuantizeLinear (opsets 10, 13, 19, 21, 23, 25).
+      onnxruntime ``core/providers/cpu/quantization/quantize_linear.cc``, ``core/mlas/lib/quantize.cpp``,
+      ``include/onnxruntime/core/common/float8.h``; onnx ``onnx/reference/ops/op_quantize_linear.py``.
+
+    Args:
+      x: float input (computed in float32).
+      y_scale: positive scale: scalar, 1-D per-axis, or blocked (see above).
+      y_zero_point: zero point with the scale's shape; its dtype is the output type (int8, uint8, int16, uint16,
+        int4, uint4, int2, uint2, float8_e4m3fn, float8_e4m3fnuz, float8_e5m2, float8_e5m2fnuz). ``None``: zero
+        of type ``output_dtype``.
+      axis: the per-axis / blocked axis; negative counts from the end.
+      block_size: 0 for per-tensor/per-axis, else the block length along ``axis``.
+      saturate: float8 outputs only: clamp overflow and ±Inf to ±max (ignored for integer outputs, as in ONNX).
+      output_dtype: output type when there is no zero point (a dtype or one of the names above); must agree with
+        the zero point's dtype when both are given. Default uint8.
+      flavor: ``"onnxruntime"`` (CPU execution provider) or ``"reference"`` (``onnx.reference``).
+
+    Returns:
+      A JAX array of ``x``'s shape and the output dtype.
+
+    Raises:
+      TypeError: ``x``/``y_scale`` not float, or a zero point of an unsupported dtype.
+      ValueError: unsupported ``output_dtype`` or one contradicting the zero point, a scale/zero-point shape that
+        does not fit ``axis``/``block_size``, a concrete scale that is not finite and > 0, an unknown ``flavor``.
+    """
+    _check_flavor(flavor)
+    x = _float_input(x, "x")
+    scale = _scale(y_scale, "y_scale")
+    allowed = list(_INT_FORMATS) + list(_FLOAT8_NAMES)
+    zero_point = None if y_zero_point is None else _typed_input(y_zero_point, "y_zero_point", allowed)
+    requested = None if output_dtype is None else _dtype_arg(output_dtype, "output_dtype")
+    if zero_point is not None and requested is not None and requested != zero_point.dtype:
+        raise ValueError(
+            f"output_dtype={requested} contradicts y_zero_point's dtype {zero_point.dtype}; give one or make them agree"
+        )
+    out_dtype = np.dtype(zero_point.dtype) if zero_point is not None else (requested or np.dtype(np.uint8))
+    resolved_axis, block = _granularity(x.shape, scale.shape, axis, block_size, "y_scale")
+    zero_point = _zero_point_like(zero_point, scale, out_dtype, "y_zero_point")
+    if resolved_axis is None:
+        scale, zero_point = scale.reshape(()), zero_point.reshape(())
+    if not isinstance(saturate, (bool, np.bool_)):
+        raise TypeError(f"saturate must be a bool, got {saturate!r}")
+    if out_dtype in _FLOAT8_NAMES:
+        return _quantize_float8(
+            x, scale, out_dtype=out_dtype, axis=resolved_axis, block_size=block, saturate=bool(saturate), flavor=flavor
+        )
+    return _quantize_int(x, scale, zero_point, out_dtype=out_dtype, axis=resolved_axis, block_size=block, flavor=flavor)
+
+
+@functools.partial(jax.jit, static_argnames=("axis", "block_size"))
+def _dequantize(x, scale, zero_point, *, axis, block_size):
+    scale = expand_param(scale, x.shape, axis, block_size)
+    if x.dtype in _FLOAT8_NAMES:
+        return x.astype(jnp.float32) * scale
+    zero_point = expand_param(zero_point.astype(jnp.int32), x.shape, axis, block_size)
+    # int32 subtraction (wrapping for int32 inputs), one rounding to float32, one float32 multiply.
+    return (x.astype(jnp.int32) - zero_point).astype(jnp.float32) * scale
+
+
+def dequantize_linear(
+    x: jax.Array | np.ndarray,
+    x_scale: jax.Array | np.ndarray | float,
+    x_zero_point: jax.Array | np.ndarray | None = None,
+    *,
+    axis: int = 1,
+    block_size: int = 0,
+) -> jax.Array:
+    """ONNX DequantizeLinear: ``y = (x - x_zero_point) * x_scale`` in float32.
+
+    .. math::
+
+       y = f_{32}\\big(f_{32}(x - z) \\cdot s\\big)
+
+    ``x - z`` is an int32 subtraction (exact for every type up to 16 bits; it wraps for int32 inputs, as
+    onnxruntime's does), rounded once to float32 and multiplied once. For float8 inputs ``y = f_{32}(x) \\cdot s``
+    and the zero point is ignored. Granularity as in :func:`quantize_linear`.
+
+    Differs from the reference evaluator:
+      - int32 inputs: the reference computes ``f32(f64(f32(x) - z) · s)`` — it rounds ``x`` to float32 *before*
+        subtracting the zero point and does not wrap — so large int32 values (|x| > 2^24) or a wrapping ``x − z``
+        differ. All other input types agree.
+
+    References:
+      ONNX operator spec, DequantizeLinear (opsets 10, 13, 19, 21). onnxruntime
+      ``core/providers/cpu/quantization/quantize_linear.cc``; onnx ``onnx/reference/ops/op_dequantize_linear.py``.
+
+    Args:
+      x: quantized input: int8, uint8, int16, uint16, int32, int4, uint4, int2, uint2 or one of the float8 types.
+      x_scale: positive scale: scalar, 1-D per-axis, or blocked.
+      x_zero_point: zero point of ``x``'s dtype and the scale's shape, or ``None`` (zero).
+      axis: the per-axis / blocked axis; negative counts from the end.
+      block_size: 0 for per-tensor/per-axis, else the block length along ``axis``.
+
+    Returns:
+      A float32 JAX array of ``x``'s shape.
+
+    Raises:
+      TypeError: unsupported ``x`` dtype, or a zero point whose dtype differs from ``x``'s.
+      ValueError: a scale/zero-point shape that does not fit ``axis``/``block_size``, or a concrete scale that is
+        not finite and > 0.
+    """
+    allowed = list(_INT_FORMATS) + [np.dtype(np.int32)] + list(_FLOAT8_NAMES)
+    x = _typed_input(x, "x", allowed)
+    scale = _scale(x_scale, "x_scale")
+    zero_point = None if x_zero_point is None else _typed_input(x_zero_point, "x_zero_point", [np.dtype(x.dtype)])
+    resolved_axis, block = _granularity(x.shape, scale.shape, axis, block_size, "x_scale")
+    zero_point = _zero_point_like(zero_point, scale, np.dtype(x.dtype), "x_zero_point")
+    if resolved_axis is None:
+        scale, zero_point = scale.reshape(()), zero_point.reshape(())
+    return _dequantize(x, scale, zero_point, axis=resolved_axis, block_size=block)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DynamicQuantizeLinear
+
+
+@functools.partial(jax.jit, static_argnames=("flavor",))
+def _dynamic_quantize(x, *, flavor):
+    if flavor == "onnxruntime":
+        # NaN is skipped when taking min/max (std::min/max keep the running value).
+        low = jnp.minimum(jnp.min(jnp.where(jnp.isnan(x), jnp.inf, x), initial=jnp.inf), 0.0)
+        high = jnp.maximum(jnp.max(jnp.where(jnp.isnan(x), -jnp.inf, x), initial=-jnp.inf), 0.0)
+        scale = jnp.where(high == low, jnp.float32(1.0), _divide(high - low, jnp.float32(255.0)))
+    else:
+        low = jnp.minimum(jnp.min(x, initial=jnp.inf), 0.0)
+        high = jnp.maximum(jnp.max(x, initial=-jnp.inf), 0.0)
+        scale = _divide(jnp.where(high == low, jnp.float32(1.0), high - low), jnp.float32(255.0))
+    initial = jnp.float32(0.0) - _divide(low, scale)
+    # std::max(qmin, std::min(qmax, v)) and Python's max(qmin, min(qmax, v)) both give qmax for v = NaN.
+    clamped = jnp.where(initial < 255.0, initial, jnp.float32(255.0))
+    clamped = jnp.where(clamped > 0.0, clamped, jnp.float32(0.0))
+    zero_point = jnp.round(clamped)
+    quotient = jnp.round(_divide(x, scale))
+    codes = jnp.clip(quotient + zero_point, 0.0, 255.0)
+    # NaN codes (NaN input, or NaN scale in the reference) become 0: MLAS maps NaN to qmin, numpy's cast gives 0.
+    codes = jnp.where(jnp.isnan(codes), 0.0, codes)
+    return codes.astype(jnp.uint8), scale, zero_point.astype(jnp.uint8)
+
+
+def dynamic_quantize_linear(
+    x: jax.Array | np.ndarray, *, flavor: Flavor = "onnxruntime"
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """ONNX DynamicQuantizeLinear: uint8 quantization with a scale and zero point computed from the data.
+
+    .. math::
+
+       l = \\min(0, \\min x), \\quad h = \\max(0, \\max x), \\quad s = f_{32}\\big((h - l) / 255\\big),
+
+       z = \\operatorname{rne}\\big(\\operatorname{clamp}(0 - l / s,\\; 0,\\; 255)\\big), \\quad
+       y = \\operatorname{sat}(\\operatorname{rne}(x / s) + z).
+
+    onnxruntime: if ``h == l`` (all-zero or empty input) ``s = 1``; NaN elements are skipped when taking the min and
+    max, and quantize to 0.
+
+    Differs from the reference evaluator:
+      - all-zero input: ``s = 1/255`` in the reference, ``1`` in onnxruntime (``y`` and ``z`` agree: 0).
+      - any NaN: the reference's min/max become NaN, so ``s = NaN``, ``z = 255`` and every ``y`` is 0.
+
+    onnxruntime's NaN handling is not a clean rule: its SIMD min/max (MlasFindMinMaxElement) skips a NaN at most
+    positions, but at a few positions that depend on the input length and the CPU's vector width it does not. On
+    an x86-64 AVX2/AVX-512 machine, for length >= 8: a NaN in the last element propagates (``s = NaN``, ``z = 255``),
+    and a NaN 2, 4 or 8 places from the end, or at some multiples of 32, gives yet another scale. quantref skips
+    every NaN — onnxruntime's answer at all other positions; do not rely on NaN inputs here.
+
+    References:
+      ONNX operator spec, DynamicQuantizeLinear (opset 11). onnxruntime
+      ``core/providers/cpu/quantization/dynamicquantizelinear.cc`` and ``core/util/qmath.h``
+      (GetQuantizationParameter); onnx ``onnx/reference/ops/op_dynamic_quantize_linear.py``.
+
+    Args:
+      x: float input (computed in float32).
+      flavor: ``"onnxruntime"`` or ``"reference"``.
+
+    Returns:
+      ``(y, y_scale, y_zero_point)``: uint8 codes of ``x``'s shape, a float32 scalar scale, a uint8 scalar zero
+      point.
+
+    Raises:
+      TypeError: ``x`` is not a float array.
+      ValueError: unknown ``flavor``.
+    """
+    _check_flavor(flavor)
+    return _dynamic_quantize(_float_input(x, "x"), flavor=flavor)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MatMulInteger / ConvInteger: exact int32 accumulation
+
+
+def _matmul_shapes(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[int, int]:
+    """Check numpy-matmul compatibility; return (rows M, columns N) (1 for a 1-D operand)."""
+    if len(a_shape) < 1 or len(b_shape) < 1:
+        raise ValueError(f"a and b must be at least 1-D, got shapes {a_shape} and {b_shape}")
+    k_a = a_shape[-1]
+    k_b = b_shape[0] if len(b_shape) == 1 else b_shape[-2]
+    if k_a != k_b:
+        raise ValueError(f"a's last dimension ({k_a}) must equal b's contraction dimension ({k_b}); "
+                         f"got shapes a={a_shape}, b={b_shape}")
+    try:
+        np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
+    except ValueError as error:
+        raise ValueError(f"a and b batch dimensions do not broadcast: a={a_shape}, b={b_shape}") from error
+    rows = 1 if len(a_shape) == 1 else a_shape[-2]
+    columns = 1 if len(b_shape) == 1 else b_shape[-1]
+    return rows, columns
+
+
+def _operand_zero_point(zero_point, operand: jax.Array, name: str, per_index: int | None, what: str) -> jax.Array:
+    """A zero point of the operand's dtype: a scalar, or 1-D of length ``per_index`` (when given)."""
+    if zero_point is None:
+        return jnp.zeros((), operand.dtype)
+    zero_point = _typed_input(zero_point, name, [np.dtype(operand.dtype)])
+    if zero_point.shape in ((), (1,)):
+        return zero_point.reshape(())
+    if per_index is not None and zero_point.shape == (per_index,):
+        return zero_point
+    allowed = "a scalar" + (f" or shape ({per_index},) ({what})" if per_index is not None else "")
+    raise ValueError(f"{name} must be {allowed}, got shape {zero_point.shape}")
+
+
+@jax.jit
+def _matmul_int32(a, b, a_zero_point, b_zero_point):
+    a32 = a.astype(jnp.int32) - a_zero_point.astype(jnp.int32)
+    b32 = b.astype(jnp.int32) - b_zero_point.astype(jnp.int32)
+    return jnp.matmul(a32, b32, preferred_element_type=jnp.int32)
+
+
+def matmul_integer(
+    a: jax.Array | np.ndarray,
+    b: jax.Array | np.ndarray,
+    a_zero_point: jax.Array | np.ndarray | None = None,
+    b_zero_point: jax.Array | np.ndarray | None = None,
+) -> jax.Array:
+    """ONNX MatMulInteger: ``(a - a_zero_point) @ (b - b_zero_point)`` accumulated exactly in int32.
+
+    .. math::
+
+       y_{ij} = \\sum_k (a_{ik} - z_a)(b_{kj} - z_{b,j}) \\quad (\\text{int32, wrapping})
+
+    numpy-style matmul broadcasting of batch dimensions; a 1-D operand is treated as numpy does.
+
+    References:
+      ONNX operator spec, MatMulInteger (opset 10). onnxruntime ``core/providers/cpu/math/matmul_integer.cc``.
+
+    Args:
+      a: uint8 or int8 matrix ``(..., M, K)``.
+      b: uint8 or int8 matrix ``(..., K, N)``.
+      a_zero_point: scalar of ``a``'s dtype, or ``None``.
+      b_zero_point: scalar or per-column ``(N,)`` of ``b``'s dtype, or ``None``.
+
+    Returns:
+      The int32 product, shape as ``numpy.matmul``.
+
+    Raises:
+      TypeError: operands or zero points of unsupported dtypes.
+      ValueError: shapes that do not multiply, or zero points of the wrong shape.
+    """
+    a = _typed_input(a, "a", _EIGHT_BIT)
+    b = _typed_input(b, "b", _EIGHT_BIT)
+    _, columns = _matmul_shapes(a.shape, b.shape)
+    a_zp = _operand_zero_point(a_zero_point, a, "a_zero_point", None, "")
+    b_zp = _operand_zero_point(b_zero_point, b, "b_zero_point", columns if b.ndim > 1 else None, "per column")
+    return _matmul_int32(a, b, a_zp, b_zp)
+
+
+def _conv_geometry(x_shape, w_shape, strides, pads, dilations, group) -> None:
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be 4-D NCHW, got shape {x_shape}")
+    if len(w_shape) != 4:
+        raise ValueError(f"w must be 4-D (M, C/group, kH, kW), got shape {w_shape}")
+    for name, value, length in (("strides", strides, 2), ("pads", pads, 4), ("dilations", dilations, 2)):
+        if len(tuple(value)) != length or not all(isinstance(v, (int, np.integer)) for v in value):
+            raise ValueError(f"{name} must be {length} ints, got {value!r}")
+    if any(s < 1 for s in strides) or any(d < 1 for d in dilations) or any(p < 0 for p in pads):
+        raise ValueError(f"strides and dilations must be >= 1 and pads >= 0, got {strides}, {dilations}, {pads}")
+    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 1:
+        raise ValueError(f"group must be a positive int, got {group!r}")
+    channels, out_channels = x_shape[1], w_shape[0]
+    if channels % group or out_channels % group:
+        raise ValueError(f"group={group} must divide x's channels ({channels}) and w's output channels "
+                         f"({out_channels})")
+    if w_shape[1] != channels // group:
+        raise ValueError(f"w.shape[1] must be x's channels / group = {channels // group}, got w shape {w_shape}")
+    for i in range(2):
+        padded = x_shape[2 + i] + pads[i] + pads[2 + i]
+        if padded < dilations[i] * (w_shape[2 + i] - 1) + 1:
+            raise ValueError(f"the dilated kernel {w_shape[2:]} does not fit the padded input {x_shape[2:]} "
+                             f"(pads={tuple(pads)}, dilations={tuple(dilations)})")
+
+
+@functools.partial(jax.jit, static_argnames=("strides", "pads", "dilations", "group"))
+def _conv_int32(x, w, x_zero_point, w_zero_point, *, strides, pads, dilations, group):
+    # Padding happens in the zero-point-subtracted domain: a padded x element contributes 0.
+    x32 = x.astype(jnp.int32) - x_zero_point.astype(jnp.int32)
+    w32 = w.astype(jnp.int32) - w_zero_point.astype(jnp.int32).reshape((-1, 1, 1, 1) if w_zero_point.ndim else ())
+    return jax.lax.conv_general_dilated(
+        x32,
+        w32,
+        window_strides=strides,
+        padding=((pads[0], pads[2]), (pads[1], pads[3])),
+        rhs_dilation=dilations,
+        dimension_numbers=("NCHW", "OIHW", "NCHW"),
+        feature_group_count=group,
+        preferred_element_type=jnp.int32,
+    )
+
+
+def conv_integer(
+    x: jax.Array | np.ndarray,
+    w: jax.Array | np.ndarray,
+    x_zero_point: jax.Array | np.ndarray | None = None,
+    w_zero_point: jax.Array | np.ndarray | None = None,
+    *,
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+    group: int = 1,
+) -> jax.Array:
+    """ONNX ConvInteger (2-D, NCHW): convolution of zero-point-subtracted operands, accumulated in int32.
+
+    .. math::
+
+       y_{n,m,i,j} = \\sum_{c,p,q} \\big(x_{n,c,\\,i s_0 + p d_0 - t,\\, j s_1 + q d_1 - l} - z_x\\big)
+       \\big(w_{m,c,p,q} - z_{w,m}\\big)
+
+    Padded positions contribute zero *after* subtracting ``x_zero_point`` (they behave like ``x = z_x``).
+
+    References:
+      ONNX operator spec, ConvInteger (opset 10). onnxruntime ``core/providers/cpu/quantization/conv_integer.cc``.
+
+    Args:
+      x: uint8 or int8 input ``(N, C, H, W)``.
+      w: uint8 or int8 weights ``(M, C/group, kH, kW)``.
+      x_zero_point: scalar of ``x``'s dtype, or ``None``.
+      w_zero_point: scalar or per-output-channel ``(M,)`` of ``w``'s dtype, or ``None``.
+      strides: ``(sH, sW)``.
+      pads: ``(top, left, bottom, right)`` — ONNX order ``[x1_begin, x2_begin, x1_end, x2_end]``.
+      dilations: ``(dH, dW)``.
+      group: number of groups; must divide ``C`` and ``M``.
+
+    Returns:
+      int32 ``(N, M, H_out, W_out)``.
+
+    Raises:
+      TypeError: unsupported dtypes.
+      ValueError: inconsistent shapes or conv attributes, or zero points of the wrong shape.
+    """
+    x = _typed_input(x, "x", _EIGHT_BIT)
+    w = _typed_input(w, "w", _EIGHT_BIT)
+    strides, pads, dilations = tuple(strides), tuple(pads), tuple(dilations)
+    _conv_geometry(x.shape, w.shape, strides, pads, dilations, group)
+    x_zp = _operand_zero_point(x_zero_point, x, "x_zero_point", None, "")
+    w_zp = _operand_zero_point(w_zero_point, w, "w_zero_point", w.shape[0], "per output channel")
+    return _conv_int32(x, w, x_zp, w_zp, strides=strides, pads=pads, dilations=dilations, group=int(group))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# QLinearMatMul / QLinearConv: int32 accumulation, then requantization
+
+
+def _requantize_reference_numpy(acc, multiplier, zero_point, qmin, qmax):
+    acc, multiplier, zero_point = (np.asarray(value, np.float64) for value in (acc, multiplier, zero_point))
+    total = acc * multiplier + zero_point
+    return np.clip(np.rint(total), qmin, qmax).astype(np.int32)
+
+
+def _requantize(acc, multiplier, zero_point, *, qmin: int, qmax: int, flavor: str):
+    """``acc`` int32, ``multiplier`` float32 and ``zero_point`` int32, both broadcastable to ``acc``."""
+    if flavor == "onnxruntime":
+        # MlasRequantizeOutput: f32(acc) * M in float32 (one rounding each), clamp to [qmin - z, qmax - z] in float,
+        # round half to even, then add z in int32.
+        scaled = acc.astype(jnp.float32) * multiplier
+        scaled = jnp.clip(scaled, (qmin - zero_point).astype(jnp.float32), (qmax - zero_point).astype(jnp.float32))
+        return jnp.round(scaled).astype(jnp.int32) + zero_point
+    # Reference evaluator: float64 product, zero point added in float64 before rounding. XLA without x64 has no
+    # float64, so this one step runs in numpy on the host.
+    multiplier = jnp.broadcast_to(multiplier, acc.shape)
+    zero_point = jnp.broadcast_to(zero_point, acc.shape)
+    callback = functools.partial(_requantize_reference_numpy, qmin=qmin, qmax=qmax)
+    return jax.pure_callback(
+        callback, jax.ShapeDtypeStruct(acc.shape, jnp.int32), acc, multiplier, zero_point, vmap_method="expand_dims"
+    )
+
+
+def _output_zero_point(y_zero_point, name: str) -> jax.Array:
+    zero_point = _typed_input(y_zero_point, name, _EIGHT_BIT)
+    if zero_point.shape not in ((), (1,)):
+        raise ValueError(f"{name} must be a scalar, got shape {zero_point.shape}")
+    return zero_point.reshape(())
+
+
+def _scalar_scale(value, name: str) -> jax.Array:
+    scale = _scale(value, name)
+    if scale.shape not in ((), (1,)):
+        raise ValueError(f"{name} must be a scalar, got shape {scale.shape}")
+    return scale.reshape(())
+
+
+def _per_index_scale(value, name: str, length: int, what: str) -> jax.Array:
+    scale = _scale(value, name)
+    if scale.shape in ((), (1,)):
+        return scale.reshape(())
+    if scale.shape == (length,):
+        return scale
+    raise ValueError(f"{name} must be a scalar or shape ({length},) ({what}), got shape {scale.shape}")
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype", "flavor"))
+def _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, *, out_dtype, flavor):
+    acc = _matmul_int32(a, b, a_zero_point, b_zero_point)
+    # M = f32(f32(sa * sb) / sy): two roundings, in this order, in onnxruntime and in the reference evaluator.
+    multiplier = _divide(a_scale * b_scale, y_scale)
+    fmt = _INT_FORMATS[out_dtype]
+    codes = _requantize(acc, multiplier, y_zero_point.astype(jnp.int32), qmin=fmt.qmin, qmax=fmt.qmax, flavor=flavor)
+    return codes.astype(out_dtype)
+
+
+def qlinear_matmul(
+    a: jax.Array | np.ndarray,
+    a_scale: jax.Array | np.ndarray | float,
+    a_zero_point: jax.Array | np.ndarray,
+    b: jax.Array | np.ndarray,
+    b_scale: jax.Array | np.ndarray | float,
+    b_zero_point: jax.Array | np.ndarray,
+    y_scale: jax.Array | np.ndarray | float,
+    y_zero_point: jax.Array | np.ndarray,
+    *,
+    flavor: Flavor = "onnxruntime",
+) -> jax.Array:
+    """ONNX QLinearMatMul: integer matmul requantized to the output's scale and zero point.
+
+    .. math::
+
+       acc = \\sum_k (a_{ik} - z_a)(b_{kj} - z_{b,j}) \\;(\\text{int32}), \\quad
+       M_j = f_{32}(f_{32}(s_a s_{b,j}) / s_y), \\quad
+       y_{ij} = \\operatorname{sat}\\big(\\operatorname{rne}(f_{32}(f_{32}(acc_{ij}) \\cdot M_j)) + z_y\\big).
+
+    Differs from the reference evaluator:
+      - the reference computes ``sat(rne(f64(acc) · f64(M) + z_y))``: no float32 rounding of ``acc`` or of the
+        product, and the zero point is added *before* rounding. The results differ when ``f32(acc)`` is inexact
+        (|acc| > 2^24), when the float32 product rounds onto or off a ``.5`` tie, and at exact ties with an odd
+        zero point (``rne(t) + z`` vs ``rne(t + z)``).
+
+    References:
+      ONNX operator spec, QLinearMatMul (opsets 10, 21). onnxruntime
+      ``core/providers/cpu/quantization/quantize_linear_matmul.cc`` and ``core/mlas/lib/quantize.cpp``
+      (MlasRequantizeOutput); onnx ``onnx/reference/ops/op_qlinear_matmul.py``.
+
+    Args:
+      a: uint8 or int8 ``(..., M, K)``.
+      a_scale: positive scalar.
+      a_zero_point: scalar of ``a``'s dtype.
+      b: uint8 or int8 ``(..., K, N)``.
+      b_scale: positive scalar or per-column ``(N,)``.
+      b_zero_point: scalar or per-column ``(N,)`` of ``b``'s dtype.
+      y_scale: positive scalar.
+      y_zero_point: scalar uint8 or int8; its dtype is the output type.
+      flavor: ``"onnxruntime"`` or ``"reference"``.
+
+    Returns:
+      The requantized product, dtype of ``y_zero_point``, shape as ``numpy.matmul``.
+
+    Raises:
+      TypeError: unsupported dtypes.
+      ValueError: shapes that do not multiply, parameters of the wrong shape, a concrete scale that is not finite
+        and > 0, an unknown ``flavor``.
+    """
+    _check_flavor(flavor)
+    a = _typed_input(a, "a", _EIGHT_BIT)
+    b = _typed_input(b, "b", _EIGHT_BIT)
+    _, columns = _matmul_shapes(a.shape, b.shape)
+    per_column = columns if b.ndim > 1 else None
+    a_zp = _operand_zero_point(a_zero_point, a, "a_zero_point", None, "")
+    b_zp = _operand_zero_point(b_zero_point, b, "b_zero_point", per_column, "per column")
+    sa = _scalar_scale(a_scale, "a_scale")
+    sb = _per_index_scale(b_scale, "b_scale", columns, "per column") if per_column else _scalar_scale(b_scale, "b_scale")
+    sy = _scalar_scale(y_scale, "y_scale")
+    zy = _output_zero_point(y_zero_point, "y_zero_point")
+    return _qlinear_matmul(a, sa, a_zp, b, sb, b_zp, sy, zy, out_dtype=np.dtype(zy.dtype), flavor=flavor)
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype", "strides", "pads", "dilations", "group", "flavor"))
+def _qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, bias, *, out_dtype,
+                  strides, pads, dilations, group, flavor):
+    acc = _conv_int32(x, w, x_zero_point, w_zero_point, strides=strides, pads=pads, dilations=dilations, group=group)
+    acc = acc + bias.reshape(1, -1, 1, 1)
+    multiplier = _divide(x_scale * w_scale, y_scale)
+    multiplier = multiplier.reshape((1, -1, 1, 1) if multiplier.ndim else ())
+    fmt = _INT_FORMATS[out_dtype]
+    codes = _requantize(acc, multiplier, y_zero_point.astype(jnp.int32), qmin=fmt.qmin, qmax=fmt.qmax, flavor=flavor)
+    return codes.astype(out_dtype)
+
+
+def qlinear_conv(
+    x: jax.Array | np.ndarray,
+    x_scale: jax.Array | np.ndarray | float,
+    x_zero_point: jax.Array | np.ndarray,
+    w: jax.Array | np.ndarray,
+    w_scale: jax.Array | np.ndarray | float,
+    w_zero_point: jax.Array | np.ndarray,
+    y_scale: jax.Array | np.ndarray | float,
+    y_zero_point: jax.Array | np.ndarray,
+    bias: jax.Array | np.ndarray | None = None,
+    *,
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+    group: int = 1,
+    flavor: Flavor = "onnxruntime",
+) -> jax.Array:
+    """ONNX QLinearConv (2-D, NCHW): integer convolution plus int32 bias, requantized per output channel.
+
+    .. math::
+
+       acc_{n,m,i,j} = b_m + \\sum_{c,p,q} (x - z_x)(w_{m,c,p,q} - z_{w,m}) \\;(\\text{int32}), \\quad
+       M_m = f_{32}(f_{32}(s_x s_{w,m}) / s_y),
+
+       y = \\operatorname{sat}\\big(\\operatorname{rne}(f_{32}(f_{32}(acc) \\cdot M_m)) + z_y\\big).
+
+    Padded positions behave like ``x = z_x`` (zero after subtracting the zero point), as in :func:`conv_integer`.
+
+    Differs from the reference evaluator:
+      - as in :func:`qlinear_matmul`: the reference requantizes in float64 and adds ``z_y`` before rounding.
+
+    References:
+      ONNX operator spec, QLinearConv (opset 10). onnxruntime ``core/providers/cpu/quantization/qlinearconv.cc``
+      and ``core/mlas/lib/quantize.cpp`` (MlasRequantizeOutput); onnx ``onnx/reference/ops/op_qlinear_conv.py``.
+
+    Args:
+      x: uint8 or int8 ``(N, C, H, W)``.
+      x_scale: positive scalar.
+      x_zero_point: scalar of ``x``'s dtype.
+      w: uint8 or int8 ``(M, C/group, kH, kW)``.
+      w_scale: positive scalar, or per output channel ``(M,)``.
+      w_zero_point: scalar or ``(M,)`` of ``w``'s dtype.
+      y_scale: positive scalar.
+      y_zero_point: scalar uint8 or int8; its dtype is the output type.
+      bias: int32 ``(M,)``, or ``None``.
+      strides: ``(sH, sW)``.
+      pads: ``(top, left, bottom, right)`` — ONNX order ``[x1_begin, x2_begin, x1_end, x2_end]``.
+      dilations: ``(dH, dW)``.
+      group: number of groups; must divide ``C`` and ``M``.
+      flavor: ``"onnxruntime"`` or ``"reference"``.
+
+    Returns:
+      ``(N, M, H_out, W_out)`` of ``y_zero_point``'s dtype.
+
+    Raises:
+      TypeError: unsupported dtypes.
+      ValueError: inconsistent shapes or conv attributes, parameters of the wrong shape, a concrete scale that is
+        not finite and > 0, an unknown ``flavor``.
+    """
+    _check_flavor(flavor)
+    x = _typed_input(x, "x", _EIGHT_BIT)
+    w = _typed_input(w, "w", _EIGHT_BIT)
+    strides, pads, dilations = tuple(strides), tuple(pads), tuple(dilations)
+    _conv_geometry(x.shape, w.shape, strides, pads, dilations, group)
+    out_channels = w.shape[0]
+    x_zp = _operand_zero_point(x_zero_point, x, "x_zero_point", None, "")
+    w_zp = _operand_zero_point(w_zero_point, w, "w_zero_point", out_channels, "per output channel")
+    sx = _scalar_scale(x_scale, "x_scale")
+    sw = _per_index_scale(w_scale, "w_scale", out_channels, "per output channel")
+    sy = _scalar_scale(y_scale, "y_scale")
+    zy = _output_zero_point(y_zero_point, "y_zero_point")
+    if bias is None:
+        bias = jnp.zeros((out_channels,), jnp.int32)
+    else:
+        bias = _typed_input(bias, "bias", [np.dtype(np.int32)])
+        if bias.shape != (out_channels,):
+            raise ValueError(f"bias must have shape ({out_channels},) (one per output channel), got {bias.shape}")
+    return _qlinear_conv(x, sx, x_zp, w, sw, w_zp, sy, zy, bias, out_dtype=np.dtype(zy.dtype), strides=strides,
+                         pads=pads, dilations=dilations, group=int(group), flavor=flavor)

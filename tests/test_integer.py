@@ -1,0 +1,207 @@
+"""Tests for quantref.integer: fixed-point primitives against Python integers, and the integer-only CNN against an
+independent numpy int64 implementation and against the fake-quant simulation."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from quantref import correction, data, integer, ptq, train
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+# --- slow references in Python / numpy int64 ---------------------------------------------------------------------
+
+
+def _srdhm_reference(a: int, b: int) -> int:
+    if a == b == INT32_MIN:
+        return INT32_MAX
+    product = a * b
+    total = product + ((1 << 30) if product >= 0 else 1 - (1 << 30))
+    return total // (1 << 31) if total >= 0 else -((-total) // (1 << 31))  # C++ division truncates
+
+
+def _rdbpot_reference(x: int, exponent: int) -> int:
+    mask = (1 << exponent) - 1
+    return (x >> exponent) + int((x & mask) > (mask >> 1) + int(x < 0))
+
+
+def _mbqm_reference_np(acc: np.ndarray, quantized: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """MultiplyByQuantizedMultiplier in numpy int64 (shifts <= 0 only, as in the model)."""
+    acc, quantized, shift = (np.asarray(v, np.int64) for v in (acc, quantized, shift))
+    assert np.all(shift <= 0)
+    product = acc * quantized
+    total = product + np.where(product >= 0, 1 << 30, 1 - (1 << 30))
+    high = np.where(total >= 0, total // (1 << 31), -((-total) // (1 << 31)))
+    exponent = -shift
+    mask = (np.int64(1) << exponent) - 1
+    return (high >> exponent) + ((high & mask) > (mask >> 1) + (high < 0)).astype(np.int64)
+
+
+def _conv_np(codes, zero_point, kernel, bias):
+    x = codes.astype(np.int64) - int(zero_point)
+    x = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # zero padding in the zero-point-subtracted domain
+    windows = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(1, 2))  # (N, H, W, C, 3, 3)
+    return np.einsum("nhwcij,ijco->nhwo", windows, np.asarray(kernel, np.int64)) + np.asarray(bias, np.int64)
+
+
+def _requant_np(acc, rescale, zero_point, qmin, qmax):
+    if isinstance(rescale, integer.FloatMultiplier):
+        scaled = acc.astype(np.float32) * np.asarray(rescale.multiplier, np.float32)
+        return np.clip(np.rint(scaled).astype(np.int64) + int(zero_point), qmin, qmax)
+    scaled = _mbqm_reference_np(acc, rescale.quantized_multiplier, rescale.shift)
+    return np.clip(scaled + int(zero_point), qmin, qmax)
+
+
+def _integer_forward_np(qmodel, rescale, x):
+    fmt = qmodel.activation_format
+    q = lambda a: (np.asarray(a.scale, np.float32), int(a.zero_point))  # noqa: E731
+    scale, zp = q(qmodel.input)
+    codes = np.clip(np.rint(np.asarray(x, np.float32) / scale) + zp, fmt.qmin, fmt.qmax)
+    for name, inp, out in (("conv1", qmodel.input, qmodel.conv1_output), ("conv2", qmodel.conv1_output, qmodel.conv2_output)):
+        layer = getattr(qmodel, name)
+        acc = _conv_np(codes, inp.zero_point, layer.kernel, layer.bias)
+        codes = _requant_np(acc, getattr(rescale, name), out.zero_point, max(fmt.qmin, int(out.zero_point)), fmt.qmax)
+    n = codes.shape[0]
+    pooled = codes.reshape(n, 4, 2, 4, 2, 32).max(axis=(2, 4)).reshape(n, -1)
+    acc = (pooled - int(qmodel.conv2_output.zero_point)) @ np.asarray(qmodel.dense.kernel, np.int64)
+    acc = acc + np.asarray(qmodel.dense.bias, np.int64)
+    return _requant_np(acc, rescale.dense, qmodel.logits.zero_point, fmt.qmin, fmt.qmax)
+
+
+# --- fixed-point primitives --------------------------------------------------------------------------------------
+
+
+def test_quantize_multiplier_known_values():
+    values = np.array([1.0, 0.5, 0.25, 0.0, 1e-12, 0.9999999999, 0.75, 2.0])
+    quantized, shift = integer.quantize_multiplier(values)
+    assert quantized.tolist() == [2**30, 2**30, 2**30, 0, 0, 2**30, 3 * 2**29, 2**30]
+    assert shift.tolist() == [1, 0, -1, 0, 0, 1, 0, 2]
+    exact = quantized.astype(np.float64) * 2.0 ** (shift.astype(np.float64) - 31)
+    np.testing.assert_allclose(exact, values, rtol=2**-30, atol=1e-12)
+
+
+def test_quantize_multiplier_rejects_negative():
+    with pytest.raises(ValueError, match="multiplier"):
+        integer.quantize_multiplier(-0.5)
+
+
+def _int32_samples(rng, count):
+    edges = np.array([0, 1, -1, 2, -2, INT32_MAX, INT32_MIN, INT32_MIN + 1, 2**30, -(2**30), 46341, -46341, 65535, 65536])
+    return np.concatenate([edges, rng.integers(INT32_MIN, INT32_MAX, count, endpoint=True)]).astype(np.int32)
+
+
+def test_srdhm_matches_python_integers():
+    rng = np.random.default_rng(0)
+    a = _int32_samples(rng, 400)
+    b = _int32_samples(rng, 400)
+    a, b = np.meshgrid(a, b[:60])
+    got = np.asarray(integer.saturating_rounding_doubling_high_mul(a, b))
+    expected = np.vectorize(_srdhm_reference, otypes=[np.int64])(a.astype(np.int64), b.astype(np.int64))
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_srdhm_saturates_only_at_int32_min_squared():
+    assert int(integer.saturating_rounding_doubling_high_mul(INT32_MIN, INT32_MIN)) == INT32_MAX
+    assert int(integer.saturating_rounding_doubling_high_mul(INT32_MIN, INT32_MAX)) == -INT32_MAX
+
+
+def test_rounding_divide_by_pot_matches_python_integers():
+    rng = np.random.default_rng(1)
+    x = _int32_samples(rng, 300)
+    for exponent in (0, 1, 2, 5, 17, 30, 31):
+        got = np.asarray(integer.rounding_divide_by_pot(x, exponent))
+        expected = [_rdbpot_reference(int(v), exponent) for v in x]
+        np.testing.assert_array_equal(got, expected)
+    # Ties go away from zero.
+    np.testing.assert_array_equal(np.asarray(integer.rounding_divide_by_pot(np.array([6, -6, 2, -2], np.int32), 2)),
+                                  [2, -2, 1, -1])
+
+
+def test_mbqm_within_one_of_exact_rounding():
+    rng = np.random.default_rng(2)
+    acc = rng.integers(-(2**24), 2**24, 2000).astype(np.int32)
+    quantized, shift = integer.quantize_multiplier(rng.uniform(1e-4, 0.99, 2000))
+    got = np.asarray(integer.multiply_by_quantized_multiplier(acc, quantized, shift)).astype(np.int64)
+    np.testing.assert_array_equal(got, _mbqm_reference_np(acc, quantized, shift))
+    exact = acc.astype(np.float64) * quantized * 2.0 ** (shift.astype(np.float64) - 31)
+    assert np.max(np.abs(got - exact)) <= 0.75 + 1e-9
+
+
+def test_onnxruntime_requantize_rounds_before_adding_the_zero_point():
+    acc = jnp.array([1, 3, 5, -1, -3, 7], jnp.int32)
+    multiplier = integer.FloatMultiplier(jnp.float32(0.5))
+    # 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -0.5 -> 0, -1.5 -> -2, 3.5 -> 4 (half to even), then + 3.
+    got = integer.requantize(acc, multiplier, jnp.int32(3), 0, 255)
+    np.testing.assert_array_equal(np.asarray(got), [3, 5, 5, 3, 1, 7])
+    np.testing.assert_array_equal(np.asarray(integer.requantize(acc, multiplier, jnp.int32(3), 4, 6)), [4, 5, 5, 4, 4, 6])
+
+
+# --- the network -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return data.load_splits()
+
+
+@pytest.fixture(scope="module")
+def params():
+    return correction.fold_batch_norm(train.load_or_train(progress=False))
+
+
+@pytest.fixture(scope="module")
+def qmodel(params, splits):
+    return ptq.quantize_model(params, splits.x_calib)
+
+
+def _far_inputs(count=16):
+    rng = np.random.default_rng(3)
+    return np.concatenate([
+        rng.uniform(-3, 4, (count, 8, 8, 1)),
+        np.zeros((1, 8, 8, 1)),
+        np.ones((1, 8, 8, 1)),
+        np.full((1, 8, 8, 1), 1e6),
+        np.full((1, 8, 8, 1), -1e6),
+    ]).astype(np.float32)
+
+
+@pytest.mark.parametrize("requantization", integer.REQUANTIZATIONS)
+@pytest.mark.parametrize("signed", [False, True])
+def test_integer_forward_equals_numpy_int64_reference(params, splits, qmodel, requantization, signed):
+    if signed:
+        qmodel = ptq.quantize_model(params, splits.x_calib, activation_signed=True)
+    rescale = integer.multipliers(qmodel, requantization)
+    x = np.concatenate([splits.x_test[:64], _far_inputs()])
+    out = integer.integer_forward(qmodel, rescale, x)
+    assert out.logits_q.dtype == (jnp.int8 if signed else jnp.uint8)
+    np.testing.assert_array_equal(np.asarray(out.logits_q), _integer_forward_np(qmodel, rescale, x))
+    dequantized = (np.asarray(out.logits_q).astype(np.int32) - int(out.zero_point)).astype(np.float32) * np.float32(out.scale)
+    np.testing.assert_array_equal(np.asarray(out.logits), dequantized)
+
+
+@pytest.mark.parametrize("requantization", integer.REQUANTIZATIONS)
+def test_integer_forward_is_close_to_fake_quant(qmodel, splits, requantization):
+    out = integer.integer_forward(qmodel, integer.multipliers(qmodel, requantization), splits.x_test)
+    fake, _ = ptq.fake_quant_forward(qmodel, jnp.asarray(splits.x_test))
+    fake_codes = np.round(np.asarray(fake) / float(qmodel.logits.scale)) + int(qmodel.logits.zero_point)
+    difference = np.abs(np.asarray(out.logits_q).astype(np.int64) - fake_codes)
+    assert difference.max() <= 2  # LSBs of the logits
+    agreement = np.mean(np.argmax(out.logits, axis=1) == np.argmax(fake, axis=1))
+    assert agreement >= 0.99
+    assert ptq.accuracy(out.logits, splits.y_test) >= ptq.accuracy(fake, splits.y_test) - 0.005
+
+
+def test_relu_is_the_clamp(qmodel, splits):
+    out = integer.integer_forward(qmodel, integer.multipliers(qmodel), splits.x_test[:16])
+    for point in ("conv2.input", "pool.input"):
+        assert int(np.asarray(out.codes[point]).min()) >= int(qmodel.activation(point).zero_point)
+
+
+def test_bad_arguments(qmodel):
+    with pytest.raises(ValueError, match="requantization"):
+        integer.multipliers(qmodel, "tensorrt")
+    with pytest.raises(ValueError, match="x must be"):
+        integer.integer_forward(qmodel, integer.multipliers(qmodel), np.zeros((2, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="rescale"):
+        integer.integer_forward(qmodel, None, np.zeros((2, 8, 8, 1), np.float32))
