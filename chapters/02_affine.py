@@ -237,9 +237,9 @@ for label, s1, s2, s3, accuracy, size in rows:
 # quantized model be quantized again without drift:
 
 # %%
-kernel = jnp.asarray(kernels["conv2"])
-scale = weight_scale(kernel, formats.INT8, axis=-1)
-once = affine.fake_quant(kernel, scale, None, formats.INT8, axis=-1)
-twice = affine.fake_quant(once, scale, None, formats.INT8, axis=-1)
+matrix = jnp.asarray(kernels["conv2"]).reshape(-1, kernels["conv2"].shape[-1])
+scale = weight_scale(matrix, formats.INT8, axis=1)
+once = affine.fake_quant(matrix, scale, None, formats.INT8, axis=1)
+twice = affine.fake_quant(once, scale, None, formats.INT8, axis=1)
 print("idempotent:", bool(jnp.array_equal(once, twice)), "| values that moved the second time:",
       int(jnp.sum(once != twice)))

@@ -1,16 +1,16 @@
 """The affine (uniform) quantizer: scale, zero point, quantize, dequantize, fake-quant.
 
-A real value x is mapped onto a b-bit integer grid ``qmin..qmax`` by a scale :math:`s > 0` and an integer zero
-point :math:`z`:
+A real value x is mapped onto a b-bit integer grid ``qmin..qmax`` by a scale $s > 0$ and an integer zero
+point $z$:
 
-.. math::
+$$
+q = \\operatorname{clamp}\\big(\\operatorname{round}(x / s) + z,\\; q_{min},\\; q_{max}\\big), \\qquad
+\\hat x = s\\,(q - z).
+$$
 
-   q = \\operatorname{clamp}\\big(\\operatorname{round}(x / s) + z,\\; q_{min},\\; q_{max}\\big), \\qquad
-   \\hat x = s\\,(q - z).
-
-Zero is exactly representable (:math:`x = 0 \\mapsto q = z \\mapsto \\hat x = 0`), which matters for zero padding
-and ReLU outputs. Inside the representable range :math:`[s(q_{min} - z),\\, s(q_{max} - z)]` the error
-:math:`|x - \\hat x|` is at most :math:`s/2`; outside it is the clipping error.
+Zero is exactly representable ($x = 0 \\mapsto q = z \\mapsto \\hat x = 0$), which matters for zero padding
+and ReLU outputs. Inside the representable range $[s(q_{min} - z),\\, s(q_{max} - z)]$ the error
+$|x - \\hat x|$ is at most $s/2$; outside it is the clipping error.
 
 Granularity is chosen by ``axis`` and ``block_size``, with the parameter shapes that ONNX uses:
 
@@ -207,9 +207,9 @@ def quantize(
 ) -> jax.Array:
     """Quantize real values to integer codes.
 
-    .. math::
-
-       q = \\operatorname{clamp}\\big(\\operatorname{round}(x / s) + z,\\; q_{min},\\; q_{max}\\big)
+    $$
+    q = \\operatorname{clamp}\\big(\\operatorname{round}(x / s) + z,\\; q_{min},\\; q_{max}\\big)
+    $$
 
     The division is a true float32 division and the zero point is added after rounding, as ONNX QuantizeLinear
     specifies. ±Inf saturate; NaN maps to ``qmin`` (onnxruntime's choice).
@@ -262,9 +262,9 @@ def dequantize(
 ) -> jax.Array:
     """Map integer codes back to real values.
 
-    .. math::
-
-       \\hat x = s\\,(q - z)
+    $$
+    \\hat x = s\\,(q - z)
+    $$
 
     The subtraction is exact in int32, then one float32 multiply — as ONNX DequantizeLinear computes it.
 
@@ -319,9 +319,9 @@ def fake_quant(
 ) -> jax.Array:
     """Quantize then dequantize, staying in floating point ("simulated quantization").
 
-    .. math::
-
-       \\hat x = s\\,\\Big(\\operatorname{clamp}\\big(\\operatorname{round}(x/s) + z,\\, q_{min},\\, q_{max}\\big) - z\\Big)
+    $$
+    \\hat x = s\\,\\Big(\\operatorname{clamp}\\big(\\operatorname{round}(x/s) + z,\\, q_{min},\\, q_{max}\\big) - z\\Big)
+    $$
 
     Equal to ``dequantize(quantize(x, ...), ...)`` for finite inputs, without the integer round trip. It is
     idempotent: ``fake_quant(fake_quant(x)) == fake_quant(x)``. NaN propagates; ±Inf saturate.
@@ -363,27 +363,27 @@ def scale_zero_point(
 ) -> tuple[jax.Array, jax.Array]:
     """Scale and zero point that map a real range onto an integer grid.
 
-    The range is first widened to contain zero, :math:`m = \\min(\\text{min}, 0)`, :math:`M = \\max(\\text{max}, 0)`,
+    The range is first widened to contain zero, $m = \\min(\\text{min}, 0)$, $M = \\max(\\text{max}, 0)$,
     so that zero is exactly representable. Then:
 
-    .. math::
+    $$
+    \\text{asymmetric:} \\quad s = \\frac{M - m}{q_{max} - q_{min}}, \\quad
+    z = \\operatorname{clamp}\\big(q_{min} - \\operatorname{round}(m / s),\\, q_{min},\\, q_{max}\\big)
+    $$
 
-       \\text{asymmetric:} \\quad s = \\frac{M - m}{q_{max} - q_{min}}, \\quad
-       z = \\operatorname{clamp}\\big(q_{min} - \\operatorname{round}(m / s),\\, q_{min},\\, q_{max}\\big)
+    $$
+    \\text{symmetric:} \\quad s = \\frac{\\max(|m|, |M|)}{d}, \\quad
+    z = \\begin{cases} 0 & \\text{signed} \\\\ 2^{b-1} & \\text{unsigned} \\end{cases}
+    $$
 
-    .. math::
+    where the divisor $d$ is a convention that real tools disagree on, so it is named here:
 
-       \\text{symmetric:} \\quad s = \\frac{\\max(|m|, |M|)}{d}, \\quad
-       z = \\begin{cases} 0 & \\text{signed} \\\\ 2^{b-1} & \\text{unsigned} \\end{cases}
-
-    where the divisor :math:`d` is a convention that real tools disagree on, so it is named here:
-
-    - ``symmetric_divisor="qmax"``: :math:`d = q_{max}` (127 for int8) — TFLite, ONNX Runtime's quantizer,
+    - ``symmetric_divisor="qmax"``: $d = q_{max}$ (127 for int8) — TFLite, ONNX Runtime's quantizer,
       and the white paper; ±absmax land exactly on ±127, and with ``narrow_range`` the grid is ``[-127, 127]``.
-    - ``symmetric_divisor="half_levels"``: :math:`d = (q_{max} - q_{min}) / 2` (127.5 for int8) — PyTorch's
+    - ``symmetric_divisor="half_levels"``: $d = (q_{max} - q_{min}) / 2$ (127.5 for int8) — PyTorch's
       ``MinMaxObserver`` with ``per_tensor_symmetric``; the grid is stretched half a step further.
 
-    A zero-width range (an all-zero tensor) would give :math:`s = 0`; the scale is floored at ``min_scale``
+    A zero-width range (an all-zero tensor) would give $s = 0$; the scale is floored at ``min_scale``
     (float32 epsilon, PyTorch's choice), so that quantize never divides by zero.
 
     References:

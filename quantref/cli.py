@@ -1,7 +1,8 @@
 """The ``quantref`` command.
 
 ``quantref tour`` runs every chapter (rendering each into its site page) and builds the site;
-``quantref chapter N`` runs one chapter; ``quantref cache path|clear`` shows or clears the trained-model cache.
+``quantref chapter N`` runs one chapter; ``quantref export onnx OUT_DIR`` writes the quantized model for
+onnxruntime; ``quantref cache path|clear`` shows or clears the trained-model cache.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def cmd_tour(args: argparse.Namespace) -> int:
         print(f"=== {script.name}: {time.perf_counter() - chapter_start:.1f} s ===", flush=True)
     print("\n=== building the site (mkdocs build --strict) ===", flush=True)
     build = [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-f", str(root / "mkdocs.yml")]
-    subprocess.run([*build, "-d", str(site_dir)], check=True, cwd=root)
+    # Material's end-of-life banner is not about this site; keep the tour's output about the tour.
+    environment = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    subprocess.run([*build, "-d", str(site_dir)], check=True, cwd=root, env=environment)
     print(f"\nTour done in {time.perf_counter() - start:.0f} s. The site is in {site_dir}")
     print(f"Serve it (offline) with:  python -m http.server -d {os.path.relpath(site_dir)} 8000  →  http://127.0.0.1:8000")
     return 0
@@ -82,6 +85,19 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Quantize the walkthrough model and write it, its float twin, test inputs and expected outputs as ONNX."""
+    from quantref.export import onnx as export_onnx
+
+    try:
+        paths = export_onnx.export_onnx(args.out_dir, force=args.force)
+    except ValueError as error:
+        raise SystemExit(f"quantref export: {error}") from error
+    for name, path in paths.items():
+        print(f"{name:>12}: {path} ({Path(path).stat().st_size:,} bytes)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``quantref`` command."""
     parser = argparse.ArgumentParser(prog="quantref", description=__doc__.split("\n\n")[0])
@@ -96,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     chapter = commands.add_parser("chapter", help="run one chapter, e.g. `quantref chapter 2`")
     chapter.add_argument("number", type=int)
     chapter.set_defaults(func=cmd_chapter)
+
+    export = commands.add_parser("export", help="write the quantized model for a runtime, e.g. `export onnx OUT_DIR`")
+    export.add_argument("format", choices=["onnx"])
+    export.add_argument("out_dir")
+    export.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR")
+    export.set_defaults(func=cmd_export)
 
     cache_cmd = commands.add_parser("cache", help="show or clear the trained-model cache")
     cache_cmd.add_argument("action", choices=["path", "clear"])

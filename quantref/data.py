@@ -4,9 +4,9 @@ The 1,797 images ship with scikit-learn, so nothing is downloaded. Each pixel is
 
 Preprocessing, which every consumer of the model must repeat exactly (the ONNX export feeds the same tensor):
 
-.. math::
-
-   x = \\text{float32}(\\text{pixel}) / 16 \\in [0, 1], \\qquad \\text{shape } (N, 8, 8, 1) \\text{ (NHWC).}
+$$
+x = \\text{float32}(\\text{pixel}) / 16 \\in [0, 1], \\qquad \\text{shape } (N, 8, 8, 1) \\text{ (NHWC).}
+$$
 
 The splits are stratified by label and fixed by a seed:
 

@@ -2,9 +2,9 @@
 
 A b-bit integer format is the grid of integers ``qmin..qmax``:
 
-.. math::
-
-   \\text{signed: } [-2^{b-1}, 2^{b-1}-1], \\qquad \\text{unsigned: } [0, 2^b - 1].
+$$
+\\text{signed: } [-2^{b-1}, 2^{b-1}-1], \\qquad \\text{unsigned: } [0, 2^b - 1].
+$$
 
 *Narrow range* drops the most negative code of a signed grid (``[-127, 127]`` for int8) so that the grid is
 symmetric around zero; TFLite uses it for weights.
@@ -237,10 +237,10 @@ def float8_max(name: str) -> float:
 def cast_float8(x: jnp.ndarray | np.ndarray, name: str, *, saturate: bool = True) -> jnp.ndarray:
     """Round float32 values to a float8 format (round half to even).
 
-    .. math::
-
-       y = \\operatorname{rne}_{\\text{fp8}}(x), \\quad \\text{with } |x| > \\text{max} \\mapsto
-       \\begin{cases} \\pm\\text{max} & \\text{saturate} \\\\ \\text{overflow value} & \\text{otherwise}\\end{cases}
+    $$
+    y = \\operatorname{rne}_{\\text{fp8}}(x), \\quad \\text{with } |x| > \\text{max} \\mapsto
+    \\begin{cases} \\pm\\text{max} & \\text{saturate} \\\\ \\text{overflow value} & \\text{otherwise}\\end{cases}
+    $$
 
     With ``saturate=True`` values beyond the largest finite value, and ±Inf, clamp to ±max; NaN stays NaN.
     With ``saturate=False`` the result is what the plain cast gives: e4m3fn and the fnuz formats have no

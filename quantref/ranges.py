@@ -14,11 +14,11 @@ is an :class:`Observer`, a triple of pure functions in optax's ``(init, update)`
 
 (:func:`calibrate` runs that loop.) The methods, following the white paper's sec. 3.1:
 
-- :func:`min_max` — the data's extent :math:`[\\min x, \\max x]`;
-- :func:`abs_max` — the symmetric range :math:`\\pm \\max |x|`;
+- :func:`min_max` — the data's extent $[\\min x, \\max x]$;
+- :func:`abs_max` — the symmetric range $\\pm \\max |x|$;
 - :func:`moving_average_min_max` — an exponential moving average of per-batch min and max (QAT-style);
 - :func:`percentile` — clip the tails at a percentile;
-- :func:`mse` — the clipping range that minimises :math:`\\lVert x - Q(x) \\rVert^2` (and :func:`mse_range`, its
+- :func:`mse` — the clipping range that minimises $\\lVert x - Q(x) \\rVert^2$ (and :func:`mse_range`, its
   exact non-streaming form);
 - :func:`entropy` — TensorRT's KL-divergence calibration.
 
@@ -31,23 +31,23 @@ per-channel only: a histogram per group (thousands of bins for every 32 or 128 w
 tensor itself.
 
 **The histogram.** Percentile, MSE and entropy need the distribution, not just the extremes, and a stream cannot be
-read twice. :class:`HistogramState` keeps, for each sign, ``num_bins`` bins of :math:`|x|` over :math:`[0, 2^e)`,
-where :math:`2^e` is the smallest power of two strictly above every :math:`|x|` seen so far (starting from
-:math:`2^{-100}`; bin width :math:`w = 2^e / \\text{num\\_bins}`, magnitude bin :math:`\\lfloor |x| / w \\rfloor`).
-When a batch holds a larger value, the bound grows to :math:`2^{e+k}` and each old bin :math:`j` merges into bin
-:math:`j \\gg k`. Because :math:`\\lfloor \\lfloor |x|/w \\rfloor / 2^k \\rfloor = \\lfloor |x| / (2^k w) \\rfloor`
+read twice. :class:`HistogramState` keeps, for each sign, ``num_bins`` bins of $|x|$ over $[0, 2^e)$,
+where $2^e$ is the smallest power of two strictly above every $|x|$ seen so far (starting from
+$2^{-100}$; bin width $w = 2^e / \\text{num\\_bins}$, magnitude bin $\\lfloor |x| / w \\rfloor$).
+When a batch holds a larger value, the bound grows to $2^{e+k}$ and each old bin $j$ merges into bin
+$j \\gg k$. Because $\\lfloor \\lfloor |x|/w \\rfloor / 2^k \\rfloor = \\lfloor |x| / (2^k w) \\rfloor$
 and every division by a power of two is exact in floating point, a value lands in the same final bin whenever it
 arrived: the counts are bitwise the same however the data is split into batches and in whatever order. (A histogram
 over ``[min, max]`` re-binned by interpolation, as PyTorch's ``HistogramObserver`` does, depends on the batching.)
 The two signs are stored side by side as one signed histogram of ``2 * num_bins`` bins with edges at multiples of
-:math:`w`.
+$w$.
 
 **NaN and Inf.** Observers ignore non-finite values: every statistic is taken over the finite values only, so one
 overflowed activation does not destroy the range. A tensor (or channel, or group) with no finite value yet has the
 range ``(0, 0)``, which :func:`~quantref.affine.scale_zero_point` turns into its smallest scale. All-equal input
 gives ``(c, c)``; ``scale_zero_point`` widens every range to contain zero, so this is usable too.
 
-Statistics are float32 (inputs are cast to float32) and histogram counts are int32: at most :math:`2^{31} - 1`
+Statistics are float32 (inputs are cast to float32) and histogram counts are int32: at most $2^{31} - 1$
 values per tensor or channel.
 
 References:
@@ -248,9 +248,9 @@ def _min_max_observer(
 def min_max(axis: int | None = None, block_size: int | None = None) -> Observer:
     """The data's extent: running minimum and maximum.
 
-    .. math::
-
-       \\text{min\\_val} = \\min_i x_i, \\qquad \\text{max\\_val} = \\max_i x_i
+    $$
+    \\text{min\\_val} = \\min_i x_i, \\qquad \\text{max\\_val} = \\max_i x_i
+    $$
 
     over every finite value of every batch (per tensor, channel or group). Exact and order-independent: feeding
     the data in batches gives bitwise the same range as one pass. Never clips, so one outlier stretches the grid
@@ -276,13 +276,13 @@ def min_max(axis: int | None = None, block_size: int | None = None) -> Observer:
 
 
 def abs_max(axis: int | None = None, block_size: int | None = None) -> Observer:
-    """The symmetric range :math:`\\pm \\max_i |x_i|` (for symmetric quantization).
+    """The symmetric range $\\pm \\max_i |x_i|$ (for symmetric quantization).
 
-    .. math::
+    $$
+    \\text{max\\_val} = -\\text{min\\_val} = \\max_i |x_i|
+    $$
 
-       \\text{max\\_val} = -\\text{min\\_val} = \\max_i |x_i|
-
-    Shares :func:`min_max`'s state (:math:`\\max |x| = \\max(-\\min x, \\max x)`), so it is exact and
+    Shares :func:`min_max`'s state ($\\max |x| = \\max(-\\min x, \\max x)$), so it is exact and
     order-independent too.
 
     References:
@@ -312,15 +312,15 @@ def moving_average_min_max(
 ) -> Observer:
     """Exponential moving average of each batch's minimum and maximum.
 
-    .. math::
-
-       m_1 = \\min x^{(1)}, \\qquad m_t = \\mu\\, m_{t-1} + (1 - \\mu) \\min x^{(t)}
+    $$
+    m_1 = \\min x^{(1)}, \\qquad m_t = \\mu\\, m_{t-1} + (1 - \\mu) \\min x^{(t)}
+    $$
 
     and the same for the maximum. The first batch initialises the average (no bias towards a zero start); a batch
-    with no finite value in an entry leaves that entry unchanged. ``momentum`` :math:`\\mu` is the weight of the
+    with no finite value in an entry leaves that entry unchanged. ``momentum`` $\\mu$ is the weight of the
     *old* value. PyTorch's ``MovingAverageMinMaxObserver`` names the other weight: its ``averaging_constant``
-    :math:`c` (default 0.01) is :math:`1 - \\mu`, so PyTorch's default is ``momentum=0.99``; TensorFlow's
-    ``MovingAverageQuantize`` uses ``ema_decay=0.999`` :math:`= \\mu`. Unlike the other observers the result
+    $c$ (default 0.01) is $1 - \\mu$, so PyTorch's default is ``momentum=0.99``; TensorFlow's
+    ``MovingAverageQuantize`` uses ``ema_decay=0.999`` $= \\mu$. Unlike the other observers the result
     depends on how the data is batched — by design, since it tracks a drifting distribution during training.
 
     References:
@@ -328,7 +328,7 @@ def moving_average_min_max(
       Krishnamoorthi, arXiv:1806.08342, 2018, sec. 3.
 
     Args:
-      momentum: weight :math:`\\mu \\in [0, 1]` of the running value (0: the last batch only; 1: the first batch).
+      momentum: weight $\\mu \\in [0, 1]$ of the running value (0: the last batch only; 1: the first batch).
       axis: ``None`` for per-tensor, else the channel (or group) axis.
       block_size: group size along ``axis``; must divide ``x.shape[axis]``.
 
@@ -483,7 +483,7 @@ class _Histogram(NamedTuple):
         return self.counts.shape[1] // 2
 
     def magnitude_counts(self) -> np.ndarray:
-        """Counts of :math:`|x|`: bin ``j`` holds ``[j w, (j + 1) w)``."""
+        """Counts of $|x|$: bin ``j`` holds ``[j w, (j + 1) w)``."""
         return self.counts[:, self.num_bins :] + self.counts[:, self.num_bins - 1 :: -1]
 
     def finish(self, min_val: np.ndarray, max_val: np.ndarray) -> tuple[jax.Array, jax.Array]:
@@ -526,17 +526,17 @@ def percentile(
 ) -> Observer:
     """Clip the tails at a percentile, estimated from a streaming histogram.
 
-    With :math:`n` finite values and rank :math:`k = \\lceil n p / 100 \\rceil` (the "inverted CDF" percentile,
+    With $n$ finite values and rank $k = \\lceil n p / 100 \\rceil$ (the "inverted CDF" percentile,
     ``np.percentile(..., method="inverted_cdf")``):
 
-    .. math::
+    $$
+    \\text{two-tailed: } \\text{max\\_val} = x_{(k)}, \\quad \\text{min\\_val} = -(-x)_{(k)}; \\qquad
+    \\text{symmetric: } \\pm\\, |x|_{(k)}
+    $$
 
-       \\text{two-tailed: } \\text{max\\_val} = x_{(k)}, \\quad \\text{min\\_val} = -(-x)_{(k)}; \\qquad
-       \\text{symmetric: } \\pm\\, |x|_{(k)}
-
-    — the same fraction is clipped from each tail. The histogram locates :math:`x_{(k)}` to its bin, and the
+    — the same fraction is clipped from each tail. The histogram locates $x_{(k)}$ to its bin, and the
     result is the bin's outer edge (so it errs towards clipping less), clamped to the data's extent: it is within
-    one bin width :math:`w = 2^e/\\text{num\\_bins}` of the exact percentile. The symmetric result is also clamped
+    one bin width $w = 2^e/\\text{num\\_bins}$ of the exact percentile. The symmetric result is also clamped
     to ``[min_val, max_val]`` of the data, so non-negative data gives ``(min x, t)`` rather than ``(-t, t)``.
 
     References:
@@ -545,7 +545,7 @@ def percentile(
       Wu et al., arXiv:2004.09602, 2020, sec. 4.1.
 
     Args:
-      percentile: :math:`p` in ``(0, 100]``; ``100`` is min-max (up to the bin). Two-tailed needs :math:`p \\ge 50`.
+      percentile: $p$ in ``(0, 100]``; ``100`` is min-max (up to the bin). Two-tailed needs $p \\ge 50$.
       symmetric: clip ``|x|`` at its percentile (one threshold for both signs) if True, else each tail separately.
       axis: ``None`` for per-tensor, else the channel axis.
       block_size: must be ``None``: per-group histograms are not supported (the argument exists to say so).
@@ -627,7 +627,7 @@ def _candidate_params(
 
 
 def _rounding_error_integral(u: np.ndarray) -> np.ndarray:
-    """:math:`\\int_{-1/2}^{u} (v - \\operatorname{round}(v))^2\\, dv`: ``n/12`` per whole period, plus the rest."""
+    """$\\int_{-1/2}^{u} (v - \\operatorname{round}(v))^2\\, dv$: ``n/12`` per whole period, plus the rest."""
     n = np.floor(u + 0.5)
     return n / 12.0 + ((u - n) ** 3 + 0.125) / 3.0
 
@@ -637,8 +637,8 @@ def _expected_squared_error(
 ) -> np.ndarray:
     """Sum of squared quantization error per row, if each bin's values were spread uniformly over the bin.
 
-    For the grid :math:`\\{s\\,q\\}_{q = q_{min}-z}^{q_{max}-z}` with ends :math:`L, H`, the error at :math:`t` is
-    :math:`(t - H)^2` above, :math:`(t - L)^2` below, and :math:`(t - s\\,\\mathrm{round}(t/s))^2` between; its
+    For the grid $\\{s\\,q\\}_{q = q_{min}-z}^{q_{max}-z}$ with ends $L, H$, the error at $t$ is
+    $(t - H)^2$ above, $(t - L)^2$ below, and $(t - s\\,\\mathrm{round}(t/s))^2$ between; its
     integral over each bin is closed-form, so no bin-centre aliasing against the grid.
     """
     width = hist.width[:, None]
@@ -669,22 +669,22 @@ def mse(
 
     Clipping trades clipping error against rounding error; choose the range that minimises the total:
 
-    .. math::
+    $$
+    \\alpha^\\ast = \\arg\\min_{\\alpha \\in \\{1, \\frac{K-1}{K}, \\dots, \\frac1K\\}}
+    \\big\\lVert x - Q_{\\alpha}(x) \\big\\rVert^2, \\qquad
+    (\\text{min\\_val}, \\text{max\\_val}) = \\alpha^\\ast (\\min x, \\max x)
+    $$
 
-       \\alpha^\\ast = \\arg\\min_{\\alpha \\in \\{1, \\frac{K-1}{K}, \\dots, \\frac1K\\}}
-       \\big\\lVert x - Q_{\\alpha}(x) \\big\\rVert^2, \\qquad
-       (\\text{min\\_val}, \\text{max\\_val}) = \\alpha^\\ast (\\min x, \\max x)
-
-    where :math:`Q_\\alpha` is the fake-quantizer with ``scale_zero_point(alpha * min, alpha * max, fmt,
+    where $Q_\\alpha$ is the fake-quantizer with ``scale_zero_point(alpha * min, alpha * max, fmt,
     symmetric=...)`` — a one-dimensional search that shrinks both ends by the same factor (the white paper's grid
-    search; a 2-D search over both ends costs :math:`K^2`). The error of each candidate is computed from the
+    search; a 2-D search over both ends costs $K^2$). The error of each candidate is computed from the
     histogram, assuming the values of a bin
     are spread uniformly over it, and integrating the exact squared error of the grid over each bin (closed form:
-    :math:`s^3/12` per whole grid step inside the range, :math:`\\int (t - H)^2` beyond it). :math:`\\alpha = 1`,
+    $s^3/12$ per whole grid step inside the range, $\\int (t - H)^2$ beyond it). $\\alpha = 1$,
     the exact min-max range, is a candidate and wins ties, so the estimated error is never worse than min-max's.
     Use the result with the same ``fmt``, ``symmetric`` and ``symmetric_divisor``. (This is the quantity the
     "least-squares quantization" of some write-ups should mean: least squares chooses the range; the quantizer
-    stays :math:`Q`.)
+    stays $Q$.)
 
     References:
       Nagel et al., "A White Paper on Neural Network Quantization", arXiv:2106.08295, 2021, sec. 3.1 ("Mean
@@ -694,7 +694,7 @@ def mse(
 
     Args:
       fmt: the integer grid the range is for.
-      num_candidates: :math:`K`, the number of shrink factors tried.
+      num_candidates: $K$, the number of shrink factors tried.
       symmetric: choose the range for symmetric quantization if True, else asymmetric.
       symmetric_divisor: as :func:`quantref.affine.scale_zero_point`.
       axis: ``None`` for per-tensor, else the channel axis.
@@ -735,13 +735,13 @@ def mse_range(
 ) -> tuple[jax.Array, jax.Array]:
     """MSE-optimal clipping range, computed exactly on the data with :func:`quantref.affine.fake_quant`.
 
-    .. math::
-
-       \\alpha^\\ast = \\arg\\min_{\\alpha \\in \\{1, \\frac{K-1}{K}, \\dots, \\frac1K\\}}
-       \\sum_i \\big(x_i - \\operatorname{fake\\_quant}_{\\alpha}(x_i)\\big)^2
+    $$
+    \\alpha^\\ast = \\arg\\min_{\\alpha \\in \\{1, \\frac{K-1}{K}, \\dots, \\frac1K\\}}
+    \\sum_i \\big(x_i - \\operatorname{fake\\_quant}_{\\alpha}(x_i)\\big)^2
+    $$
 
     chosen independently for each tensor, channel or group (the error separates over them). The non-streaming
-    counterpart of :func:`mse`: one pass per candidate over all of ``x``. :math:`\\alpha = 1` is the min-max range
+    counterpart of :func:`mse`: one pass per candidate over all of ``x``. $\\alpha = 1$ is the min-max range
     and wins ties, so the error is never worse than min-max's — exactly, as ``fake_quant`` measures it. Non-finite
     values are ignored.
 
@@ -751,7 +751,7 @@ def mse_range(
     Args:
       x: float data.
       fmt: the integer grid.
-      num_candidates: :math:`K`, the number of shrink factors tried.
+      num_candidates: $K$, the number of shrink factors tried.
       symmetric: symmetric quantization if True, else asymmetric.
       symmetric_divisor: as :func:`quantref.affine.scale_zero_point`.
       axis: ``None`` for per-tensor, else the channel or group axis.
@@ -792,7 +792,7 @@ def mse_range(
 
 
 def _kl_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Row-wise :math:`\\sum p \\log(p/q)` of the normalised rows; ``inf`` where ``q`` misses mass of ``p``."""
+    """Row-wise $\\sum p \\log(p/q)$ of the normalised rows; ``inf`` where ``q`` misses mass of ``p``."""
     with np.errstate(divide="ignore", invalid="ignore"):  # an empty row is NaN here and so never chosen
         p = p / p.sum(axis=1, keepdims=True)
         q = q / q.sum(axis=1, keepdims=True)
@@ -838,32 +838,32 @@ def entropy(
     block_size: int | None = None,
     num_bins: int = 2048,
 ) -> Observer:
-    """KL-divergence ("entropy") calibration, TensorRT's method, from a streaming histogram of :math:`|x|`.
+    """KL-divergence ("entropy") calibration, TensorRT's method, from a streaming histogram of $|x|$.
 
-    For each candidate threshold :math:`t_i = i\\,w` (keep the first :math:`i` magnitude bins), build
+    For each candidate threshold $t_i = i\\,w$ (keep the first $i$ magnitude bins), build
 
-    - :math:`P_i`: the histogram clipped at :math:`t_i` — bins :math:`0..i-1`, with every count beyond
-      :math:`t_i` added to bin :math:`i-1`;
-    - :math:`Q_i`: its quantized version — bins :math:`0..i-1` (the in-range values only) merged into
-      ``num_quantized_bins`` levels, each level's mass spread evenly over the bins where :math:`P_i > 0`;
+    - $P_i$: the histogram clipped at $t_i$ — bins $0..i-1$, with every count beyond
+      $t_i$ added to bin $i-1$;
+    - $Q_i$: its quantized version — bins $0..i-1$ (the in-range values only) merged into
+      ``num_quantized_bins`` levels, each level's mass spread evenly over the bins where $P_i > 0$;
 
     and pick
 
-    .. math::
-
-       i^\\ast = \\arg\\min_{i \\ge \\text{num\\_quantized\\_bins}} \\mathrm{KL}(P_i \\,\\Vert\\, Q_i)
-       = \\sum_j P_i(j) \\log \\frac{P_i(j)}{Q_i(j)}, \\qquad \\text{range} = \\pm\\, i^\\ast w
+    $$
+    i^\\ast = \\arg\\min_{i \\ge \\text{num\\_quantized\\_bins}} \\mathrm{KL}(P_i \\,\\Vert\\, Q_i)
+    = \\sum_j P_i(j) \\log \\frac{P_i(j)}{Q_i(j)}, \\qquad \\text{range} = \\pm\\, i^\\ast w
+    $$
 
     (clamped to the data's extent, so the largest candidate is exactly min-max). Clipping puts mass in
-    :math:`P`'s last bin that :math:`Q` does not have, so heavy clipping costs divergence; a long sparse tail
-    costs resolution in every level, so it gets clipped. Where :math:`Q_i` is zero on mass of :math:`P_i` (the
+    $P$'s last bin that $Q$ does not have, so heavy clipping costs divergence; a long sparse tail
+    costs resolution in every level, so it gets clipped. Where $Q_i$ is zero on mass of $P_i$ (the
     outliers land in an empty level) the divergence is infinite and the candidate is skipped, rather than
     smoothed with an epsilon as some implementations do; ties go to the smaller threshold. Runs in
-    :math:`O(\\text{num\\_bins}^2)` numpy per ``result``.
+    $O(\\text{num\\_bins}^2)$ numpy per ``result``.
 
     KL compares the *shapes* of two histograms, so it needs a dense one: many values per tensor or channel, as
     activations over a calibration set have. On a handful of values it is degenerate (when everything kept falls
-    in one level, :math:`P_i = Q_i` and the divergence is 0), so prefer :func:`mse` or :func:`percentile` for
+    in one level, $P_i = Q_i$ and the divergence is 0), so prefer :func:`mse` or :func:`percentile` for
     small per-channel weight tensors. With ``num_bins == num_quantized_bins`` the only candidate is min-max.
     The first magnitude bin (exact zeros from ReLU or padding) is given its neighbour's count before the search,
     as NVIDIA's pytorch-quantization does, so a spike at zero does not push the threshold to the smallest
@@ -918,10 +918,10 @@ def calibrate(
 ) -> tuple[jax.Array, jax.Array]:
     """Fold an observer over batches and return its range.
 
-    .. math::
-
-       s_0 = \\text{init}(x^{(1)}), \\quad s_t = \\text{update}(s_{t-1}, x^{(t)}), \\quad
-       (\\text{min\\_val}, \\text{max\\_val}) = \\text{result}(s_T)
+    $$
+    s_0 = \\text{init}(x^{(1)}), \\quad s_t = \\text{update}(s_{t-1}, x^{(t)}), \\quad
+    (\\text{min\\_val}, \\text{max\\_val}) = \\text{result}(s_T)
+    $$
 
     ``update`` is jitted once (it recompiles only for a new batch shape).
 

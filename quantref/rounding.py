@@ -3,10 +3,10 @@
 Quantization maps a real value to the grid by ``round(x / scale)``; which rounding function is used decides
 where ties go and whether the error is biased. This module names each mode and measures the error it makes:
 
-- the uniform-noise model: rounding to a grid of step :math:`\\Delta` makes an error uniform on
-  :math:`[-\\Delta/2, \\Delta/2]`, of power :math:`\\Delta^2/12`;
+- the uniform-noise model: rounding to a grid of step $\\Delta$ makes an error uniform on
+  $[-\\Delta/2, \\Delta/2]$, of power $\\Delta^2/12$;
 - the signal-to-quantization-noise ratio of a b-bit quantizer of a full-scale signal:
-  :math:`\\mathrm{SQNR} = 6.02\\,b + 1.76` dB for a sine, and exactly :math:`20 \\log_{10}(2^b) \\approx 6.02\\,b` dB for a
+  $\\mathrm{SQNR} = 6.02\\,b + 1.76$ dB for a sine, and exactly $20 \\log_{10}(2^b) \\approx 6.02\\,b$ dB for a
   uniform signal;
 - the split of total error into clipping error (values outside the range) and rounding error (values inside).
 
@@ -65,17 +65,17 @@ def check_rounding(rounding: str, key: jax.Array | None) -> None:
 def round_to_int(x: jax.Array, rounding: RoundingMode = "half_to_even", key: jax.Array | None = None) -> jax.Array:
     """Round float values to integers (returned as floats of the same dtype).
 
-    With :math:`f = \\lfloor x \\rfloor` and :math:`r = x - f \\in [0, 1)` (exact in floating point, except for
-    :math:`-\\tfrac12 < x < 0`, where the rounding of :math:`r \\in (\\tfrac12, 1)` cannot change a half-up decision):
+    With $f = \\lfloor x \\rfloor$ and $r = x - f \\in [0, 1)$ (exact in floating point, except for
+    $-\\tfrac12 < x < 0$, where the rounding of $r \\in (\\tfrac12, 1)$ cannot change a half-up decision):
 
-    .. math::
-
-       \\text{half\\_up}(x) = f + [r \\ge \\tfrac12], \\qquad
-       \\text{half\\_away\\_from\\_zero}(x) = \\operatorname{sign}(x)\\,\\text{half\\_up}(|x|), \\qquad
-       \\text{stochastic}(x) = f + [u < r],\\ u \\sim U[0, 1).
+    $$
+    \\text{half\\_up}(x) = f + [r \\ge \\tfrac12], \\qquad
+    \\text{half\\_away\\_from\\_zero}(x) = \\operatorname{sign}(x)\\,\\text{half\\_up}(|x|), \\qquad
+    \\text{stochastic}(x) = f + [u < r],\\ u \\sim U[0, 1).
+    $$
 
     ``half_to_even`` (banker's rounding, IEEE 754's default) is what ONNX, PyTorch and XLA's ``round`` use; TFLite's
-    reference kernels round half away from zero. Stochastic rounding is unbiased: :math:`E[\\text{stochastic}(x)] = x`.
+    reference kernels round half away from zero. Stochastic rounding is unbiased: $E[\\text{stochastic}(x)] = x$.
     The floor-and-compare form avoids the classic bug of ``floor(x + 0.5)``, which rounds 0.49999997 up because the
     sum itself rounds to 1.0 in float32. NaN and ±Inf pass through unchanged.
 
@@ -118,9 +118,9 @@ def _half_up(x: jax.Array) -> jax.Array:
 def uniform_noise_power(step: float | jax.Array) -> jax.Array:
     """Mean squared rounding error of a grid of step Δ under the uniform-noise model.
 
-    .. math::
-
-       E[e^2] = \\frac{1}{\\Delta} \\int_{-\\Delta/2}^{\\Delta/2} e^2 \\, de = \\frac{\\Delta^2}{12}
+    $$
+    E[e^2] = \\frac{1}{\\Delta} \\int_{-\\Delta/2}^{\\Delta/2} e^2 \\, de = \\frac{\\Delta^2}{12}
+    $$
 
     References:
       Widrow & Kollár, "Quantization Noise", 2008, ch. 4.
@@ -129,7 +129,7 @@ def uniform_noise_power(step: float | jax.Array) -> jax.Array:
       step: the grid step Δ (the scale).
 
     Returns:
-      :math:`\\Delta^2 / 12`.
+      $\\Delta^2 / 12$.
     """
     return jnp.asarray(step, jnp.float32) ** 2 / 12.0
 
@@ -137,13 +137,13 @@ def uniform_noise_power(step: float | jax.Array) -> jax.Array:
 def ideal_sqnr_db(bits: int | jax.Array, signal: Literal["uniform", "sine"] = "sine") -> jax.Array:
     """SQNR of an ideal b-bit uniform quantizer of a full-scale signal, in dB.
 
-    A full-scale signal spans the :math:`2^b` steps of the grid, :math:`\\Delta = A / 2^b` for a peak-to-peak
-    amplitude :math:`A`. With noise power :math:`\\Delta^2/12`:
+    A full-scale signal spans the $2^b$ steps of the grid, $\\Delta = A / 2^b$ for a peak-to-peak
+    amplitude $A$. With noise power $\\Delta^2/12$:
 
-    .. math::
-
-       \\text{uniform signal (power } A^2/12\\text{)}: \\quad 10\\log_{10} 2^{2b} = 6.02\\,b \\text{ dB}, \\qquad
-       \\text{sine (power } A^2/8\\text{)}: \\quad 6.02\\,b + 1.76 \\text{ dB}.
+    $$
+    \\text{uniform signal (power } A^2/12\\text{)}: \\quad 10\\log_{10} 2^{2b} = 6.02\\,b \\text{ dB}, \\qquad
+    \\text{sine (power } A^2/8\\text{)}: \\quad 6.02\\,b + 1.76 \\text{ dB}.
+    $$
 
     The familiar "6.02 b + 1.76" is the sine-wave figure; a uniform signal gets 1.76 dB less. For a sine the
     noise is not quite uniform at low b (the sine dwells near its peaks): measured, it falls short of the figure by
@@ -168,9 +168,9 @@ def ideal_sqnr_db(bits: int | jax.Array, signal: Literal["uniform", "sine"] = "s
 def sqnr_db(x: jax.Array, x_hat: jax.Array) -> jax.Array:
     """Signal-to-quantization-noise ratio of an approximation, in dB.
 
-    .. math::
-
-       \\mathrm{SQNR} = 10 \\log_{10} \\frac{\\sum x^2}{\\sum (x - \\hat x)^2}
+    $$
+    \\mathrm{SQNR} = 10 \\log_{10} \\frac{\\sum x^2}{\\sum (x - \\hat x)^2}
+    $$
 
     Args:
       x: the reference signal.
@@ -192,10 +192,10 @@ def error_split(x: jax.Array, x_hat: jax.Array, lo: jax.Array, hi: jax.Array) ->
     Values inside the representable range ``[lo, hi]`` only suffer rounding error (at most Δ/2 each); values
     outside are clipped to the range's end and suffer clipping error. The two parts add up to the total:
 
-    .. math::
-
-       \\sum_i (x_i - \\hat x_i)^2 = \\underbrace{\\sum_{x_i \\notin [lo, hi]} (x_i - \\hat x_i)^2}_{\\text{clipping}}
-       + \\underbrace{\\sum_{x_i \\in [lo, hi]} (x_i - \\hat x_i)^2}_{\\text{rounding}}
+    $$
+    \\sum_i (x_i - \\hat x_i)^2 = \\underbrace{\\sum_{x_i \\notin [lo, hi]} (x_i - \\hat x_i)^2}_{\\text{clipping}}
+    + \\underbrace{\\sum_{x_i \\in [lo, hi]} (x_i - \\hat x_i)^2}_{\\text{rounding}}
+    $$
 
     Widening the range trades clipping error for rounding error (Δ grows); range estimation (``ranges.py``)
     chooses the point on that trade-off.

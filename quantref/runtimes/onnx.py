@@ -8,13 +8,12 @@ NaN. Where the ONNX reference evaluator (``onnx.reference.ReferenceEvaluator``, 
 
 The core formulas (``rne`` = round half to even, ``sat`` = clamp to the output type, ``f32`` = round to float32):
 
-.. math::
-
-   \\text{QuantizeLinear: } y = \\operatorname{sat}(\\operatorname{rne}(x / s) + z), \\qquad
-   \\text{DequantizeLinear: } \\hat x = (x - z)\\cdot s,
-
-   \\text{QLinearMatMul/Conv: } y = \\operatorname{sat}\\big(\\operatorname{rne}(f_{32}(f_{32}(acc)\\cdot M)) + z_y\\big),
-   \\quad M = f_{32}(f_{32}(s_a s_b) / s_y).
+$$
+\\text{QuantizeLinear: } y = \\operatorname{sat}(\\operatorname{rne}(x / s) + z), \\qquad
+\\text{DequantizeLinear: } \\hat x = (x - z)\\cdot s,
+\\text{QLinearMatMul/Conv: } y = \\operatorname{sat}\\big(\\operatorname{rne}(f_{32}(f_{32}(acc)\\cdot M)) + z_y\\big),
+\\quad M = f_{32}(f_{32}(s_a s_b) / s_y).
+$$
 
 Conventions shared by every function here:
 
@@ -264,9 +263,9 @@ def quantize_linear(
 ) -> jax.Array:
     """ONNX QuantizeLinear: ``y = sat(rne(x / y_scale) + y_zero_point)``.
 
-    .. math::
-
-       y = \\operatorname{clamp}\\big(\\operatorname{rne}(f_{32}(x / s)) + z,\\; q_{min},\\; q_{max}\\big)
+    $$
+    y = \\operatorname{clamp}\\big(\\operatorname{rne}(f_{32}(x / s)) + z,\\; q_{min},\\; q_{max}\\big)
+    $$
 
     for integer outputs — a true float32 division, rounded *before* the zero point is added — and
     ``y = cast_fp8(x / s)`` (round half to even; the zero point's *values* are ignored, as both runtimes do) for
@@ -356,9 +355,9 @@ def dequantize_linear(
 ) -> jax.Array:
     """ONNX DequantizeLinear: ``y = (x - x_zero_point) * x_scale`` in float32.
 
-    .. math::
-
-       y = f_{32}\\big(f_{32}(x - z) \\cdot s\\big)
+    $$
+    y = f_{32}\\big(f_{32}(x - z) \\cdot s\\big)
+    $$
 
     ``x - z`` is an int32 subtraction (exact for every type up to 16 bits; it wraps for int32 inputs, as
     onnxruntime's does), rounded once to float32 and multiplied once. For float8 inputs ``y = f_{32}(x) \\cdot s``
@@ -431,12 +430,11 @@ def dynamic_quantize_linear(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """ONNX DynamicQuantizeLinear: uint8 quantization with a scale and zero point computed from the data.
 
-    .. math::
-
-       l = \\min(0, \\min x), \\quad h = \\max(0, \\max x), \\quad s = f_{32}\\big((h - l) / 255\\big),
-
-       z = \\operatorname{rne}\\big(\\operatorname{clamp}(0 - l / s,\\; 0,\\; 255)\\big), \\quad
-       y = \\operatorname{sat}(\\operatorname{rne}(x / s) + z).
+    $$
+    l = \\min(0, \\min x), \\quad h = \\max(0, \\max x), \\quad s = f_{32}\\big((h - l) / 255\\big),
+    z = \\operatorname{rne}\\big(\\operatorname{clamp}(0 - l / s,\\; 0,\\; 255)\\big), \\quad
+    y = \\operatorname{sat}(\\operatorname{rne}(x / s) + z).
+    $$
 
     onnxruntime: if ``h == l`` (all-zero or empty input) ``s = 1``; NaN elements are skipped when taking the min and
     max, and quantize to 0.
@@ -522,9 +520,9 @@ def matmul_integer(
 ) -> jax.Array:
     """ONNX MatMulInteger: ``(a - a_zero_point) @ (b - b_zero_point)`` accumulated exactly in int32.
 
-    .. math::
-
-       y_{ij} = \\sum_k (a_{ik} - z_a)(b_{kj} - z_{b,j}) \\quad (\\text{int32, wrapping})
+    $$
+    y_{ij} = \\sum_k (a_{ik} - z_a)(b_{kj} - z_{b,j}) \\quad (\\text{int32, wrapping})
+    $$
 
     numpy-style matmul broadcasting of batch dimensions; a 1-D operand is treated as numpy does.
 
@@ -607,10 +605,10 @@ def conv_integer(
 ) -> jax.Array:
     """ONNX ConvInteger (2-D, NCHW): convolution of zero-point-subtracted operands, accumulated in int32.
 
-    .. math::
-
-       y_{n,m,i,j} = \\sum_{c,p,q} \\big(x_{n,c,\\,i s_0 + p d_0 - t,\\, j s_1 + q d_1 - l} - z_x\\big)
-       \\big(w_{m,c,p,q} - z_{w,m}\\big)
+    $$
+    y_{n,m,i,j} = \\sum_{c,p,q} \\big(x_{n,c,\\,i s_0 + p d_0 - t,\\, j s_1 + q d_1 - l} - z_x\\big)
+    \\big(w_{m,c,p,q} - z_{w,m}\\big)
+    $$
 
     Padded positions contribute zero *after* subtracting ``x_zero_point`` (they behave like ``x = z_x``).
 
@@ -718,11 +716,11 @@ def qlinear_matmul(
 ) -> jax.Array:
     """ONNX QLinearMatMul: integer matmul requantized to the output's scale and zero point.
 
-    .. math::
-
-       acc = \\sum_k (a_{ik} - z_a)(b_{kj} - z_{b,j}) \\;(\\text{int32}), \\quad
-       M_j = f_{32}(f_{32}(s_a s_{b,j}) / s_y), \\quad
-       y_{ij} = \\operatorname{sat}\\big(\\operatorname{rne}(f_{32}(f_{32}(acc_{ij}) \\cdot M_j)) + z_y\\big).
+    $$
+    acc = \\sum_k (a_{ik} - z_a)(b_{kj} - z_{b,j}) \\;(\\text{int32}), \\quad
+    M_j = f_{32}(f_{32}(s_a s_{b,j}) / s_y), \\quad
+    y_{ij} = \\operatorname{sat}\\big(\\operatorname{rne}(f_{32}(f_{32}(acc_{ij}) \\cdot M_j)) + z_y\\big).
+    $$
 
     Differs from the reference evaluator:
       - the reference computes ``sat(rne(f64(acc) · f64(M) + z_y))``: no float32 rounding of ``acc`` or of the
@@ -799,12 +797,11 @@ def qlinear_conv(
 ) -> jax.Array:
     """ONNX QLinearConv (2-D, NCHW): integer convolution plus int32 bias, requantized per output channel.
 
-    .. math::
-
-       acc_{n,m,i,j} = b_m + \\sum_{c,p,q} (x - z_x)(w_{m,c,p,q} - z_{w,m}) \\;(\\text{int32}), \\quad
-       M_m = f_{32}(f_{32}(s_x s_{w,m}) / s_y),
-
-       y = \\operatorname{sat}\\big(\\operatorname{rne}(f_{32}(f_{32}(acc) \\cdot M_m)) + z_y\\big).
+    $$
+    acc_{n,m,i,j} = b_m + \\sum_{c,p,q} (x - z_x)(w_{m,c,p,q} - z_{w,m}) \\;(\\text{int32}), \\quad
+    M_m = f_{32}(f_{32}(s_x s_{w,m}) / s_y),
+    y = \\operatorname{sat}\\big(\\operatorname{rne}(f_{32}(f_{32}(acc) \\cdot M_m)) + z_y\\big).
+    $$
 
     Padded positions behave like ``x = z_x`` (zero after subtracting the zero point), as in :func:`conv_integer`.
 
