@@ -64,7 +64,7 @@ def cmd_tour(args: argparse.Namespace) -> int:
         render.render_chapter(script, root / "docs" / "chapters", echo=not args.quiet)
         print(f"=== {script.name}: {time.perf_counter() - chapter_start:.1f} s ===", flush=True)
     print("\n=== building the site (mkdocs build --strict) ===", flush=True)
-    build = [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-f", str(root / "mkdocs.yml")]
+    build = [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(root / "mkdocs.yml")]
     # Material's end-of-life banner is not about this site; keep the tour's output about the tour.
     environment = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     subprocess.run([*build, "-d", str(site_dir)], check=True, cwd=root, env=environment)

@@ -670,7 +670,7 @@ def mse(
     Clipping trades clipping error against rounding error; choose the range that minimises the total:
 
     $$
-    \\alpha^\\ast = \\arg\\min_{\\alpha \\in \\{1, \\frac{K-1}{K}, \\dots, \\frac1K\\}}
+    \\alpha^\\ast = \\mathop{\\mathrm{arg\\,min}}_{\\alpha \\in \\{1, \\frac{K-1}{K}, \\dots, \\frac1K\\}}
     \\big\\lVert x - Q_{\\alpha}(x) \\big\\rVert^2, \\qquad
     (\\text{min\\_val}, \\text{max\\_val}) = \\alpha^\\ast (\\min x, \\max x)
     $$
@@ -736,7 +736,7 @@ def mse_range(
     """MSE-optimal clipping range, computed exactly on the data with :func:`quantref.affine.fake_quant`.
 
     $$
-    \\alpha^\\ast = \\arg\\min_{\\alpha \\in \\{1, \\frac{K-1}{K}, \\dots, \\frac1K\\}}
+    \\alpha^\\ast = \\mathop{\\mathrm{arg\\,min}}_{\\alpha \\in \\{1, \\frac{K-1}{K}, \\dots, \\frac1K\\}}
     \\sum_i \\big(x_i - \\operatorname{fake\\_quant}_{\\alpha}(x_i)\\big)^2
     $$
 
@@ -850,7 +850,7 @@ def entropy(
     and pick
 
     $$
-    i^\\ast = \\arg\\min_{i \\ge \\text{num\\_quantized\\_bins}} \\mathrm{KL}(P_i \\,\\Vert\\, Q_i)
+    i^\\ast = \\mathop{\\mathrm{arg\\,min}}_{i \\ge \\text{num\\_quantized\\_bins}} \\mathrm{KL}(P_i \\,\\Vert\\, Q_i)
     = \\sum_j P_i(j) \\log \\frac{P_i(j)}{Q_i(j)}, \\qquad \\text{range} = \\pm\\, i^\\ast w
     $$
 
