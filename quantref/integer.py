@@ -30,8 +30,8 @@ Two ways to compute $\\operatorname{round}(M\\,\\text{acc})$, chosen by :func:`m
   and $y = \\operatorname{sat}(\\operatorname{rne}(f_{32}(f_{32}(\\text{acc}) \\cdot M)) + z_y)$ — one float32
   multiply, rounded half to even, *then* the zero point added in int32 (never a fused multiply-add).
 - ``"tflite"`` (TFLite / gemmlowp reference kernels): $M$ in float64, encoded as a 31-bit fixed-point mantissa and
-  a power-of-two exponent (:func:`quantize_multiplier`), applied with
-  :func:`multiply_by_quantized_multiplier` — a rounding high multiply then a rounding right shift, two roundings
+  a power-of-two exponent (:func:`quantref.runtimes.tflite.quantize_multiplier`), applied with
+  :func:`quantref.runtimes.tflite.multiply_by_quantized_multiplier` — a rounding high multiply then a rounding right shift, two roundings
   that can be off from the exact product by up to 0.75 LSB. The 64-bit product is emulated in 32-bit pieces, so
   ``jax_enable_x64`` is not needed.
 
@@ -61,6 +61,7 @@ from jax import lax
 
 from quantref import affine, formats
 from quantref.ptq import QuantizedModel
+from quantref.runtimes import tflite
 
 __all__ = [
     "Requantization",
@@ -69,10 +70,6 @@ __all__ = [
     "FixedPointMultiplier",
     "Multipliers",
     "IntegerOutput",
-    "quantize_multiplier",
-    "saturating_rounding_doubling_high_mul",
-    "rounding_divide_by_pot",
-    "multiply_by_quantized_multiplier",
     "multipliers",
     "requantize",
     "integer_forward",
@@ -81,153 +78,6 @@ __all__ = [
 Requantization = Literal["onnxruntime", "tflite"]
 REQUANTIZATIONS: tuple[str, ...] = ("onnxruntime", "tflite")
 _CONV_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-_INT32_MIN = -(2**31)
-_INT32_MAX = 2**31 - 1
-
-
-# --- TFLite / gemmlowp fixed-point arithmetic -------------------------------------------------------------------
-
-
-def quantize_multiplier(multiplier: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
-    """Encodes real multipliers as TFLite does: a Q0.31 mantissa and a power-of-two exponent.
-
-    $$
-    M = q \\cdot 2^{e},\\ q \\in [\\tfrac12, 1) \\ (\\text{frexp}), \\qquad
-    q_m = \\operatorname{round\\_away}(q \\cdot 2^{31}), \\qquad M \\approx q_m\\, 2^{e - 31}
-    $$
-
-    If rounding gives $q_m = 2^{31}$ it is halved and $e$ incremented; if $e < -31$ the multiplier is flushed to
-    $q_m = e = 0$. Computed in float64 on the host (numpy), as TFLite computes it in double.
-
-    References:
-      Jacob et al., arXiv:1712.05877, 2017, sec. 2.2.
-      TensorFlow Lite, ``kernels/internal/quantization_util.cc``, ``QuantizeMultiplier``.
-
-    Args:
-      multiplier: non-negative finite real multiplier(s), any shape.
-
-    Returns:
-      ``(quantized_multiplier, shift)``: int32 arrays of ``multiplier``'s shape; ``shift`` is $e$ (positive means
-      a left shift).
-
-    Raises:
-      ValueError: if a multiplier is negative, NaN or infinite.
-    """
-    multiplier = np.asarray(multiplier, np.float64)
-    if not np.all(np.isfinite(multiplier) & (multiplier >= 0)):
-        raise ValueError(f"multiplier must be finite and >= 0, got {multiplier.ravel()[:4].tolist()}")
-    mantissa, exponent = np.frexp(multiplier)
-    scaled = mantissa * 2.0**31  # exact in float64
-    quantized = np.floor(scaled + 0.5)  # round half away from zero (scaled >= 0); exact below 2**52
-    overflow = quantized == 2.0**31
-    quantized = np.where(overflow, quantized / 2, quantized)
-    exponent = np.where(overflow, exponent + 1, exponent)
-    flush = exponent < -31
-    quantized = np.where(flush, 0, quantized)
-    exponent = np.where(flush, 0, exponent)
-    return quantized.astype(np.int32), exponent.astype(np.int32)
-
-
-def saturating_rounding_doubling_high_mul(a: jax.Array, b: jax.Array) -> jax.Array:
-    """gemmlowp's ``SaturatingRoundingDoublingHighMul``: the rounded high half of $2ab$, in int32.
-
-    $$
-    \\operatorname{SRDHM}(a, b) = \\operatorname{trunc}\\Big(\\frac{ab + \\nu}{2^{31}}\\Big), \\qquad
-    \\nu = \\begin{cases} 2^{30} & ab \\ge 0 \\\\ 1 - 2^{30} & ab < 0 \\end{cases}
-    $$
-
-    (round to nearest, ties away from zero), saturating to $2^{31}-1$ for $a = b = -2^{31}$, the one overflow.
-    The 62-bit magnitude $|a||b|$ is built from 16-bit limbs in uint32, so no 64-bit type is used.
-
-    References:
-      gemmlowp, ``fixedpoint/fixedpoint.h``.
-
-    Args:
-      a: int32 array.
-      b: int32 array, broadcastable with ``a``.
-
-    Returns:
-      int32 array of the broadcast shape.
-    """
-    a = jnp.asarray(a, jnp.int32)
-    b = jnp.asarray(b, jnp.int32)
-    negative = (a < 0) != (b < 0)
-    # |INT32_MIN| = 2**31 fits in uint32; the bit pattern of -a reinterpreted as uint32 is |a| for every a.
-    abs_a = jnp.where(a < 0, -a, a).astype(jnp.uint32)
-    abs_b = jnp.where(b < 0, -b, b).astype(jnp.uint32)
-    a_hi, a_lo = abs_a >> 16, abs_a & 0xFFFF
-    b_hi, b_lo = abs_b >> 16, abs_b & 0xFFFF
-    low = a_lo * b_lo
-    cross_1, cross_2 = a_hi * b_lo, a_lo * b_hi
-    cross = cross_1 + cross_2
-    cross_carry = (cross < cross_1).astype(jnp.uint32)  # a carry out of bit 32 of the cross sum, worth 2**48
-    product_lo = low + (cross << 16)
-    product_hi = a_hi * b_hi + (cross >> 16) + (cross_carry << 16) + (product_lo < low).astype(jnp.uint32)
-    # Add the nudge to |ab|: 2**30 for a non-negative product; for a negative one, trunc((-P + 1 - 2**30) / 2**31)
-    # is -((P + 2**30 - 1) >> 31).
-    nudge = jnp.where(negative, jnp.uint32(2**30 - 1), jnp.uint32(2**30))
-    sum_lo = product_lo + nudge
-    sum_hi = product_hi + (sum_lo < product_lo).astype(jnp.uint32)
-    magnitude = (sum_hi << 1) | (sum_lo >> 31)  # (|ab| + nudge) >> 31, at most 2**31
-    saturated = magnitude >= jnp.uint32(2**31)  # only a = b = INT32_MIN
-    magnitude = jnp.where(saturated, jnp.uint32(_INT32_MAX), magnitude).astype(jnp.int32)
-    return jnp.where(negative, -magnitude, magnitude)
-
-
-def rounding_divide_by_pot(x: jax.Array, exponent: jax.Array | int) -> jax.Array:
-    """gemmlowp's ``RoundingDivideByPOT``: $x / 2^e$ rounded to nearest, ties away from zero, in int32.
-
-    $$
-    \\operatorname{RDBPOT}(x, e) = (x \\gg e) + \\big[(x \\mathbin{\\&} m) > (m \\gg 1) + [x < 0]\\big],
-    \\qquad m = 2^e - 1
-    $$
-
-    References:
-      gemmlowp, ``fixedpoint/fixedpoint.h``.
-
-    Args:
-      x: int32 array.
-      exponent: shift $e$ in 0..31, broadcastable with ``x``.
-
-    Returns:
-      int32 array.
-    """
-    x = jnp.asarray(x, jnp.int32)
-    exponent = jnp.asarray(exponent, jnp.int32)
-    mask = (jnp.left_shift(jnp.uint32(1), exponent.astype(jnp.uint32)) - 1).astype(jnp.int32)
-    remainder = x & mask
-    threshold = (mask >> 1) + (x < 0).astype(jnp.int32)
-    return (x >> exponent) + (remainder > threshold).astype(jnp.int32)
-
-
-def multiply_by_quantized_multiplier(x: jax.Array, quantized_multiplier: jax.Array, shift: jax.Array) -> jax.Array:
-    """TFLite's ``MultiplyByQuantizedMultiplier`` (double rounding): $x \\cdot q_m 2^{shift - 31}$, rounded.
-
-    $$
-    \\operatorname{RDBPOT}\\big(\\operatorname{SRDHM}(x \\cdot 2^{\\max(shift, 0)},\\ q_m),\\ \\max(-shift, 0)\\big)
-    $$
-
-    Two roundings: the result can differ from $\\operatorname{round}(x\\, q_m 2^{shift-31})$ by one code (it is
-    within 0.75 LSB of the exact product). A positive shift multiplies in int32 and wraps on overflow, as the C++
-    does (multipliers above 1 are rare: they mean an output scale finer than the input's).
-
-    References:
-      Jacob et al., arXiv:1712.05877, 2017, sec. 2.2.
-      TensorFlow Lite, ``kernels/internal/common.h``.
-
-    Args:
-      x: int32 accumulators.
-      quantized_multiplier: int32 Q0.31 mantissas from :func:`quantize_multiplier`, broadcastable with ``x``.
-      shift: int32 exponents from :func:`quantize_multiplier`, same shape as ``quantized_multiplier``.
-
-    Returns:
-      int32 array.
-    """
-    x = jnp.asarray(x, jnp.int32)
-    shift = jnp.asarray(shift, jnp.int32)
-    left = jnp.maximum(shift, 0)
-    right = jnp.maximum(-shift, 0)
-    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x << left, quantized_multiplier), right)
 
 
 # --- requantization ---------------------------------------------------------------------------------------------
@@ -287,7 +137,7 @@ def multipliers(qmodel: QuantizedModel, requantization: Requantization = "onnxru
             result[name] = FloatMultiplier(jnp.asarray(product / np.float32(out.scale), jnp.float32))
         else:
             real = np.float64(np.float32(inp.scale)) * np.asarray(layer.kernel_scale, np.float64)
-            quantized, shift = quantize_multiplier(real / np.float64(np.float32(out.scale)))
+            quantized, shift = tflite.quantize_multiplier_array(real / np.float64(np.float32(out.scale)))
             result[name] = FixedPointMultiplier(jnp.asarray(quantized), jnp.asarray(shift))
     return Multipliers(**result)
 
@@ -325,7 +175,7 @@ def requantize(
         scaled = acc.astype(jnp.float32) * multiplier.multiplier
         scaled = jnp.clip(scaled, (qmin - zero_point).astype(jnp.float32), (qmax - zero_point).astype(jnp.float32))
         return jnp.round(scaled).astype(jnp.int32) + zero_point
-    scaled = multiply_by_quantized_multiplier(acc, multiplier.quantized_multiplier, multiplier.shift)
+    scaled = tflite.multiply_by_quantized_multiplier(acc, multiplier.quantized_multiplier, multiplier.shift)
     return jnp.clip(scaled + zero_point, qmin, qmax)
 
 

@@ -1,4 +1,5 @@
-"""Tests for quantref.integer: fixed-point primitives against Python integers, and the integer-only CNN against an
+"""Tests for quantref.integer: the TFLite fixed-point primitives it uses against an independent Python-integer
+transcription, and the integer-only CNN against an
 independent numpy int64 implementation and against the fake-quant simulation."""
 
 import jax.numpy as jnp
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from quantref import correction, data, integer, ptq, train
+from quantref.runtimes import tflite
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -74,16 +76,11 @@ def _integer_forward_np(qmodel, rescale, x):
 
 def test_quantize_multiplier_known_values():
     values = np.array([1.0, 0.5, 0.25, 0.0, 1e-12, 0.9999999999, 0.75, 2.0])
-    quantized, shift = integer.quantize_multiplier(values)
+    quantized, shift = tflite.quantize_multiplier_array(values)
     assert quantized.tolist() == [2**30, 2**30, 2**30, 0, 0, 2**30, 3 * 2**29, 2**30]
     assert shift.tolist() == [1, 0, -1, 0, 0, 1, 0, 2]
     exact = quantized.astype(np.float64) * 2.0 ** (shift.astype(np.float64) - 31)
     np.testing.assert_allclose(exact, values, rtol=2**-30, atol=1e-12)
-
-
-def test_quantize_multiplier_rejects_negative():
-    with pytest.raises(ValueError, match="multiplier"):
-        integer.quantize_multiplier(-0.5)
 
 
 def _int32_samples(rng, count):
@@ -96,33 +93,33 @@ def test_srdhm_matches_python_integers():
     a = _int32_samples(rng, 400)
     b = _int32_samples(rng, 400)
     a, b = np.meshgrid(a, b[:60])
-    got = np.asarray(integer.saturating_rounding_doubling_high_mul(a, b))
+    got = np.asarray(tflite.saturating_rounding_doubling_high_mul(a, b))
     expected = np.vectorize(_srdhm_reference, otypes=[np.int64])(a.astype(np.int64), b.astype(np.int64))
     np.testing.assert_array_equal(got, expected)
 
 
 def test_srdhm_saturates_only_at_int32_min_squared():
-    assert int(integer.saturating_rounding_doubling_high_mul(INT32_MIN, INT32_MIN)) == INT32_MAX
-    assert int(integer.saturating_rounding_doubling_high_mul(INT32_MIN, INT32_MAX)) == -INT32_MAX
+    assert int(tflite.saturating_rounding_doubling_high_mul(INT32_MIN, INT32_MIN)) == INT32_MAX
+    assert int(tflite.saturating_rounding_doubling_high_mul(INT32_MIN, INT32_MAX)) == -INT32_MAX
 
 
 def test_rounding_divide_by_pot_matches_python_integers():
     rng = np.random.default_rng(1)
     x = _int32_samples(rng, 300)
     for exponent in (0, 1, 2, 5, 17, 30, 31):
-        got = np.asarray(integer.rounding_divide_by_pot(x, exponent))
+        got = np.asarray(tflite.rounding_divide_by_pot(x, exponent))
         expected = [_rdbpot_reference(int(v), exponent) for v in x]
         np.testing.assert_array_equal(got, expected)
     # Ties go away from zero.
-    np.testing.assert_array_equal(np.asarray(integer.rounding_divide_by_pot(np.array([6, -6, 2, -2], np.int32), 2)),
+    np.testing.assert_array_equal(np.asarray(tflite.rounding_divide_by_pot(np.array([6, -6, 2, -2], np.int32), 2)),
                                   [2, -2, 1, -1])
 
 
 def test_mbqm_within_one_of_exact_rounding():
     rng = np.random.default_rng(2)
     acc = rng.integers(-(2**24), 2**24, 2000).astype(np.int32)
-    quantized, shift = integer.quantize_multiplier(rng.uniform(1e-4, 0.99, 2000))
-    got = np.asarray(integer.multiply_by_quantized_multiplier(acc, quantized, shift)).astype(np.int64)
+    quantized, shift = tflite.quantize_multiplier_array(rng.uniform(1e-4, 0.99, 2000))
+    got = np.asarray(tflite.multiply_by_quantized_multiplier(acc, quantized, shift)).astype(np.int64)
     np.testing.assert_array_equal(got, _mbqm_reference_np(acc, quantized, shift))
     exact = acc.astype(np.float64) * quantized * 2.0 ** (shift.astype(np.float64) - 31)
     assert np.max(np.abs(got - exact)) <= 0.75 + 1e-9
