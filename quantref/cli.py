@@ -1,8 +1,9 @@
 """The ``quantref`` command.
 
-``quantref tour`` runs every chapter (rendering each into its site page) and builds the site;
-``quantref chapter N`` runs one chapter; ``quantref export onnx OUT_DIR`` writes the quantized model for
-onnxruntime; ``quantref cache path|clear`` shows or clears the trained-model cache.
+``quantref tour`` runs every chapter (rendering each into its site page), renders the conformance page and builds
+the site; ``quantref chapter N`` runs one chapter; ``quantref export onnx OUT_DIR`` writes the quantized model for
+onnxruntime; ``quantref vectors OUT_DIR`` writes test vectors for other backends and ``quantref check OUT_DIR RESULTS``
+checks a backend's results against them; ``quantref cache path|clear`` shows or clears the trained-model cache.
 """
 
 from __future__ import annotations
@@ -51,17 +52,35 @@ def cmd_chapter(args: argparse.Namespace) -> int:
     return 0
 
 
+def site_scripts(root: Path) -> list[tuple[Path, Path]]:
+    """Every script the site renders, with the directory its page goes to: the chapters into ``docs/chapters``,
+    then the executed non-chapter pages (``docs/conformance.py``) into ``docs``.
+
+    Args:
+      root: the repository root.
+
+    Returns:
+      ``(script, out_dir)`` pairs, in rendering order.
+    """
+    from quantref import render
+
+    pages = [(script, root / "docs" / "chapters") for script in render.chapter_scripts(root)]
+    conformance = root / "docs" / "conformance.py"
+    return pages + ([(conformance, root / "docs")] if conformance.is_file() else [])
+
+
 def cmd_tour(args: argparse.Namespace) -> int:
-    """Run every chapter into its page, then build the site with ``mkdocs build --strict``."""
+    """Run every chapter into its page, render the conformance page, then build the site with ``mkdocs build
+    --strict``."""
     from quantref import render
 
     root = project_root()
     site_dir = Path(args.site_dir).resolve()
     start = time.perf_counter()
-    for script in render.chapter_scripts(root):
+    for script, out_dir in site_scripts(root):
         chapter_start = time.perf_counter()
         print(f"\n=== {script.name} ===", flush=True)
-        render.render_chapter(script, root / "docs" / "chapters", echo=not args.quiet)
+        render.render_chapter(script, out_dir, echo=not args.quiet)
         print(f"=== {script.name}: {time.perf_counter() - chapter_start:.1f} s ===", flush=True)
     print("\n=== building the site (mkdocs build --strict) ===", flush=True)
     build = [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(root / "mkdocs.yml")]
@@ -98,6 +117,40 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vectors(args: argparse.Namespace) -> int:
+    """Write the test vectors (``manifest.json`` and ``cases/*.npz``) into OUT_DIR."""
+    from quantref import vectors
+
+    start = time.perf_counter()
+    try:
+        manifest_path = vectors.write_vectors(args.out_dir, force=args.force)
+    except ValueError as error:
+        print(f"quantref vectors: {error}", file=sys.stderr)
+        return 2
+    manifest = vectors.load_manifest(args.out_dir)
+    operators: dict[str, int] = {}
+    for case in manifest["cases"]:
+        operators[case["operator"]] = operators.get(case["operator"], 0) + 1
+    for operator, count in operators.items():
+        print(f"{operator:>40}: {count} case(s)")
+    print(f"wrote {len(manifest['cases'])} cases (format {manifest['format_version']}, quantref "
+          f"{manifest['quantref_version']}) to {manifest_path.parent} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Compare a backend's RESULTS with the vectors in OUT_DIR; exit 0 if every case matches, 1 otherwise."""
+    from quantref import vectors
+
+    try:
+        report = vectors.check(args.out_dir, args.results, cases=args.case, max_report=args.max_report)
+    except ValueError as error:
+        print(f"quantref check: {error}", file=sys.stderr)
+        return 2
+    print(vectors.format_check(report, verbose=args.verbose))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``quantref`` command."""
     parser = argparse.ArgumentParser(prog="quantref", description=__doc__.split("\n\n")[0])
@@ -118,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out_dir")
     export.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR")
     export.set_defaults(func=cmd_export)
+
+    vectors = commands.add_parser("vectors", help="write test vectors for other backends into OUT_DIR")
+    vectors.add_argument("out_dir")
+    vectors.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR")
+    vectors.set_defaults(func=cmd_vectors)
+
+    check = commands.add_parser(
+        "check", help="check a backend's results against the vectors (exit 0: all match, 1: mismatches, 2: error)"
+    )
+    check.add_argument("out_dir", help="the directory written by `quantref vectors`")
+    check.add_argument("results", help="a directory of <case id>.npz, or one .npz with members <case id>/<output>")
+    check.add_argument("--case", action="append", metavar="PATTERN",
+                       help="check only these case ids (glob patterns allowed; repeatable)")
+    check.add_argument("--max-report", type=int, default=10, help="worst elements listed per output (default 10)")
+    check.add_argument("--verbose", action="store_true", help="also list the cases that pass")
+    check.set_defaults(func=cmd_check)
 
     cache_cmd = commands.add_parser("cache", help="show or clear the trained-model cache")
     cache_cmd.add_argument("action", choices=["path", "clear"])

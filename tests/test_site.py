@@ -16,7 +16,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from quantref.render import chapter_scripts, render_all
+from quantref.cli import site_scripts
+from quantref.render import chapter_scripts, render_chapter
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -29,7 +30,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-PAGES = ["index.html", "getting-started.html", "pitfalls.html", "benchmarks.html", "api.html"]
+PAGES = ["index.html", "getting-started.html", "pitfalls.html", "conformance.html", "testing-your-backend.html",
+         "benchmarks.html", "api.html"]
 
 # A tag that makes the browser fetch from another host: script/img/iframe/source src, or a link that is not just a
 # canonical/alternate URL. Protocol-relative "//host" counts too.
@@ -44,10 +46,12 @@ REMOTE_CSS = re.compile(r"(?:url\(\s*[\"']?|@import\s+[\"'])(?:https?:)?//", re.
 
 @pytest.fixture(scope="module")
 def built_site(tmp_path_factory) -> tuple[Path, list[Path]]:
-    """Render chapters/ into docs/chapters/ and build the site into a temporary directory, once per module."""
+    """Render chapters/ into docs/chapters/ and docs/conformance.py into docs/, and build the site into a temporary
+    directory, once per module. Returns the site and the chapter pages."""
     if not chapter_scripts(ROOT):
         pytest.skip("no chapter scripts in chapters/ yet")
-    pages = render_all(ROOT / "chapters", ROOT / "docs" / "chapters", echo=False)
+    rendered = [render_chapter(script, out_dir, echo=False) for script, out_dir in site_scripts(ROOT)]
+    pages = [page for page in rendered if page.parent.name == "chapters"]
     site = tmp_path_factory.mktemp("site")
     build = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml")]
@@ -124,7 +128,7 @@ def test_pages_render_math_and_figures_offline(built_site, site_url):
             for url in chapter_urls + [f"{site_url}/{name}" for name in PAGES]:
                 response = page.goto(url, wait_until="load")
                 assert response is not None and response.ok, url
-                if url in chapter_urls or url.endswith("pitfalls.html"):
+                if url in chapter_urls or url.endswith(("pitfalls.html", "conformance.html")):
                     assert page.evaluate(visible_math) >= 1, f"{url}: no rendered <math>"
                 if url in chapter_urls:
                     shown = page.evaluate(images)

@@ -1,0 +1,276 @@
+"""quantref.vectors and the `quantref vectors` / `quantref check` commands: the round trip, the reports, the format,
+and a cross-check of the stored expectations against live onnxruntime, the ONNX reference evaluator and torch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from quantref import cli, vectors
+from quantref.testing import assert_matches
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """The vectors, written once, and quantref's own results for them."""
+    root = tmp_path_factory.mktemp("vectors")
+    out, results = root / "vectors", root / "results"
+    vectors.write_vectors(out)
+    vectors.compute_results(out, results)
+    return out, results
+
+
+@pytest.fixture(scope="module")
+def manifest(written):
+    return vectors.load_manifest(written[0])
+
+
+def _perturbed_copy(results, tmp_path, case_id, output, index, delta):
+    """A copy of the results with one element of one output moved by ``delta`` in its stored integer type."""
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    path = copy / f"{case_id}.npz"
+    with np.load(path) as archive:
+        arrays = {name: archive[name].copy() for name in archive.files}
+    flat = arrays[output].reshape(-1)
+    flat[index] = flat[index] + delta
+    np.savez(path, **arrays)
+    return copy
+
+
+def test_round_trip_reports_zero_mismatches(written, capsys):
+    out, results = written
+    assert cli.main(["check", str(out), str(results)]) == 0
+    text = capsys.readouterr().out
+    assert "OK: " in text and " 0 failed, 0 missing" in text
+    report = vectors.check(out, results)
+    assert report.ok and report.count("pass") == len(report.cases) > 100
+
+
+def test_vectors_are_deterministic(written, tmp_path):
+    again = vectors.write_vectors(tmp_path / "again").parent
+    first = sorted(p.relative_to(written[0]) for p in written[0].rglob("*") if p.is_file())
+    assert first == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    for relative in first:
+        assert (written[0] / relative).read_bytes() == (again / relative).read_bytes(), relative
+
+
+def test_one_lsb_perturbation_is_reported_at_its_case_and_index(written, tmp_path, capsys):
+    out, results = written
+    case_id = "onnx.QuantizeLinear.uint8.ties"
+    perturbed = _perturbed_copy(results, tmp_path, case_id, "y", 37, 1)
+    assert cli.main(["check", str(out), str(perturbed)]) == 1
+    text = capsys.readouterr().out
+    assert f"FAIL     {case_id}\n" in text
+    assert "y: 1 of " in text and "largest |diff| 1 LSB" in text
+    row = next(line for line in text.splitlines() if line.strip().startswith("(37,)"))
+    expected = int(vectors.load_case(out, _entry(out, case_id))[1]["y"][37])
+    assert row.split() == ["(37,)", str(expected), str(expected + 1), "+1", "LSB"]
+    assert "MISMATCH: " in text and "1 failed" in text
+
+
+def _entry(out, case_id):
+    return next(e for e in vectors.load_manifest(out)["cases"] if e["id"] == case_id)
+
+
+@pytest.mark.parametrize(
+    "case_id, index, unit",
+    [("onnx.QuantizeLinear.float8_e4m3fn.saturate", 5, "1 code"),  # a float8 output: one code up
+     ("onnx.DequantizeLinear.uint8", 9, "1 ulp"),  # a float32 output: its bit pattern + 1 is one ulp up
+     ("onnx.QuantizeLinear.int4.ties", 3, "LSB")],  # int4 stored as bit patterns
+)
+def test_perturbations_of_float8_float_and_int4_outputs(written, tmp_path, case_id, index, unit):
+    out, results = written
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    path = copy / f"{case_id}.npz"
+    with np.load(path) as archive:
+        arrays = {name: archive[name].copy() for name in archive.files}
+    stored = arrays["y"]
+    bits = stored.view({1: np.uint8, 4: np.uint32}[stored.itemsize]).reshape(-1)
+    bits[index] = (bits[index] + 1) if unit != "LSB" else bits[index] ^ 0x1  # int4: flip the low bit
+    np.savez(path, **arrays)
+    report = vectors.check(out, copy, cases=[case_id])
+    (case,) = report.cases
+    comparison = case.outputs["y"]
+    assert case.status == "fail" and comparison.mismatches == 1
+    assert comparison.worst[0].index == (index,) and abs(comparison.worst[0].diff) == 1
+    assert unit in vectors.format_check(report)
+
+
+def test_missing_results_are_reported(written, tmp_path, capsys):
+    out, results = written
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    (copy / "torch.quantize_per_tensor.qint8.ties.npz").unlink()
+    np.savez(copy / "onnx.DynamicQuantizeLinear.random.npz", y=np.zeros(1000, np.uint8))  # no y_scale, y_zero_point
+    np.savez(copy / "not.a.case.npz", y=np.zeros(1))
+    assert cli.main(["check", str(out), str(copy)]) == 1
+    text = capsys.readouterr().out
+    assert "MISSING  torch.quantize_per_tensor.qint8.ties: no results" in text
+    assert "y_scale: missing from the results" in text and "y_zero_point: missing from the results" in text
+    assert "'not.a.case' names no case" in text
+    assert "1 missing" in text
+
+
+def test_results_as_one_npz_file_and_case_selection(written, tmp_path, capsys):
+    out, results = written
+    arrays = {}
+    for path in sorted(results.glob("onnx.MatMulInteger.*.npz")):
+        with np.load(path) as archive:
+            arrays.update({f"{path.stem}/{name}": archive[name] for name in archive.files})
+    single = tmp_path / "results.npz"
+    np.savez(single, **arrays)
+    assert cli.main(["check", str(out), str(single), "--case", "onnx.MatMulInteger.*", "--verbose"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("PASS ") == 4 and "OK: 4 passed" in text
+
+
+def test_bad_input_gives_clear_errors(written, tmp_path, capsys):
+    out, results = written
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file").write_text("x")
+    with pytest.raises(ValueError, match="not empty.*--force"):
+        vectors.write_vectors(tmp_path / "busy")
+    assert cli.main(["vectors", str(tmp_path / "busy")]) == 2
+    assert "--force" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="does not exist"):
+        vectors.check(tmp_path / "nowhere", results)
+    with pytest.raises(ValueError, match="no manifest.json"):
+        vectors.check(tmp_path / "busy", results)
+    with pytest.raises(ValueError, match="RESULTS .* does not exist"):
+        vectors.check(out, tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"unknown case\(s\) \['onnx.NoSuchOp'\]"):
+        vectors.check(out, results, cases=["onnx.NoSuchOp"])
+    assert cli.main(["check", str(out), str(results), "--case", "nope"]) == 2
+    assert "unknown case" in capsys.readouterr().err
+
+
+def test_manifest_documents_and_covers_the_cases(written, manifest):
+    out, _ = written
+    assert manifest["format"] == "quantref-vectors" and manifest["format_version"] == vectors.FORMAT_VERSION
+    assert {"layout", "encoding", "results", "cases[]"} <= set(manifest["schema"])
+    operators = {case["operator"] for case in manifest["cases"]}
+    assert operators == {
+        "onnx.QuantizeLinear", "onnx.DequantizeLinear", "onnx.DynamicQuantizeLinear", "onnx.MatMulInteger",
+        "onnx.ConvInteger", "onnx.QLinearMatMul", "onnx.QLinearConv", "torch.quantize_per_tensor",
+        "torch.quantize_per_channel", "torch.fake_quantize_per_tensor_affine", "torch.fake_quantize_per_channel_affine",
+        "torch.MinMaxObserver", "tflite.QuantizeMultiplier", "tflite.MultiplyByQuantizedMultiplier", "tflite.Quantize",
+        "tflite.FullyConnected", "tflite.Conv2D",
+    }
+    quantize = [c for c in manifest["cases"] if c["operator"] == "onnx.QuantizeLinear"]
+    output_types = {c["outputs"][0]["dtype"] for c in quantize}
+    assert output_types == set(vectors._BIT_PATTERN_TYPES) | {"int8", "uint8", "int16", "uint16"}
+    for name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz"):
+        assert {c["attributes"]["saturate"] for c in quantize if c["outputs"][0]["dtype"] == name} == {0, 1}
+    assert {c["runtime"] for c in manifest["cases"]} == set(vectors.RUNTIMES)
+    for case in manifest["cases"]:
+        assert case["expectation"].startswith(vectors.RUNTIMES[case["runtime"]]["runtime"])
+        with zipfile.ZipFile(out / case["file"]) as archive:  # a plain zip of .npy files
+            names = {info.filename for info in archive.infolist()}
+        assert names == {f"{spec['name']}.npy" for spec in case["inputs"] + case["outputs"]}
+        for spec in case["inputs"] + case["outputs"]:
+            assert spec["storage"] == ("uint8" if spec["dtype"] in vectors._BIT_PATTERN_TYPES else spec["dtype"])
+
+
+def test_stored_arrays_are_plain_numpy_and_decode_to_the_true_dtypes(written, manifest):
+    out, _ = written
+    entry = next(c for c in manifest["cases"] if c["id"] == "onnx.QuantizeLinear.int4.output_dtype")
+    with np.load(out / entry["file"], allow_pickle=False) as archive:
+        raw = archive["y"]
+    assert raw.dtype == np.uint8 and raw.max() <= 0xF  # int4 as its bit pattern, one element per byte
+    _, outputs = vectors.load_case(out, entry)
+    assert outputs["y"].dtype == ml_dtypes.int4
+    assert np.array_equal(outputs["y"].astype(np.int8) & 0xF, raw)
+    assert json.loads((out / "manifest.json").read_text())["quantref_version"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The stored expectations against the live runtimes
+
+
+ONNX_OPSET = {"DynamicQuantizeLinear": 21, "MatMulInteger": 21, "ConvInteger": 21, "QLinearMatMul": 21,
+              "QLinearConv": 21}
+
+
+def _onnx_attributes(entry, helper):
+    attributes = dict(entry["attributes"])
+    if "output_dtype" in attributes:
+        dtype = vectors._BIT_PATTERN_TYPES[attributes["output_dtype"]]
+        attributes["output_dtype"] = helper.np_dtype_to_tensor_dtype(dtype)
+    return attributes
+
+
+def test_stored_onnx_vectors_match_live_onnxruntime_and_reference_evaluator(written, manifest):
+    pytest.importorskip("onnx", reason="the live cross-check needs the conformance extra (onnx)")
+    pytest.importorskip("onnxruntime", reason="the live cross-check needs the conformance extra (onnxruntime)")
+    from onnx import helper
+    from test_runtimes_onnx import opset_for, run_ort, run_ref
+
+    out, _ = written
+    checked = 0
+    for entry in manifest["cases"]:
+        if not entry["operator"].startswith("onnx."):
+            continue
+        op = entry["operator"].split(".", 1)[1]
+        inputs, expected = vectors.load_case(out, entry)
+        typed = [spec["dtype"] for spec in entry["outputs" if op == "QuantizeLinear" else "inputs"]]
+        opset = max(opset_for(np.dtype(vectors._BIT_PATTERN_TYPES.get(t, t))) for t in typed)
+        runner = run_ref if entry["runtime"] == "onnx-reference" else run_ort
+        # onnxruntime's Python API cannot feed sub-byte or float8 arrays: those become initializers, like the
+        # parameters after the first input.
+        names = [name for i, name in enumerate(inputs) if i or inputs[name].dtype.name in vectors._BIT_PATTERN_TYPES]
+        outputs = [(spec["name"], np.dtype(vectors._BIT_PATTERN_TYPES.get(spec["dtype"], spec["dtype"])))
+                   for spec in entry["outputs"]]
+        actual = runner(op, list(inputs.items()), outputs, _onnx_attributes(entry, helper), constants=names,
+                        opset=ONNX_OPSET.get(op, opset))
+        for (name, _), value in zip(outputs, actual):
+            assert_matches(value, expected[name], name=f"{entry['id']} {name}")
+        checked += 1
+    assert checked > 70
+
+
+def test_stored_torch_vectors_match_live_torch(written, manifest):
+    torch = pytest.importorskip("torch", reason="the live cross-check needs the conformance extra (torch==2.13.0)")
+    import warnings
+
+    dtypes = {"quint8": torch.quint8, "qint8": torch.qint8, "qint32": torch.qint32}
+    out, _ = written
+    checked = 0
+    for entry in manifest["cases"]:
+        if entry["runtime"] != "torch":
+            continue
+        inputs, expected = vectors.load_case(out, entry)
+        a, t = entry["attributes"], {name: torch.from_numpy(np.array(value)) for name, value in inputs.items()}
+        op = entry["operator"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if op == "torch.quantize_per_tensor":
+                actual = {"y": torch.quantize_per_tensor(t["x"], float(inputs["scale"]), int(inputs["zero_point"]),
+                                                         dtypes[a["dtype"]]).int_repr()}
+            elif op == "torch.quantize_per_channel":
+                actual = {"y": torch.quantize_per_channel(t["x"], t["scales"].double(), t["zero_points"], a["axis"],
+                                                          dtypes[a["dtype"]]).int_repr()}
+            elif op == "torch.fake_quantize_per_tensor_affine":
+                actual = {"y": torch.fake_quantize_per_tensor_affine(t["x"], float(inputs["scale"]),
+                                                                     int(inputs["zero_point"]), a["quant_min"],
+                                                                     a["quant_max"])}
+            elif op == "torch.fake_quantize_per_channel_affine":
+                actual = {"y": torch.fake_quantize_per_channel_affine(t["x"], t["scale"], t["zero_point"].int(),
+                                                                      a["axis"], a["quant_min"], a["quant_max"])}
+            else:
+                observer = torch.ao.quantization.MinMaxObserver(
+                    dtype=dtypes[a["dtype"]], qscheme=getattr(torch, a["qscheme"]), reduce_range=a["reduce_range"]
+                )
+                observer(t["x"])
+                scale, zero_point = observer.calculate_qparams()
+                actual = {"scale": scale.reshape(()).float(), "zero_point": zero_point.reshape(())}
+        for name, value in expected.items():
+            assert_matches(actual[name].numpy(), value, name=f"{entry['id']} {name}")
+        checked += 1
+    assert checked > 15
