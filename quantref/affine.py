@@ -47,6 +47,7 @@ __all__ = [
     "dequantize",
     "fake_quant",
     "expand_param",
+    "true_divide",
     "check_granularity",
 ]
 
@@ -170,14 +171,21 @@ def _params(x, scale, zero_point, fmt, axis, block_size):
     return x, scale, zero_point, axis
 
 
-def _divide(numerator: jax.Array, denominator: jax.Array | float) -> jax.Array:
-    """``numerator / denominator`` in float32, correctly rounded (IEEE division), elementwise.
+def true_divide(numerator: jax.Array, denominator: jax.Array | float) -> jax.Array:
+    """``numerator / denominator`` in float32, correctly rounded (IEEE division), elementwise, even under jit.
 
     XLA's algebraic simplifier rewrites ``a / broadcast(b)`` and ``a / constant`` as ``a * (1 / b)``, which is off
     by one ulp for about one quotient in seven and so moves codes near ties (and scales off the formula by an
     ulp). Selecting the denominator per element (1 where the numerator is NaN, whose quotient is NaN either way)
     makes it something other than a broadcast, so the true division survives — and still fuses into one loop,
-    without materialising a full-size denominator.
+    without materialising a full-size denominator. The runtimes of :mod:`quantref.runtimes` divide through it too.
+
+    Args:
+      numerator: float values.
+      denominator: float values broadcastable against ``numerator`` (a scale, per-tensor or expanded).
+
+    Returns:
+      The float32 quotient, as IEEE 754 division rounds it.
     """
     numerator = jnp.asarray(numerator, jnp.float32)
     denominator = jnp.where(jnp.isnan(numerator), jnp.float32(1), jnp.asarray(denominator, jnp.float32))
@@ -190,7 +198,7 @@ def _quantize_codes(x, scale, zero_point, key, *, qmin, qmax, axis, block_size, 
     scale = expand_param(scale.astype(jnp.float32), x.shape, axis, block_size)
     zero_point = expand_param(zero_point.astype(jnp.float32), x.shape, axis, block_size)
     # A true division, not a multiply by 1/s: x/s and x*(1/s) differ near ties (see rounding chapter).
-    codes = round_to_int(_divide(x, scale), rounding, key) + zero_point
+    codes = round_to_int(true_divide(x, scale), rounding, key) + zero_point
     return jnp.clip(codes, qmin, qmax)
 
 
@@ -446,9 +454,9 @@ def _scale_zero_point(min_val, max_val, *, qmin, qmax, signed, bits, symmetric, 
         if not signed:
             # An unsigned symmetric grid is centred on 2^(b-1): the half that holds positive values is qmax - mid.
             d = (qmax - 2 ** (bits - 1)) if divisor == "qmax" else (qmax - qmin) / 2
-        scale = jnp.maximum(_divide(jnp.maximum(-lo, hi), d), min_scale)
+        scale = jnp.maximum(true_divide(jnp.maximum(-lo, hi), d), min_scale)
         zero_point = jnp.full(scale.shape, 0 if signed else 2 ** (bits - 1), jnp.int32)
         return scale, zero_point
-    scale = jnp.maximum(_divide(hi - lo, qmax - qmin), min_scale)
-    zero_point = jnp.clip(qmin - jnp.round(_divide(lo, scale)), qmin, qmax).astype(jnp.int32)
+    scale = jnp.maximum(true_divide(hi - lo, qmax - qmin), min_scale)
+    zero_point = jnp.clip(qmin - jnp.round(true_divide(lo, scale)), qmin, qmax).astype(jnp.int32)
     return scale, zero_point

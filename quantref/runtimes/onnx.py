@@ -59,6 +59,7 @@ import numpy as np
 
 from quantref import formats
 from quantref.affine import check_granularity, expand_param
+from quantref.affine import true_divide as _divide  # XLA rewrites x / constant as x * (1 / constant)
 
 if TYPE_CHECKING:  # onnx is optional (the conformance extra); run_model imports it when called
     import onnx
@@ -186,18 +187,6 @@ def _zero_point_like(zero_point, scale: jax.Array, dtype: np.dtype, name: str) -
 
 # ----------------------------------------------------------------------------------------------------------------
 # QuantizeLinear / DequantizeLinear
-
-
-def _divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
-    """IEEE float32 division, elementwise.
-
-    XLA's algebraic simplifier rewrites a division by a broadcast scalar or a constant into a multiplication by
-    the reciprocal, which rounds differently (4.995 / 0.37 = 13.499999 but 4.995 · (1 / 0.37) = 13.5). Broadcasting
-    the denominator behind an optimization barrier keeps the true division that the runtimes perform.
-    """
-    shape = jnp.broadcast_shapes(jnp.shape(numerator), jnp.shape(denominator))
-    denominator = jax.lax.optimization_barrier(jnp.broadcast_to(denominator, shape))
-    return numerator / denominator
 
 
 def _round_to_int32_reference(value: jax.Array) -> jax.Array:

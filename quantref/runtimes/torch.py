@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from quantref import formats
-from quantref.affine import _divide  # IEEE division: XLA rewrites x / constant as x * (1 / constant)
+from quantref.affine import true_divide as _divide  # XLA rewrites x / constant as x * (1 / constant)
 
 __all__ = [
     "TorchQDtype",
