@@ -145,7 +145,7 @@ def multipliers(qmodel: QuantizedModel, requantization: Requantization = "onnxru
 def _round_small_to_int32(value: jax.Array) -> jax.Array:
     """Round half to even to int32, for $|v| < 2^{22}$ (here: clamped requantized values).
 
-    Adding $1.5 \cdot 2^{23}$ moves $v$ to where the float32 spacing is 1, so the addition itself rounds half to even
+    Adding $1.5 \\cdot 2^{23}$ moves $v$ to where the float32 spacing is 1, so the addition itself rounds half to even
     and leaves the integer in the low mantissa bits. XLA's CPU backend lowers ``round`` to a scalar call; this is
     one vector add and a bitcast, and profiling showed it was most of the cost of requantization.
     """
