@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quantref import correction, data, integer, ptq, train
+from quantref import integer, ptq
 from quantref.runtimes import tflite
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -135,21 +135,6 @@ def test_onnxruntime_requantize_rounds_before_adding_the_zero_point():
 
 
 # --- the network -------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def splits():
-    return data.load_splits()
-
-
-@pytest.fixture(scope="module")
-def params():
-    return correction.fold_batch_norm(train.load_or_train(progress=False))
-
-
-@pytest.fixture(scope="module")
-def qmodel(params, splits):
-    return ptq.quantize_model(params, splits.x_calib)
 
 
 def _far_inputs(count=16):

@@ -4,22 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quantref import correction, data, ptq, ranges, train
-
-
-@pytest.fixture(scope="module")
-def splits():
-    return data.load_splits()
-
-
-@pytest.fixture(scope="module")
-def params():
-    return correction.fold_batch_norm(train.load_or_train(progress=False))
-
-
-@pytest.fixture(scope="module")
-def qmodel(params, splits):
-    return ptq.quantize_model(params, splits.x_calib)
+from quantref import correction, ptq, ranges
 
 
 def test_weights_are_narrow_symmetric_per_channel(qmodel, params):
