@@ -109,6 +109,10 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
+# The uniform signal lands on $6.02\,b$ at every width. The sine falls short of $6.02\,b + 1.76$ at low widths —
+# by 1 dB at 2 bits — because a sine lingers near its peaks, where the few coarse levels make an error that is
+# not uniform; the model is within 0.4 dB from 5 bits on.
+#
 # ## Stochastic rounding
 #
 # Round-to-nearest is deterministic and, for a single value, biased: $0.3$ always becomes $0$. Stochastic rounding
