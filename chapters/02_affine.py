@@ -224,11 +224,11 @@ for label, s1, s2, s3, accuracy, size in rows:
 # %% [markdown]
 # Reading the table: at 8 bits every granularity keeps the test accuracy. The SQNR columns show what finer
 # granularity buys — 1.5 to 3 dB per step from per-tensor to per-channel, up to 5 dB more per group on the dense
-# layer, whose 512 inputs share one scale per channel otherwise. At 4 bits the accuracy column moves by one or
-# two of the 300 test images (each is 0.33 points), which is noise next to the 5 to 8 dB SQNR differences: on a
+# layer, whose 512 inputs share one scale per channel otherwise. At 4 bits the accuracy column moves by up to
+# three of the 300 test images (each is 0.33 points), which is noise next to the 2 to 8 dB SQNR differences: on a
 # model this small, even per-tensor 4-bit weights keep 98 %. The bytes are those of a real file (4-bit codes packed
 # two to a byte with `formats.pack_int`); per-group pays for its extra float32 scales, and every file pays the
-# `.npz` container's headers, which is why 8-bit comes out a little under 4x smaller than float32.
+# `.npz` container's headers, which is why the 8-bit files come out 2.9 to 3.5x smaller than float32, not 4x.
 #
 # ## Fake quantization
 #

@@ -75,8 +75,8 @@ for row in rows:
 # %% [markdown]
 # Each test image is 0.33 points. At 8 bits per-channel nothing is lost; per-tensor weights cost at most one image.
 # At 4 bits a few images flip, and which granularity wins is within that noise on a model this small. No
-# calibration method stands out here either: with 8-bit weights and activations every observer keeps the float
-# accuracy, and chapter 1 shows where they differ (the SQNR of 4-bit activations). One caveat from building these
+# calibration method stands out here either: with 8-bit per-channel weights and 8-bit activations every observer
+# keeps the float accuracy (per-tensor weights lose one image with three of the four), and chapter 1 shows where they differ (the SQNR of 4-bit activations). One caveat from building these
 # observers: the KL ("entropy") method needs care on post-ReLU activations — the spike of exact zeros dominates
 # the divergence unless it is set aside, and without that the method clips the feature maps to a tenth of their
 # range at 4 bits (see `quantref.ranges.entropy`).

@@ -411,7 +411,9 @@ def scale_zero_point(
 
     Raises:
       ValueError: if ``symmetric_divisor`` is unknown, ``min_val`` and ``max_val`` differ in shape, or
-        ``min_val > max_val`` or either is NaN or infinite somewhere (when concrete).
+        ``min_val > max_val`` or either is NaN or infinite somewhere (when concrete), ``symmetric=True`` with
+        ``fmt.bits < 2``, or ``min_scale`` is not a positive float.
+      TypeError: if ``fmt`` is not an :class:`~quantref.formats.IntFormat`.
     """
     _check_format(fmt)
     if symmetric_divisor not in ("qmax", "half_levels"):

@@ -16,8 +16,8 @@ import numpy as np
 
 __all__ = ["cache_dir", "entry_path", "save_arrays", "load_arrays", "clear_cache"]
 
-_ENTRY_SUFFIX = ".npz"
-_TEMP_SUFFIX = ".tmp"
+_ENTRY_SUFFIX = ".quantref.npz"  # a suffix of our own, so clear_cache never touches a user's .npz
+_TEMP_SUFFIX = ".quantref.tmp"
 
 
 def cache_dir() -> Path:
@@ -41,7 +41,7 @@ def entry_path(name: str) -> Path:
       name: a plain file name without directory or suffix, e.g. ``"digits_cnn-seed0-1a2b"``.
 
     Returns:
-      ``cache_dir() / (name + ".npz")``.
+      ``cache_dir() / (name + ".quantref.npz")``.
 
     Raises:
       ValueError: if ``name`` is empty, hidden, or contains a directory part.

@@ -39,7 +39,7 @@ __all__ = ["FoldedCNN", "ACTIVATION_POINTS", "fold_batch_norm", "folded_forward"
 #: tensors that an integer-only network stores as integers.
 ACTIVATION_POINTS = ("conv1.input", "conv2.input", "pool.input", "logits")
 
-_CONV_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+CONV_DIMENSIONS = ("NHWC", "HWIO", "NHWC")  # Flax layouts: images NHWC, kernels HWIO
 
 
 class FoldedCNN(NamedTuple):
@@ -104,7 +104,7 @@ def fold_batch_norm(model: models.DigitsCNN) -> FoldedCNN:
 
 
 def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-    y = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_CONV_DIMENSIONS)
+    y = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=CONV_DIMENSIONS)
     return y + bias
 
 

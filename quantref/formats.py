@@ -58,6 +58,14 @@ class IntFormat:
     signed: bool = True
     narrow_range: bool = False
 
+    def __post_init__(self) -> None:
+        # The constructor is public, so it guards the invariants too; int_format adds the type checks and messages.
+        if not 1 <= self.bits <= 32:
+            raise ValueError(f"bits must be in 1..32, got {self.bits}")
+        if self.narrow_range and (not self.signed or self.bits < 2):
+            raise ValueError(f"narrow_range=True needs a signed format with bits >= 2, got signed={self.signed}, "
+                             f"bits={self.bits}")
+
     @property
     def qmin(self) -> int:
         """The smallest code of the grid."""

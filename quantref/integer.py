@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from quantref import affine, formats
+from quantref import affine, correction, formats
 from quantref.ptq import QuantizedModel
 from quantref.runtimes import tflite
 
@@ -77,7 +77,6 @@ __all__ = [
 
 Requantization = Literal["onnxruntime", "tflite"]
 REQUANTIZATIONS: tuple[str, ...] = ("onnxruntime", "tflite")
-_CONV_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
 # --- requantization ---------------------------------------------------------------------------------------------
@@ -180,6 +179,7 @@ def requantize(
     Returns:
       int32 codes in ``[qmin, qmax]``.
     """
+    zero_point = jnp.asarray(zero_point, jnp.int32)
     if isinstance(multiplier, FloatMultiplier):
         # The product is rounded to float32 and then to an integer before the zero point is added: no multiply-add
         # for XLA to contract. Clamping before the rounding is the same as after, for integer bounds.
@@ -222,12 +222,12 @@ def _int8_operand(codes: jax.Array, fmt: formats.IntFormat) -> tuple[jax.Array, 
 def _conv_accumulator(codes, zero_point, fmt, kernel, bias):
     x, offset = _int8_operand(codes, fmt)
     acc = lax.conv_general_dilated(
-        x, kernel, (1, 1), "SAME", dimension_numbers=_CONV_DIMENSIONS, preferred_element_type=jnp.int32
+        x, kernel, (1, 1), "SAME", dimension_numbers=correction.CONV_DIMENSIONS, preferred_element_type=jnp.int32
     )
     # The sum of the taps that land inside the image, per output position: the zero-point cross term.
     inside = jnp.ones((1,) + x.shape[1:], jnp.int8)
     tap_sums = lax.conv_general_dilated(
-        inside, kernel, (1, 1), "SAME", dimension_numbers=_CONV_DIMENSIONS, preferred_element_type=jnp.int32
+        inside, kernel, (1, 1), "SAME", dimension_numbers=correction.CONV_DIMENSIONS, preferred_element_type=jnp.int32
     )
     return acc + (offset - zero_point) * tap_sums + bias
 

@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: The observers of :mod:`quantref.ranges` that :func:`quantize_model` accepts by name.
-OBSERVER_NAMES = ("min_max", "abs_max", "moving_average_min_max", "percentile", "mse", "entropy")
+OBSERVER_NAMES = tuple(ranges.OBSERVERS)
 _LAYERS = ("conv1", "conv2", "dense")
 _INT32_MAX = 2**31 - 1
 
@@ -216,7 +216,9 @@ def _quantize_kernel(kernel: jax.Array, fmt: formats.IntFormat, per_channel: boo
 
 def _quantize_bias(bias: jax.Array, scale: np.ndarray) -> jax.Array:
     codes = np.round(np.asarray(bias, np.float32) / scale)
-    return jnp.asarray(np.clip(codes, -_INT32_MAX, _INT32_MAX).astype(np.int32))
+    # Clip in float64: in float32, 2**31 - 1 rounds up to 2**31, which the int32 cast would wrap to -2**31 (a dead
+    # channel, all-zero weights with a bias, has a tiny bias scale and hits this).
+    return jnp.asarray(np.clip(codes.astype(np.float64), -_INT32_MAX, _INT32_MAX).astype(np.int32))
 
 
 def quantize_model(

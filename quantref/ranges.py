@@ -60,6 +60,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -213,8 +214,9 @@ def _reduce(x: jax.Array, reducer: Callable[..., jax.Array], axis: int | None, b
 def _batch_min_max(x: jax.Array, axis: int | None, block_size: int | None) -> tuple[jax.Array, jax.Array]:
     """Min and max over the finite values; ``+inf``/``-inf`` where there are none."""
     finite = jnp.isfinite(x)
-    batch_min = _reduce(jnp.where(finite, x, jnp.inf), jnp.min, axis, block_size)
-    batch_max = _reduce(jnp.where(finite, x, -jnp.inf), jnp.max, axis, block_size)
+    # The initial values make an empty batch a no-op instead of a reduction error.
+    batch_min = _reduce(jnp.where(finite, x, jnp.inf), functools.partial(jnp.min, initial=jnp.inf), axis, block_size)
+    batch_max = _reduce(jnp.where(finite, x, -jnp.inf), functools.partial(jnp.max, initial=-jnp.inf), axis, block_size)
     return batch_min, batch_max
 
 
@@ -429,7 +431,7 @@ def _histogram_observer(
         rows = x.reshape(1, -1) if axis is None else jnp.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
         finite = jnp.isfinite(rows)
         magnitude = jnp.where(finite, jnp.abs(rows), 0.0)
-        batch_max = jnp.max(magnitude, axis=1)
+        batch_max = jnp.max(magnitude, axis=1, initial=0.0)
         # frexp: batch_max = f * 2**e with f in [0.5, 1), so every |x| < 2**e.
         batch_exponent = jnp.where(batch_max > 0, jnp.frexp(batch_max)[1], _MIN_EXPONENT)
         old_exponent = state.exponent.reshape(-1)
@@ -793,7 +795,7 @@ def mse_range(
 
 def _kl_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Row-wise $\\sum p \\log(p/q)$ of the normalised rows; ``inf`` where ``q`` misses mass of ``p``."""
-    with np.errstate(divide="ignore", invalid="ignore"):  # an empty row is NaN here and so never chosen
+    with np.errstate(divide="ignore", invalid="ignore"):  # an empty row gives 0 here; result() maps it to (0, 0)
         p = p / p.sum(axis=1, keepdims=True)
         q = q / q.sum(axis=1, keepdims=True)
         terms = np.where(p > 0, p * np.log(p / q), 0.0)
@@ -850,7 +852,7 @@ def entropy(
     and pick
 
     $$
-    i^\\ast = \\mathop{\\mathrm{arg\\,min}}_{i \\ge \\text{num\\_quantized\\_bins}} \\mathrm{KL}(P_i \\,\\Vert\\, Q_i)
+    i^\\ast = \\mathop{\\mathrm{arg\\,min}}_{i \\ge \\max(\\text{num\\_quantized\\_bins},\\ 128)} \\mathrm{KL}(P_i \\,\\Vert\\, Q_i)
     = \\sum_j P_i(j) \\log \\frac{P_i(j)}{Q_i(j)}, \\qquad \\text{range} = \\pm\\, i^\\ast w
     $$
 
@@ -858,7 +860,9 @@ def entropy(
     $P$'s last bin that $Q$ does not have, so heavy clipping costs divergence; a long sparse tail
     costs resolution in every level, so it gets clipped. Where $Q_i$ is zero on mass of $P_i$ (the
     outliers land in an empty level) the divergence is infinite and the candidate is skipped, rather than
-    smoothed with an epsilon as some implementations do; ties go to the smaller threshold. Runs in
+    smoothed with an epsilon as some implementations do; ties go to the smaller threshold. As in TensorRT and
+    pytorch-quantization, no candidate below 128 bins is tried: with few levels (4-bit) the smallest candidates
+    clip almost everything yet can score a low divergence on sparse data. Runs in
     $O(\\text{num\\_bins}^2)$ numpy per ``result``.
 
     KL compares the *shapes* of two histograms, so it needs a dense one: many values per tensor or channel, as

@@ -177,7 +177,7 @@ def sqnr_db(x: jax.Array, x_hat: jax.Array) -> jax.Array:
       x_hat: its quantized (or otherwise approximated) version, same shape.
 
     Returns:
-      A scalar; ``+inf`` when ``x_hat == x`` exactly.
+      A scalar; ``+inf`` when ``x_hat == x`` exactly and ``x`` is not all zero, NaN when both are all zero or empty.
     """
     x = jnp.asarray(x, jnp.float32)
     x_hat = jnp.asarray(x_hat, jnp.float32)

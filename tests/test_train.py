@@ -59,7 +59,7 @@ def test_cache_round_trip_gives_identical_logits(splits, cache_in_tmp):
     assert path.parent == cache_in_tmp and path.is_file()
     loaded = train.model_from_arrays(cache.load_arrays("round-trip"))
     np.testing.assert_array_equal(loaded(splits.x_test), model(splits.x_test))
-    assert [p.name for p in cache_in_tmp.iterdir()] == ["round-trip.npz"]
+    assert [p.name for p in cache_in_tmp.iterdir()] == ["round-trip.quantref.npz"]
 
 
 def test_model_from_arrays_rejects_mismatched_state():
@@ -72,7 +72,7 @@ def test_model_from_arrays_rejects_mismatched_state():
 
 def test_load_or_train_trains_once_then_loads(cache_in_tmp, monkeypatch):
     trained = train.load_or_train(seed=0, config=SHORT, progress=False)
-    assert (cache_in_tmp / (train.cache_name(0, SHORT) + ".npz")).is_file()
+    assert (cache_in_tmp / (train.cache_name(0, SHORT) + ".quantref.npz")).is_file()
 
     def fail(*args, **kwargs):
         raise AssertionError("load_or_train retrained although the cache holds the model")
@@ -108,12 +108,14 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
 def test_clear_cache_removes_entries_and_temporaries_only(cache_in_tmp):
     assert cache.clear_cache() == []
     entry = cache.save_arrays("entry", {"a": np.arange(3)})
-    leftover = cache_in_tmp / ".entry.abc123.tmp"
+    leftover = cache_in_tmp / ".entry.abc123.quantref.tmp"
     leftover.write_bytes(b"half a file")
     unrelated = cache_in_tmp / "notes.txt"
     unrelated.write_text("not ours")
+    users_array = cache_in_tmp / "mine.npz"  # an .npz quantref did not write, in a directory the user chose
+    np.savez(users_array, a=np.arange(2))
     assert cache.clear_cache() == sorted([entry, leftover])
-    assert [p.name for p in cache_in_tmp.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in cache_in_tmp.iterdir()) == ["mine.npz", "notes.txt"]
     assert cache.load_arrays("entry") is None
 
 
