@@ -91,3 +91,15 @@ def test_bad_arguments(params, splits, kwargs, match):
 def test_bad_calibration_data(params):
     with pytest.raises(ValueError, match="calibration_x"):
         ptq.quantize_model(params, np.zeros((0, 8, 8, 1), np.float32))
+
+
+def test_dead_channel_bias_saturates_instead_of_wrapping(params, splits):
+    # A channel with all-zero weights but a bias gets the floor scale (float32 eps), so its bias code is far beyond
+    # int32: it must saturate at +(2**31 - 1), keeping its sign, not wrap to -2**31.
+    kernel = np.asarray(params.conv1_kernel).copy()
+    kernel[..., 0] = 0.0
+    bias = np.asarray(params.conv1_bias).copy()
+    bias[0] = 2.0
+    dead = params._replace(conv1_kernel=jnp.asarray(kernel), conv1_bias=jnp.asarray(bias))
+    quantized = ptq.quantize_model(dead, splits.x_calib)
+    assert int(quantized.conv1.bias[0]) == 2**31 - 1
