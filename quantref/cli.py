@@ -35,18 +35,29 @@ def project_root() -> Path:
     )
 
 
+class CommandError(Exception):
+    """Bad input to a command: :func:`main` prints ``quantref <command>: <message>`` and exits with code 2."""
+
+
+def _project_root() -> Path:
+    try:
+        return project_root()
+    except FileNotFoundError as error:
+        raise CommandError(str(error)) from error
+
+
 def _chapter_script(root: Path, number: int) -> Path:
     from quantref import render
 
     scripts = {int(path.name[:2]): path for path in render.chapter_scripts(root)}
     if number not in scripts:
-        raise SystemExit(f"quantref chapter: N must be one of {sorted(scripts)}, got {number}")
+        raise CommandError(f"N must be one of {sorted(scripts)}, got {number}")
     return scripts[number]
 
 
 def cmd_chapter(args: argparse.Namespace) -> int:
     """Run one chapter script as ``python chapters/NN_topic.py`` would."""
-    script = _chapter_script(project_root(), args.number)
+    script = _chapter_script(_project_root(), args.number)
     sys.argv = [str(script)]
     runpy.run_path(str(script), run_name="__main__")
     return 0
@@ -74,7 +85,7 @@ def cmd_tour(args: argparse.Namespace) -> int:
     --strict``."""
     from quantref import render
 
-    root = project_root()
+    root = _project_root()
     site_dir = Path(args.site_dir).resolve()
     start = time.perf_counter()
     for script, out_dir in site_scripts(root):
@@ -111,7 +122,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         paths = export_onnx.export_onnx(args.out_dir, force=args.force)
     except ValueError as error:
-        raise SystemExit(f"quantref export: {error}") from error
+        raise CommandError(str(error)) from error
     for name, path in paths.items():
         print(f"{name:>12}: {path} ({Path(path).stat().st_size:,} bytes)")
     return 0
@@ -125,8 +136,7 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     try:
         manifest_path = vectors.write_vectors(args.out_dir, force=args.force)
     except ValueError as error:
-        print(f"quantref vectors: {error}", file=sys.stderr)
-        return 2
+        raise CommandError(str(error)) from error
     manifest = vectors.load_manifest(args.out_dir)
     operators: dict[str, int] = {}
     for case in manifest["cases"]:
@@ -145,15 +155,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         report = vectors.check(args.out_dir, args.results, cases=args.case, max_report=args.max_report)
     except ValueError as error:
-        print(f"quantref check: {error}", file=sys.stderr)
-        return 2
+        raise CommandError(str(error)) from error
     print(vectors.format_check(report, verbose=args.verbose))
     return 0 if report.ok else 1
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+DESCRIPTION = (
+    "The quantref command: run the chapters and build the site, export the quantized model, write test vectors "
+    "for other backends and check their results, manage the trained-model cache."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``quantref`` command."""
-    parser = argparse.ArgumentParser(prog="quantref", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="quantref", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"quantref {quantref.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -184,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("results", help="a directory of <case id>.npz, or one .npz with members <case id>/<output>")
     check.add_argument("--case", action="append", metavar="PATTERN",
                        help="check only these case ids (glob patterns allowed; repeatable)")
-    check.add_argument("--max-report", type=int, default=10, help="worst elements listed per output (default 10)")
+    check.add_argument("--max-report", type=_non_negative_int, default=10, help="worst elements listed per output (default 10)")
     check.add_argument("--verbose", action="store_true", help="also list the cases that pass")
     check.set_defaults(func=cmd_check)
 
@@ -195,9 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``quantref`` console script."""
+    """Entry point of the ``quantref`` console script: 0 on success, 1 when ``check`` finds mismatches, 2 for bad
+    input (a one-line message on stderr; argparse's own usage errors also exit with 2)."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CommandError as error:
+        message = " ".join(str(error).split())  # one line
+        print(f"quantref {args.command}: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

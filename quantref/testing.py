@@ -99,7 +99,7 @@ def _ordinal(values: np.ndarray) -> np.ndarray:
 
 def _display(values: np.ndarray, kind: str) -> list[str]:
     if kind == "int":
-        return [str(int(v)) for v in values.astype(np.int64)]
+        return [str(int(v)) for v in (values if values.dtype in (np.uint64, np.int64) else values.astype(np.int64))]
     bits = values.view(_BITS_VIEW[values.dtype.itemsize])
     width = 2 * values.dtype.itemsize
     # str() of a numpy/ml_dtypes scalar is the shortest text that round-trips in its type: 1.0000001, not 1.00000011…
@@ -113,8 +113,10 @@ def _coerce(actual: np.ndarray, expected: np.ndarray) -> np.ndarray | str:
     kind = _kind(expected.dtype)
     if kind == "float8" or expected.dtype in _SUB_BYTE:
         # Raw bit patterns, one element per byte: how C++/Rust backends and quantref's vectors store these types.
-        if actual.dtype == np.uint8:
+        if actual.dtype == np.uint8 and kind == "float8":
             return actual.view(expected.dtype)
+        if actual.dtype == np.uint8:
+            return _decode_sub_byte(actual, expected.dtype)
         if kind == "int" and np.issubdtype(actual.dtype, np.integer):
             return actual  # the values themselves in a wider integer type, e.g. int4 results held in int8
         also = ", or as values in any integer type" if kind == "int" else ""
@@ -124,9 +126,26 @@ def _coerce(actual: np.ndarray, expected: np.ndarray) -> np.ndarray | str:
         if not (np.issubdtype(actual.dtype, np.integer) or actual.dtype in _SUB_BYTE):
             return f"expected integers ({expected.dtype}), got dtype {actual.dtype}"
         return actual
-    if actual.dtype != expected.dtype:
-        return f"expected {expected.dtype} (compared bit for bit), got dtype {actual.dtype}"
-    return actual
+    return f"expected {expected.dtype} (compared bit for bit), got dtype {actual.dtype}"
+
+
+def _decode_sub_byte(raw: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Raw sub-byte bit patterns in uint8 → their values (int64); a byte with any bit set above the type's width
+    is not a valid encoding and keeps its raw byte value, which lies outside the type's range and so mismatches."""
+    bits = 4 if dtype in {np.dtype(ml_dtypes.int4), np.dtype(ml_dtypes.uint4)} else 2
+    mask = np.uint8((1 << bits) - 1)
+    valid = (raw & ~mask) == 0
+    low = (raw & mask).astype(np.int64)
+    if dtype in {np.dtype(ml_dtypes.int4), np.dtype(ml_dtypes.int2)}:
+        low = np.where(low >= 1 << (bits - 1), low - (1 << bits), low)
+    return np.where(valid, low, raw.astype(np.int64))
+
+
+def _exact_integers(values: np.ndarray) -> np.ndarray:
+    """Integers without wrap-around: int64 when that is exact, else Python ints (uint64 above 2**63 - 1)."""
+    if values.dtype == np.uint64:
+        return values.astype(object)
+    return values.astype(np.int64)
 
 
 def compare(actual: np.ndarray, expected: np.ndarray, *, max_report: int = 10) -> Comparison:
@@ -140,9 +159,10 @@ def compare(actual: np.ndarray, expected: np.ndarray, *, max_report: int = 10) -
     $$
 
     where $\\operatorname{ord}$ numbers the representable values of the type in increasing order. Integer
-    ``actual`` arrays of any width compare by value with an integer ``expected``; a sub-byte or float8 ``expected``
-    also accepts ``actual`` as its raw bit patterns in ``uint8``, one element per byte. Float arrays must have the
-    same dtype.
+    ``actual`` arrays of any width compare by value with an integer ``expected`` (uint64 values above $2^{63}-1$
+    included, without wrap-around); a sub-byte or float8 ``expected`` also accepts ``actual`` as its raw bit patterns
+    in ``uint8``, one element per byte — for sub-byte types every bit above the type's width must be zero, else the
+    element mismatches (and shows its raw byte value). Float arrays must have the same dtype.
 
     Args:
       actual: the backend's output (numpy or anything ``np.asarray`` accepts, e.g. a JAX array).
@@ -154,7 +174,10 @@ def compare(actual: np.ndarray, expected: np.ndarray, *, max_report: int = 10) -
 
     Raises:
       TypeError: if ``expected`` is not an integer, float8 or float array.
+      ValueError: if ``max_report`` is negative (or not an int).
     """
+    if isinstance(max_report, (bool, np.bool_)) or not isinstance(max_report, (int, np.integer)) or max_report < 0:
+        raise ValueError(f"max_report must be an int >= 0, got {max_report!r}")
     expected = np.asarray(expected)
     actual = np.asarray(actual)
     kind = _kind(expected.dtype)
@@ -167,9 +190,11 @@ def compare(actual: np.ndarray, expected: np.ndarray, *, max_report: int = 10) -
         return Comparison(0, 0, unit, 0.0, (), error=error)
     flat_actual, flat_expected = coerced.reshape(-1), expected.reshape(-1)
     if kind == "int":
-        a64, e64 = flat_actual.astype(np.int64), flat_expected.astype(np.int64)
-        bad = a64 != e64
-        diff = (a64[bad] - e64[bad]).astype(np.float64)
+        a64, e64 = _exact_integers(flat_actual), _exact_integers(flat_expected)
+        if a64.dtype == object or e64.dtype == object:
+            a64, e64 = a64.astype(object), e64.astype(object)
+        bad = np.asarray(a64 != e64, dtype=bool)
+        diff = np.array([float(a - e) for a, e in zip(a64[bad], e64[bad])], np.float64)
     else:
         a_ord, e_ord = _ordinal(flat_actual), _ordinal(flat_expected)
         a_nan, e_nan = np.isnan(flat_actual.astype(np.float32)), np.isnan(flat_expected.astype(np.float32))

@@ -682,3 +682,77 @@ def test_conv_integer_per_channel_weight_zero_point_reference_only():
     with pytest.raises(Exception, match="per tensor|Non per-tensor"):
         run_ort("ConvInteger", inputs, [("y", np.int32)], conv_attrs(case, w.shape), constants=("w", "zx", "zw"),
                 opset=10)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Subnormal and float16/bfloat16 scales: rejected rather than answered wrongly
+
+
+SUBNORMAL_MESSAGE = "JAX flushes subnormal float32 to zero on CPU, so results would not match"
+
+
+def test_subnormal_scale_is_rejected_where_onnxruntime_differs():
+    x = np.float32([1e-40, 3e-40, 1, -1e-40])
+    ort_out = run_ort("QuantizeLinear", [("x", x), ("s", np.float32(1e-40)), ("z", np.int8(0))], [("y", np.int8)])[0]
+    np.testing.assert_array_equal(ort_out, np.int8([1, 3, 127, -1]))  # what a flushing implementation cannot give
+    with pytest.raises(ValueError, match=f"y_scale.*{SUBNORMAL_MESSAGE}"):
+        qo.quantize_linear(x, np.float32(1e-40), np.int8(0))
+    with pytest.raises(ValueError, match=f"x_scale.*{SUBNORMAL_MESSAGE}"):
+        qo.dequantize_linear(np.int8([1]), np.float32([1.0, 1e-39])[1:])
+    with pytest.raises(ValueError, match=f"y_scale.*{SUBNORMAL_MESSAGE}"):
+        qo.quantize_linear(np.float32([[1, 2]]), np.float32([1.0, 5e-39]), np.int8([0, 0]), axis=1)
+
+
+def test_smallest_normal_scale_matches_onnxruntime():
+    tiny = np.finfo(np.float32).tiny
+    x = np.float32([tiny, 3 * tiny, 100 * tiny, -2.5 * tiny, 1])
+    expected = run_ort("QuantizeLinear", [("x", x), ("s", tiny), ("z", np.int8(0))], [("y", np.int8)])[0]
+    np.testing.assert_array_equal(np.asarray(qo.quantize_linear(x, tiny, np.int8(0))), expected)
+
+
+def test_qlinear_subnormal_scale_product_is_rejected():
+    f = np.float32
+    inputs = [("a", np.uint8([[200]])), ("sa", f(1e-20)), ("za", np.uint8(0)), ("b", np.uint8([[200]])),
+              ("sb", f(1e-20)), ("zb", np.uint8(0)), ("sy", f(1e-36)), ("zy", np.uint8(0))]
+    assert run_ort("QLinearMatMul", inputs, [("y", np.uint8)])[0].item() == 4  # needs the subnormal 1e-40
+    with pytest.raises(ValueError, match=f"a_scale \\* b_scale.*{SUBNORMAL_MESSAGE}"):
+        qo.qlinear_matmul(*[value for _, value in inputs])
+    with pytest.raises(ValueError, match=f"x_scale \\* w_scale.*{SUBNORMAL_MESSAGE}"):
+        qo.qlinear_conv(np.uint8(np.ones((1, 1, 1, 1))), f(1e-20), np.uint8(0), np.uint8(np.ones((1, 1, 1, 1))),
+                        f(1e-20), np.uint8(0), f(1e-36), np.uint8(0))
+
+
+def test_dynamic_quantize_linear_subnormal_scale_is_rejected():
+    x = np.float32([1e-36, -1e-37])
+    scale = run_ort("DynamicQuantizeLinear", [("x", x)], [("y", np.uint8), ("s", np.float32), ("z", np.uint8)])[1]
+    assert 0 < scale < np.finfo(np.float32).tiny
+    with pytest.raises(ValueError, match=SUBNORMAL_MESSAGE):
+        qo.dynamic_quantize_linear(x)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_half_precision_scales_are_rejected(dtype):
+    message = "float32 only; float16/bfloat16 scales \\(opset 23 precision\\) are not supported"
+    with pytest.raises(TypeError, match=f"y_scale.*{message}"):
+        qo.quantize_linear(np.float32([1.0]), np.asarray(0.5, dtype), np.int8(0))
+    with pytest.raises(TypeError, match=f"x_scale.*{message}"):
+        qo.dequantize_linear(np.int8([1]), np.asarray(0.5, dtype))
+    with pytest.raises(TypeError, match=f"b_scale.*{message}"):
+        qo.qlinear_matmul(np.uint8([[1]]), np.float32(1), np.uint8(0), np.uint8([[1]]), np.asarray(1, dtype),
+                          np.uint8(0), np.float32(1), np.uint8(0))
+
+
+def test_dequantize_float16_scale_differs_in_onnxruntime():
+    # onnxruntime answers in float16 for a float16 scale (opset 19+); quantref reproduces float32 scales only.
+    x = helper.make_tensor_value_info("x", TensorProto.INT8, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)
+    scale = numpy_helper.from_array(np.asarray(0.1, np.float16), "s")
+    graph = helper.make_graph([helper.make_node("DequantizeLinear", ["x", "s"], ["y"])], "node", [x], [y],
+                              initializer=[scale])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 11
+    feeds = {"x": np.int8([3])}
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, feeds)[0].dtype == np.float16
+    with pytest.raises(TypeError, match="float32 only"):
+        qo.dequantize_linear(np.int8([3]), np.float16(0.1))

@@ -306,10 +306,15 @@ def test_conv2d_against_numpy(strides, padding, dilations, groups):
     multipliers, shifts = tl.per_channel_multipliers(0.05, rng.uniform(0.001, 0.02, 6), 0.08)
     got = tl.conv2d(x, filters, bias, multipliers, shifts, input_zero_point=7, output_zero_point=-4,
                     strides=strides, padding=padding, dilations=dilations)
-    if padding == "SAME":
-        pads = tuple(tl._same_padding(x.shape[1 + i], 3, strides[i], dilations[i]) for i in range(2))
-    else:
-        pads = ((0, 0), (0, 0))
+    # x is 9 high, 8 wide, the filter 3x3. SAME pads worked out by hand from TFLite's padding.h
+    # (ComputePaddingWithOffset): out = ceil(in / s), total = max((out - 1) * s + (k - 1) * d + 1 - in, 0),
+    # before = total // 2, after = total - before.
+    hand_pads = {
+        ((2, 2), (1, 1)): ((1, 1), (0, 1)),  # h: out 5, total 8+3-9 = 2; w: out 4, total 6+3-8 = 1
+        ((1, 2), (2, 1)): ((2, 2), (0, 1)),  # h: out 9, total 8+5-9 = 4; w: out 4, total 6+3-8 = 1
+        ((1, 1), (1, 1)): ((1, 1), (1, 1)),  # out = in, total = k - 1 = 2
+    }
+    pads = hand_pads[(strides, dilations)] if padding == "SAME" else ((0, 0), (0, 0))
     expected = _conv_reference(x, filters, bias, multipliers, shifts, 7, -4, strides, pads, dilations)
     np.testing.assert_array_equal(got, expected)
 
@@ -359,8 +364,50 @@ def test_jit_and_traced_parameters():
         (lambda: tl.conv2d(np.zeros((1, 2, 2, 2), np.int8), np.zeros((2, 3, 3, 2), np.int8), None, [2**30] * 2, [0] * 2,
                            input_zero_point=0, output_zero_point=0), ValueError, "larger"),
         (lambda: tl.per_channel_multipliers(0.0, [0.1], 0.2), ValueError, "input_scale"),
+        (lambda: tl.quantize(np.ones(3, np.float32), 1e-40, 0, "int8"), ValueError,
+         "scale.*JAX flushes subnormal float32 to zero on CPU, so results would not match"),
+        (lambda: tl.quantize(np.ones(3, np.float32), 5e-39, 0, "int8"), ValueError, "smallest normal float32"),
+        (lambda: tl.conv2d(np.zeros((1, 4, 4, 0), np.int8), np.zeros((2, 3, 3, 1), np.int8), None, [2**30] * 2,
+                           [0] * 2, input_zero_point=0, output_zero_point=0), ValueError, "x and filters.*channel"),
+        (lambda: tl.conv2d(np.zeros((1, 4, 4, 0), np.int8), np.zeros((2, 3, 3, 0), np.int8), None, [2**30] * 2,
+                           [0] * 2, input_zero_point=0, output_zero_point=0), ValueError, "x and filters.*channel"),
     ],
 )
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "size,kernel,stride,dilation,expected",
+    [
+        (7, 3, 2, 1, (1, 1)),  # out 4: total = 3*2 + 3 - 7 = 2
+        (8, 3, 2, 1, (0, 1)),  # out 4: total = 3*2 + 3 - 8 = 1, the odd pixel after
+        (8, 3, 1, 1, (1, 1)),  # out 8: total = 7 + 3 - 8 = 2
+        (8, 4, 1, 1, (1, 2)),  # out 8: total = 7 + 4 - 8 = 3
+        (5, 3, 3, 1, (0, 1)),  # out 2: total = 3 + 3 - 5 = 1
+        (9, 1, 2, 1, (0, 0)),  # out 5: total = 8 + 1 - 9 = 0
+        (4, 1, 3, 1, (0, 0)),  # out 2: total = max(3 + 1 - 4, 0) = 0
+        (6, 3, 4, 1, (0, 1)),  # out 2: total = 4 + 3 - 6 = 1
+        (7, 3, 1, 2, (2, 2)),  # effective kernel 5, out 7: total = 6 + 5 - 7 = 4
+        (10, 3, 2, 3, (2, 3)),  # effective kernel 7, out 5: total = 8 + 7 - 10 = 5
+    ],
+)
+def test_same_padding_hand_computed(size, kernel, stride, dilation, expected):
+    assert tl._same_padding(size, kernel, stride, dilation) == expected
+
+
+@pytest.mark.parametrize("size,stride,expected_rows", [(7, 2, (1, 1)), (8, 2, (0, 1))])
+def test_conv2d_same_padding_hand_computed(size, stride, expected_rows):
+    """conv2d(padding="SAME") equals explicit hand-computed pads: the extra pixel goes at the bottom/right."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(-128, 128, (1, size, size, 2)).astype(np.int8)
+    filters = rng.integers(-127, 128, (3, 3, 3, 2)).astype(np.int8)
+    multipliers, shifts = tl.per_channel_multipliers(0.05, [0.01, 0.02, 0.03], 0.1)
+    common = dict(input_zero_point=3, output_zero_point=-2, strides=(stride, stride))
+    same = tl.conv2d(x, filters, None, multipliers, shifts, padding="SAME", **common)
+    explicit = tl.conv2d(x, filters, None, multipliers, shifts, padding=(expected_rows, expected_rows), **common)
+    np.testing.assert_array_equal(same, explicit)
+    expected = _conv_reference(x, filters, np.zeros(3, np.int64), multipliers, shifts, 3, -2, (stride, stride),
+                               (expected_rows, expected_rows), (1, 1))
+    np.testing.assert_array_equal(same, expected)

@@ -313,3 +313,28 @@ def test_jit_compatible():
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+SUBNORMAL_MESSAGE = "JAX flushes subnormal float32 to zero on CPU, so results would not match"
+
+
+def test_subnormal_scales_are_rejected():
+    x = np.float32([3e-39, 6e-39, 1.0])
+    # torch answers with the subnormal scale; a flushing implementation could not.
+    live = torch.quantize_per_tensor(torch.from_numpy(x), 3e-39, 0, torch.qint8).int_repr().numpy()
+    np.testing.assert_array_equal(live, np.int8([1, 2, 127]))
+    with pytest.raises(ValueError, match=f"scale.*{SUBNORMAL_MESSAGE}"):
+        qt.quantize_per_tensor(x, 3e-39, 0, "qint8")
+    with pytest.raises(ValueError, match=f"scales.*{SUBNORMAL_MESSAGE}"):
+        qt.quantize_per_channel(x.reshape(3, 1), np.float32([1.0, 1e-38, 1.0]), np.int32([0, 0, 0]), 0, "qint8")
+    with pytest.raises(ValueError, match=f"scale.*{SUBNORMAL_MESSAGE}"):
+        qt.fake_quantize_per_tensor_affine(x, 1e-38, 0, -128, 127)
+    with pytest.raises(ValueError, match=SUBNORMAL_MESSAGE):
+        qt.fake_quantize_per_channel_affine(x.reshape(3, 1), np.float32([5e-39]), np.int32([0]), 1, -128, 127)
+
+
+def test_smallest_normal_scale_still_matches_torch():
+    tiny = float(np.finfo(np.float32).tiny)
+    x = np.float32([tiny, 2.5 * tiny, 100 * tiny, -3 * tiny])
+    live = torch.quantize_per_tensor(torch.from_numpy(x), tiny, 0, torch.qint8).int_repr().numpy()
+    np.testing.assert_array_equal(np.asarray(qt.quantize_per_tensor(x, tiny, 0, "qint8")), live)

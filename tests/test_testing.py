@@ -86,3 +86,37 @@ def test_shape_and_dtype_problems_are_reported_not_crashed():
         assert_matches(np.zeros(4, np.float32), np.zeros(4, ml_dtypes.float8_e5m2))
     with pytest.raises(AssertionError, match="compared bit for bit"):
         assert_matches(np.zeros(4, np.float64), np.zeros(4, np.float32))
+
+
+def test_sub_byte_raw_bits_require_zero_high_bits():
+    expected = np.array([-3, 5], ml_dtypes.int4)
+    assert compare(np.uint8([0x0D, 0x05]), expected).ok
+    garbage = compare(np.uint8([0x1D, 0xF5]), expected)
+    assert not garbage.ok and garbage.mismatches == 2
+    assert {m.actual for m in garbage.worst} == {"29", "245"}  # the raw bytes, outside int4's range
+    assert compare(np.uint8([0x03, 0x02]), np.array([-1, -2], ml_dtypes.int2)).ok
+    assert compare(np.uint8([0x07]), np.array([3], ml_dtypes.uint2)).mismatches == 1
+    assert compare(np.uint8([0x1F]), np.array([15], ml_dtypes.uint4)).mismatches == 1
+    assert compare(np.uint8([0x0F]), np.array([15], ml_dtypes.uint4)).ok
+
+
+def test_huge_uint64_does_not_wrap():
+    result = compare(np.uint64([2**64 - 1, 5]), np.int8([-1, 5]))
+    assert not result.ok and result.mismatches == 1
+    assert result.worst[0].actual == str(2**64 - 1) and result.worst[0].diff == float(2**64)
+    assert compare(np.uint64([2**64 - 1]), np.uint64([2**64 - 1])).ok
+    assert compare(np.uint64([2**63]), np.int64([-(2**63)])).mismatches == 1
+    assert compare(np.int64([7]), np.uint64([7])).ok
+
+
+@pytest.mark.parametrize("max_report", [-1, -10])
+def test_negative_max_report_is_rejected(max_report):
+    with pytest.raises(ValueError, match="max_report"):
+        compare(np.int8([1]), np.int8([1]), max_report=max_report)
+    with pytest.raises(ValueError, match="max_report"):
+        assert_matches(np.int8([1]), np.int8([2]), max_report=max_report)
+
+
+def test_max_report_zero_counts_without_listing():
+    result = compare(np.int8([1, 2]), np.int8([0, 0]), max_report=0)
+    assert result.mismatches == 2 and result.worst == ()

@@ -274,3 +274,38 @@ def test_stored_torch_vectors_match_live_torch(written, manifest):
             assert_matches(actual[name].numpy(), value, name=f"{entry['id']} {name}")
         checked += 1
     assert checked > 15
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    from quantref.export import onnx as export_onnx
+
+    def refuse(out_dir, force=False):
+        raise ValueError("OUT_DIR is not empty;\n  use --force")
+
+    monkeypatch.setattr(export_onnx, "export_onnx", refuse)
+    assert cli.main(["export", "onnx", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == "quantref export: OUT_DIR is not empty; use --force\n"
+
+    assert cli.main(["chapter", "99"]) == 2
+    assert capsys.readouterr().err.startswith("quantref chapter: N must be one of")
+
+    def no_checkout():
+        raise FileNotFoundError("no chapters/ and mkdocs.yml here")
+
+    monkeypatch.setattr(cli, "project_root", no_checkout)
+    for argv in (["chapter", "1"], ["tour"]):
+        assert cli.main(argv) == 2
+        assert capsys.readouterr().err == f"quantref {argv[0]}: no chapters/ and mkdocs.yml here\n"
+
+
+def test_cli_max_report_must_be_non_negative(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["check", str(tmp_path), str(tmp_path), "--max-report", "-1"])
+    assert exit_info.value.code == 2
+    assert "expected an integer >= 0" in capsys.readouterr().err
+
+
+def test_cli_description_is_plain_text():
+    description = cli.build_parser().description
+    assert "``" not in description and description.startswith("The quantref command")

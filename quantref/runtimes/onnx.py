@@ -28,6 +28,16 @@ Conventions shared by every function here:
   Scales must be finite and > 0: onnxruntime has no defined answer for a zero scale (it divides by zero) and the
   spec does not define negative or NaN scales, so a concrete scale outside ``(0, inf)`` raises ``ValueError``. Traced
   scales cannot be inspected and are not checked; they then follow the formulas above literally.
+- Scales are float32: the semantics reproduced are those of float32 scales (opsets 10 to 21, and opset 23+ with
+  float32 scales). float16/bfloat16 scales — with which onnxruntime divides in float16 at opset >= 23 and
+  DequantizeLinear returns float16 — are rejected with ``TypeError``; Python floats and float64 arrays are rounded
+  to float32.
+- Subnormal float32 values: JAX (XLA) on CPU flushes subnormal floats to zero, the runtimes do not. A concrete
+  scale below the smallest normal float32 (``np.finfo(np.float32).tiny`` ≈ 1.18e-38), a QLinear ``s_a·s_b``
+  product below it, or a DynamicQuantizeLinear input whose scale would be below it raises ``ValueError``.
+  Subnormal *inputs* ``x``, subnormal quotients ``x / s`` and subnormal results (for example a float8 input times
+  a tiny scale in DequantizeLinear) are flushed to zero here, unlike in onnxruntime — so for instance
+  ``x = 1e-38``, ``s = 1.2e-38`` quantizes to 0 here and to 1 in onnxruntime.
 - Float arithmetic is written so that XLA has no multiply-add to contract: each rounding that the runtime performs
   is a separate operation here, and the tests check constructed ties ``x = (k + 1/2)·s`` and their float32
   neighbours against the live runtime.
@@ -124,16 +134,37 @@ def _float_input(value, name: str) -> jax.Array:
     return array.astype(jnp.float32)
 
 
+_HALF_SCALE_DTYPES = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+_FLOAT32_TINY = np.finfo(np.float32).tiny  # smallest normal float32, about 1.18e-38
+
+
+def _check_normal(values: np.ndarray, name: str) -> None:
+    """Reject float32 values below the smallest normal: XLA on CPU flushes subnormals to zero."""
+    subnormal = np.abs(values) < _FLOAT32_TINY
+    if np.any(subnormal):
+        raise ValueError(
+            f"{name} must be >= {_FLOAT32_TINY:.6g} (the smallest normal float32): JAX flushes subnormal float32 "
+            f"to zero on CPU, so results would not match; got values such as {values[subnormal].ravel()[:3].tolist()}"
+        )
+
+
 def _scale(value, name: str) -> jax.Array:
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and np.dtype(dtype) in _HALF_SCALE_DTYPES:
+        raise TypeError(
+            f"{name} must be float32 (float32 only; float16/bfloat16 scales (opset 23 precision) are not "
+            f"supported), got dtype {np.dtype(dtype).name}"
+        )
     scale = _float_input(value, name)
     if _is_concrete(scale):
-        values = np.asarray(scale)
+        values = np.asarray(value if _is_concrete(value) else scale).astype(np.float32)
         good = np.isfinite(values) & (values > 0)
         if not np.all(good):
             raise ValueError(
                 f"{name} must be finite and > 0 everywhere (the runtime has no defined answer otherwise), "
                 f"got values such as {values[~good].ravel()[:3].tolist()}"
             )
+        _check_normal(values, name)
     return scale
 
 
@@ -302,9 +333,11 @@ def quantize_linear(
       A JAX array of ``x``'s shape and the output dtype.
 
     Raises:
-      TypeError: ``x``/``y_scale`` not float, or a zero point of an unsupported dtype.
+      TypeError: ``x``/``y_scale`` not float, a float16/bfloat16 ``y_scale`` (float32 scales only: the opset 23+
+        float16 arithmetic is not reproduced), or a zero point of an unsupported dtype.
       ValueError: unsupported ``output_dtype`` or one contradicting the zero point, a scale/zero-point shape that
-        does not fit ``axis``/``block_size``, a concrete scale that is not finite and > 0, an unknown ``flavor``.
+        does not fit ``axis``/``block_size``, a concrete scale that is not finite and > 0 or is subnormal in
+        float32 (below ~1.18e-38: JAX flushes subnormals to zero on CPU), an unknown ``flavor``.
     """
     _check_flavor(flavor)
     x = _float_input(x, "x")
@@ -378,9 +411,10 @@ def dequantize_linear(
       A float32 JAX array of ``x``'s shape.
 
     Raises:
-      TypeError: unsupported ``x`` dtype, or a zero point whose dtype differs from ``x``'s.
+      TypeError: unsupported ``x`` dtype, a float16/bfloat16 ``x_scale`` (float32 scales only: onnxruntime would
+        return float16), or a zero point whose dtype differs from ``x``'s.
       ValueError: a scale/zero-point shape that does not fit ``axis``/``block_size``, or a concrete scale that is
-        not finite and > 0.
+        not finite and > 0 or is subnormal in float32 (below ~1.18e-38).
     """
     allowed = list(_INT_FORMATS) + [np.dtype(np.int32)] + list(_FLOAT8_NAMES)
     x = _typed_input(x, "x", allowed)
@@ -459,10 +493,32 @@ def dynamic_quantize_linear(
 
     Raises:
       TypeError: ``x`` is not a float array.
-      ValueError: unknown ``flavor``.
+      ValueError: unknown ``flavor``, or a concrete ``x`` whose range gives a subnormal float32 scale (JAX
+        flushes subnormals to zero on CPU).
     """
     _check_flavor(flavor)
-    return _dynamic_quantize(_float_input(x, "x"), flavor=flavor)
+    x = _float_input(x, "x")
+    if _is_concrete(x) and x.size:
+        values = np.asarray(x)
+        finite = values[~np.isnan(values)]
+        if finite.size:
+            low, high = min(np.float32(finite.min()), np.float32(0)), max(np.float32(finite.max()), np.float32(0))
+            with np.errstate(over="ignore", invalid="ignore"):
+                scale = np.float32(np.float32(high - low) / np.float32(255))
+            if high != low and np.isfinite(scale) and scale < _FLOAT32_TINY:
+                raise ValueError(
+                    f"x's range [{low!r}, {high!r}] gives the scale {scale!r}, a subnormal float32: JAX flushes "
+                    f"subnormal float32 to zero on CPU, so results would not match"
+                )
+    return _dynamic_quantize(x, flavor=flavor)
+
+
+def _check_scale_product(first: jax.Array, second: jax.Array, names: str) -> None:
+    """``f32(s_1 s_2)`` is the first step of the requantization multiplier; a subnormal product would be flushed."""
+    if _is_concrete(first) and _is_concrete(second):
+        with np.errstate(under="ignore"):
+            product = np.asarray(first, np.float32) * np.asarray(second, np.float32)
+        _check_normal(np.asarray(product, np.float32), names)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -757,6 +813,7 @@ def qlinear_matmul(
     sa = _scalar_scale(a_scale, "a_scale")
     sb = _per_index_scale(b_scale, "b_scale", columns, "per column") if per_column else _scalar_scale(b_scale, "b_scale")
     sy = _scalar_scale(y_scale, "y_scale")
+    _check_scale_product(sa, sb, "a_scale * b_scale")
     zy = _output_zero_point(y_zero_point, "y_zero_point")
     return _qlinear_matmul(a, sa, a_zp, b, sb, b_zp, sy, zy, out_dtype=np.dtype(zy.dtype), flavor=flavor)
 
@@ -842,6 +899,7 @@ def qlinear_conv(
     sx = _scalar_scale(x_scale, "x_scale")
     sw = _per_index_scale(w_scale, "w_scale", out_channels, "per output channel")
     sy = _scalar_scale(y_scale, "y_scale")
+    _check_scale_product(sx, sw, "x_scale * w_scale")
     zy = _output_zero_point(y_zero_point, "y_zero_point")
     if bias is None:
         bias = jnp.zeros((out_channels,), jnp.int32)

@@ -26,6 +26,11 @@ at most 0.5 LSB.
 JAX without ``jax_enable_x64`` has no 64-bit integers, so the 64-bit products are built from 16-bit halves in
 uint32 arithmetic; everything here is ``jax.jit``-compatible and exact on any backend.
 
+Subnormal float32 values: :func:`quantize` divides in float32, and JAX (XLA) on CPU flushes subnormal floats to
+zero, unlike TFLite. A scale below the smallest normal float32 (``np.finfo(np.float32).tiny`` ≈ 1.18e-38) raises
+``ValueError``; subnormal *inputs* ``x`` and subnormal quotients ``x / s`` are flushed to zero here, unlike in
+TFLite. The integer kernels are unaffected.
+
 References:
   gemmlowp ``fixedpoint/fixedpoint.h`` (``SaturatingRoundingDoublingHighMul``, ``RoundingDivideByPOT``).
   TensorFlow ``tensorflow/lite/kernels/internal/quantization_util.cc`` (``QuantizeMultiplier``),
@@ -463,7 +468,7 @@ def quantize(x: jax.Array | np.ndarray, scale: float, zero_point: int, dtype: Tf
       int8, uint8 or int16 array shaped like ``x``.
 
     Raises:
-      ValueError: for an unknown ``dtype``, a non-positive or non-finite scale, or a zero point outside the range.
+      ValueError: for an unknown ``dtype``, a non-positive, non-finite or subnormal (< ~1.18e-38) scale, or a zero point outside the range.
       TypeError: for a non-float ``x``, a non-numeric ``scale`` or a non-int ``zero_point``.
     """
     fmt = _check_dtype(dtype)
@@ -475,6 +480,11 @@ def quantize(x: jax.Array | np.ndarray, scale: float, zero_point: int, dtype: Tf
     scale32 = np.float32(scale)
     if not (np.isfinite(scale32) and scale32 > 0):
         raise ValueError(f"scale must be positive and finite in float32, got {scale!r}")
+    if scale32 < np.finfo(np.float32).tiny:
+        raise ValueError(
+            f"scale must be >= {np.finfo(np.float32).tiny:.6g} (the smallest normal float32): JAX flushes subnormal "
+            f"float32 to zero on CPU, so results would not match; got {scale!r}"
+        )
     if isinstance(zero_point, (bool, np.bool_)) or not isinstance(zero_point, (int, np.integer)):
         raise TypeError(f"zero_point must be an int, got {zero_point!r}")
     if not fmt.qmin <= zero_point <= fmt.qmax:
@@ -695,7 +705,12 @@ def conv2d(
     if x.ndim != 4 or filters.ndim != 4:
         raise ValueError(f"x and filters must be 4-D (NHWC and OHWI), got shapes {x.shape} and {filters.shape}")
     in_channels, filter_depth, channels = x.shape[3], filters.shape[3], filters.shape[0]
-    if filter_depth == 0 or in_channels % filter_depth or channels % (in_channels // filter_depth):
+    if in_channels == 0 or filter_depth == 0:
+        raise ValueError(
+            f"x and filters must have at least one input channel, got x shape {x.shape} (NHWC) and filters shape "
+            f"{filters.shape} (OHWI)"
+        )
+    if in_channels % filter_depth or channels % (in_channels // filter_depth):
         raise ValueError(
             f"x's channels ({in_channels}) must be a multiple of filters' input depth ({filter_depth}) and "
             f"out_channels ({channels}) divisible by the resulting groups"

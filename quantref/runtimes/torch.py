@@ -33,6 +33,11 @@ contraction (:func:`_rounded_product`), and the fused multiply-add that fbgemm r
 error-free transformations (Dekker's product with a bit-mask split, Knuth's TwoSum, and Boldo–Melquiond's round-to-odd
 correction), all in float32.
 
+Subnormal float32 values: JAX (XLA) on CPU flushes subnormals to zero, PyTorch does not. Scales below the smallest
+normal float32 (``np.finfo(np.float32).tiny`` ≈ 1.18e-38) therefore raise ``ValueError``. Subnormal *inputs* ``x``
+and subnormal products $x \\cdot \\mathrm{inv}$ are flushed to zero here, unlike in PyTorch (they only matter when
+the zero point or a tie sits right next to them, but do not rely on them).
+
 References:
   PyTorch ``aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp``,
   ``aten/src/ATen/native/quantized/AffineQuantizerBase.cpp``, ``aten/src/ATen/native/quantized/FakeQuantPerTensorAffine.cpp``,
@@ -164,6 +169,9 @@ def _float_input(x: jax.Array | np.ndarray) -> jax.Array:
     return x.astype(jnp.float32)
 
 
+_FLOAT32_TINY = np.finfo(np.float32).tiny  # smallest normal float32, about 1.18e-38
+
+
 def _check_scales(scale: np.ndarray, name: str) -> np.ndarray:
     """float32 scales, each positive, finite, with a finite float32 reciprocal (else torch's answer is garbage)."""
     values = np.asarray(scale, dtype=np.float64)
@@ -177,6 +185,12 @@ def _check_scales(scale: np.ndarray, name: str) -> np.ndarray:
         bad = values[~((scale32 > 0) & np.isfinite(inv))].ravel()[:3]
         raise ValueError(
             f"{name} must round to a float32 with a finite reciprocal (>= ~2.9e-39), got values such as {bad.tolist()}"
+        )
+    subnormal = scale32 < _FLOAT32_TINY
+    if np.any(subnormal):
+        raise ValueError(
+            f"{name} must be >= {_FLOAT32_TINY:.6g} (the smallest normal float32): JAX flushes subnormal float32 to "
+            f"zero on CPU, so results would not match; got values such as {values[subnormal].ravel()[:3].tolist()}"
         )
     return scale32
 
@@ -286,8 +300,8 @@ def quantize_per_tensor(x: jax.Array | np.ndarray, scale: float, zero_point: int
       The integer representation: ``uint8``, ``int8`` or ``int32``, shaped like ``x``.
 
     Raises:
-      ValueError: for an unknown ``dtype``, a scale that is not positive and finite (with a finite float32
-        reciprocal), or a zero point outside the range of ``dtype``.
+      ValueError: for an unknown ``dtype``, a scale that is not positive, finite and normal in float32
+        (>= ~1.18e-38), or a zero point outside the range of ``dtype``.
       TypeError: for a non-float ``x``, a non-numeric ``scale`` or a non-int ``zero_point``.
     """
     fmt = _check_qdtype(dtype)
@@ -344,7 +358,7 @@ def quantize_per_channel(
 
     Raises:
       ValueError: for an unknown ``dtype``, a bad ``axis``, ``scales``/``zero_points`` whose shape is not
-        ``(x.shape[axis],)``, non-positive or non-finite scales, or zero points outside the range of ``dtype``.
+        ``(x.shape[axis],)``, non-positive, non-finite or subnormal (< ~1.18e-38) scales, or zero points outside the range of ``dtype``.
       TypeError: for a non-float ``x`` or non-integer ``zero_points``.
     """
     fmt = _check_qdtype(dtype)
@@ -397,8 +411,8 @@ def fake_quantize_per_tensor_affine(
       float32 array shaped like ``x``.
 
     Raises:
-      ValueError: for a non-positive or non-finite scale, ``quant_min > quant_max``, or a zero point outside
-        ``[quant_min, quant_max]``.
+      ValueError: for a non-positive, non-finite or subnormal scale, ``quant_min > quant_max``, or a zero point
+        outside ``[quant_min, quant_max]``.
       TypeError: for a non-float ``x`` or non-int ``zero_point``/``quant_min``/``quant_max``.
     """
     x = _float_input(x)
@@ -460,8 +474,8 @@ def fake_quantize_per_channel_affine(
       float32 array shaped like ``x``.
 
     Raises:
-      ValueError: for a bad ``axis``, parameter shapes other than ``(x.shape[axis],)``, non-positive or non-finite
-        scales, ``quant_min > quant_max``, a range of ``2**24`` codes or more, or zero points outside
+      ValueError: for a bad ``axis``, parameter shapes other than ``(x.shape[axis],)``, non-positive, non-finite
+        or subnormal scales, ``quant_min > quant_max``, a range of ``2**24`` codes or more, or zero points outside
         ``[quant_min, quant_max]``.
       TypeError: for a non-float ``x`` or a non-integer ``zero_point``.
     """
