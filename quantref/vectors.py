@@ -31,7 +31,6 @@ from __future__ import annotations
 import fnmatch
 import io
 import json
-import shutil
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -202,8 +201,12 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
+    """The arrays of an ``.npz`` file; a ValueError naming the file if it cannot be read (truncated, not a zip, ...)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"cannot read {path}: {error}") from error
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -728,7 +731,8 @@ def write_vectors(out_dir: str | Path, *, force: bool = False, cases: list[Case]
 
     Args:
       out_dir: the directory to write (created if missing).
-      force: write into a directory that is not empty (an existing ``cases/`` folder is replaced).
+      force: write into a directory that is not empty (``cases/*.npz`` and ``manifest.json`` are replaced; other
+        files are left alone).
       cases: the cases to write; default :func:`build_cases`.
 
     Returns:
@@ -743,8 +747,9 @@ def write_vectors(out_dir: str | Path, *, force: bool = False, cases: list[Case]
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise ValueError(f"OUT_DIR {out_dir} is not empty; pass force=True (--force) to write into it")
     case_dir = out_dir / "cases"
-    shutil.rmtree(case_dir, ignore_errors=True)  # no stale cases from another version
-    case_dir.mkdir(parents=True)
+    case_dir.mkdir(parents=True, exist_ok=True)
+    for stale in case_dir.glob("*.npz"):  # no stale cases from another version; other files are not ours to delete
+        stale.unlink()
     entries = []
     for case in cases if cases is not None else build_cases():
         outputs = evaluate(case.operator, case.runtime, case.inputs, case.attributes)
@@ -865,15 +870,18 @@ class CaseResult:
 
     Attributes:
       id: the case id.
-      status: ``"pass"``, ``"fail"`` (some output differs or has the wrong shape/type) or ``"missing"``.
+      status: ``"pass"``, ``"fail"`` (some output differs or has the wrong shape/type, or the results file for
+        the case cannot be read) or ``"missing"``.
       outputs: output name → :class:`quantref.testing.Comparison` for every output found.
       missing: output names (or ``"<id>.npz"`` for the whole case) with no result.
+      error: why the case's results file could not be read, if it could not.
     """
 
     id: str
     status: str
     outputs: dict[str, testing.Comparison]
     missing: tuple[str, ...] = ()
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -908,9 +916,14 @@ def _results_source(results: Path, manifest: dict[str, Any]):
     if results.is_dir():
         found = {path.name[: -len(".npz")] for path in results.glob("*.npz")}
 
-        def get(case_id: str) -> dict[str, np.ndarray] | None:
+        def get(case_id: str) -> dict[str, np.ndarray] | str | None:
             path = results / f"{case_id}.npz"
-            return _read_npz(path) if path.is_file() else None
+            if not path.is_file():
+                return None
+            try:
+                return _read_npz(path)
+            except ValueError as error:  # one unreadable file fails its case, not the whole check
+                return str(error)
 
         return get, sorted(found - known)
     if results.is_file() and results.suffix == ".npz":
@@ -952,6 +965,9 @@ def check(
         if actual is None:
             outcomes.append(CaseResult(entry["id"], "missing", {}, (f"{entry['id']}.npz",)))
             continue
+        if isinstance(actual, str):
+            outcomes.append(CaseResult(entry["id"], "fail", {}, error=actual))
+            continue
         _, expected = load_case(vectors_dir, entry)
         comparisons = {name: testing.compare(actual[name], value, max_report=max_report)
                        for name, value in expected.items() if name in actual}
@@ -980,6 +996,9 @@ def format_check(report: CheckReport, *, verbose: bool = False) -> str:
             continue
         if case.status == "missing":
             lines.append(f"MISSING  {case.id}: no results (looked for {case.missing[0]})")
+            continue
+        if case.error:
+            lines.append(f"FAIL     {case.id}: {case.error}")
             continue
         lines.append(f"FAIL     {case.id}")
         for name, comparison in case.outputs.items():

@@ -309,3 +309,31 @@ def test_cli_max_report_must_be_non_negative(tmp_path, capsys):
 def test_cli_description_is_plain_text():
     description = cli.build_parser().description
     assert "``" not in description and description.startswith("The quantref command")
+
+
+def test_an_unreadable_results_file_fails_its_case_only(written, tmp_path, capsys):
+    out, results = written
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    truncated, not_a_zip = "onnx.QuantizeLinear.uint8.ties", "onnx.DequantizeLinear.float8_e4m3fn"
+    path = copy / f"{truncated}.npz"
+    path.write_bytes(path.read_bytes()[:100])
+    (copy / f"{not_a_zip}.npz").write_text("not an npz")
+    assert cli.main(["check", str(out), str(copy)]) == 1
+    text = capsys.readouterr().out
+    for case_id in (truncated, not_a_zip):
+        assert f"FAIL     {case_id}: cannot read {copy / (case_id + '.npz')}" in text
+    report = vectors.check(out, copy)
+    assert report.count("fail") == 2 and report.count("pass") == len(report.cases) - 2
+
+
+def test_force_replaces_only_what_vectors_wrote(tmp_path):
+    out = tmp_path / "vectors"
+    entry = vectors.build_cases()[:3]
+    vectors.write_vectors(out, cases=entry)
+    (out / "cases" / "stale.npz").write_bytes(b"from an older version")
+    (out / "cases" / "notes.txt").write_text("the user's")
+    (out / "README").write_text("the user's too")
+    vectors.write_vectors(out, force=True, cases=entry)
+    assert sorted(p.name for p in (out / "cases").iterdir()) == sorted([f"{c.id}.npz" for c in entry] + ["notes.txt"])
+    assert (out / "README").read_text() == "the user's too"
