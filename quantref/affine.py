@@ -49,6 +49,7 @@ __all__ = [
     "expand_param",
     "true_divide",
     "check_granularity",
+    "check_symmetric_divisor",
 ]
 
 SymmetricDivisor = Literal["qmax", "half_levels"]
@@ -56,6 +57,19 @@ SymmetricDivisor = Literal["qmax", "half_levels"]
 
 def _is_concrete(value: object) -> bool:
     return not isinstance(value, jax.core.Tracer)
+
+
+def check_symmetric_divisor(symmetric_divisor: str) -> None:
+    """Check a symmetric-divisor convention name (see :func:`scale_zero_point`), before any tracing.
+
+    Args:
+      symmetric_divisor: ``"qmax"`` or ``"half_levels"``.
+
+    Raises:
+      ValueError: for any other value, naming ``symmetric_divisor`` and the allowed values.
+    """
+    if symmetric_divisor not in ("qmax", "half_levels"):
+        raise ValueError(f"symmetric_divisor must be 'qmax' or 'half_levels', got {symmetric_divisor!r}")
 
 
 def check_granularity(
@@ -151,14 +165,9 @@ def _check_zero_point(zero_point: jax.Array, fmt: formats.IntFormat) -> None:
             )
 
 
-def _check_format(fmt: formats.IntFormat) -> None:
-    if not isinstance(fmt, formats.IntFormat):
-        raise TypeError(f"fmt must be a quantref.formats.IntFormat (see formats.int_format), got {fmt!r}")
-
-
 def _params(x, scale, zero_point, fmt, axis, block_size):
     """Validate inputs at the Python level, before any tracing; return arrays and the normalised axis."""
-    _check_format(fmt)
+    formats.check_format(fmt)
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be a floating-point array, got dtype {x.dtype}")
@@ -415,9 +424,8 @@ def scale_zero_point(
         ``fmt.bits < 2``, or ``min_scale`` is not a positive float.
       TypeError: if ``fmt`` is not an :class:`~quantref.formats.IntFormat`.
     """
-    _check_format(fmt)
-    if symmetric_divisor not in ("qmax", "half_levels"):
-        raise ValueError(f"symmetric_divisor must be 'qmax' or 'half_levels', got {symmetric_divisor!r}")
+    formats.check_format(fmt)
+    check_symmetric_divisor(symmetric_divisor)
     if symmetric and fmt.bits < 2:
         raise ValueError(f"symmetric=True needs fmt.bits >= 2, got {fmt.bits}")
     if not (isinstance(min_scale, (float, int)) and min_scale > 0):

@@ -27,6 +27,7 @@ import numpy as np
 __all__ = [
     "IntFormat",
     "int_format",
+    "check_format",
     "INT8",
     "UINT8",
     "INT4",
@@ -133,6 +134,23 @@ INT4 = IntFormat(4, True)
 UINT4 = IntFormat(4, False)
 INT16 = IntFormat(16, True)
 INT32 = IntFormat(32, True)
+
+
+def check_format(fmt: object) -> IntFormat:
+    """Check that ``fmt`` is an :class:`IntFormat`, before any tracing.
+
+    Args:
+      fmt: the value passed as a format.
+
+    Returns:
+      ``fmt``.
+
+    Raises:
+      TypeError: if it is not an :class:`IntFormat`, naming ``fmt`` and how to build one.
+    """
+    if not isinstance(fmt, IntFormat):
+        raise TypeError(f"fmt must be a quantref.formats.IntFormat (see formats.int_format), got {fmt!r}")
+    return fmt
 
 
 def _check_pack_bits(bits: int) -> int:

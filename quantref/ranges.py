@@ -591,12 +591,10 @@ def percentile(
 
 
 def _check_mse_args(fmt: formats.IntFormat, num_candidates: int, symmetric_divisor: str) -> None:
-    if not isinstance(fmt, formats.IntFormat):
-        raise TypeError(f"fmt must be a quantref.formats.IntFormat (see formats.int_format), got {fmt!r}")
+    formats.check_format(fmt)
     if isinstance(num_candidates, bool) or not isinstance(num_candidates, (int, np.integer)) or num_candidates < 1:
         raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r}")
-    if symmetric_divisor not in ("qmax", "half_levels"):
-        raise ValueError(f"symmetric_divisor must be 'qmax' or 'half_levels', got {symmetric_divisor!r}")
+    affine.check_symmetric_divisor(symmetric_divisor)
 
 
 def _shrink_factors(num_candidates: int) -> np.ndarray:
@@ -894,8 +892,7 @@ def entropy(
         or ``axis``/``block_size`` as :func:`percentile`.
       TypeError: if ``fmt`` is not an :class:`~quantref.formats.IntFormat`.
     """
-    if not isinstance(fmt, formats.IntFormat):
-        raise TypeError(f"fmt must be a quantref.formats.IntFormat (see formats.int_format), got {fmt!r}")
+    formats.check_format(fmt)
     num_bins = _check_num_bins(num_bins)
     if num_quantized_bins is None:
         num_quantized_bins = fmt.levels // 2 if fmt.signed else fmt.levels
