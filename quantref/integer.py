@@ -60,7 +60,7 @@ import numpy as np
 from jax import lax
 
 from quantref import affine, correction, formats
-from quantref.ptq import QuantizedModel
+from quantref.ptq import LAYER_ACTIVATIONS, QuantizedModel
 from quantref.runtimes import tflite
 
 __all__ = [
@@ -123,13 +123,10 @@ def multipliers(qmodel: QuantizedModel, requantization: Requantization = "onnxru
     """
     if requantization not in REQUANTIZATIONS:
         raise ValueError(f"requantization must be one of {REQUANTIZATIONS}, got {requantization!r}")
-    chain = {
-        "conv1": (qmodel.input, qmodel.conv1, qmodel.conv1_output),
-        "conv2": (qmodel.conv1_output, qmodel.conv2, qmodel.conv2_output),
-        "dense": (qmodel.conv2_output, qmodel.dense, qmodel.logits),
-    }
     result = {}
-    for name, (inp, layer, out) in chain.items():
+    for name in LAYER_ACTIVATIONS:
+        inp, out = qmodel.layer_activations(name)
+        layer = getattr(qmodel, name)
         if requantization == "onnxruntime":
             # numpy float32 arithmetic rounds each operation to float32, in this order, as the C++ does.
             product = np.float32(inp.scale) * np.asarray(layer.kernel_scale, np.float32)
@@ -244,11 +241,9 @@ def _integer_forward(qmodel: QuantizedModel, rescale: Multipliers, x: jax.Array)
     storage = fmt.storage_dtype
     codes = {}
     x = codes["conv1.input"] = affine.quantize(x, qmodel.input.scale, qmodel.input.zero_point, fmt)
-    layers = (
-        ("conv1", qmodel.input, qmodel.conv1_output, "conv2.input"),
-        ("conv2", qmodel.conv1_output, qmodel.conv2_output, "pool.input"),
-    )
-    for name, inp, out, point in layers:
+    for name in ("conv1", "conv2"):
+        inp, out = qmodel.layer_activations(name)
+        point = LAYER_ACTIVATIONS[name][1]
         layer = getattr(qmodel, name)
         acc = _conv_accumulator(x, inp.zero_point, fmt, layer.kernel, layer.bias)
         # ReLU: real 0 is the code zero_point, so clamp there.

@@ -42,6 +42,7 @@ __all__ = [
     "ActivationQuant",
     "QuantizedModel",
     "OBSERVER_NAMES",
+    "LAYER_ACTIVATIONS",
     "weight_format",
     "activation_format",
     "calibrate_activations",
@@ -55,6 +56,12 @@ __all__ = [
 #: The observers of :mod:`quantref.ranges` that :func:`quantize_model` accepts by name.
 OBSERVER_NAMES = tuple(ranges.OBSERVERS)
 _LAYERS = ("conv1", "conv2", "dense")
+# Each layer's input and output, named as in correction.ACTIVATION_POINTS: the one place the chain is written down.
+LAYER_ACTIVATIONS = {
+    "conv1": ("conv1.input", "conv2.input"),
+    "conv2": ("conv2.input", "pool.input"),
+    "dense": ("pool.input", "logits"),
+}
 _INT32_MAX = 2**31 - 1
 
 
@@ -114,6 +121,10 @@ class QuantizedModel:
             "pool.input": self.conv2_output,
             "logits": self.logits,
         }[point]
+
+    def layer_activations(self, name: str) -> tuple[ActivationQuant, ActivationQuant]:
+        """The parameters of a layer's input and output activations, for ``name`` in ``conv1``, ``conv2``, ``dense``."""
+        return tuple(self.activation(point) for point in LAYER_ACTIVATIONS[name])
 
 
 def _check_bits(bits: int, name: str) -> int:
@@ -272,15 +283,11 @@ def quantize_model(
     for point, (min_val, max_val) in activation_ranges.items():
         scale, zero_point = affine.scale_zero_point(min_val, max_val, a_fmt)
         acts[point] = ActivationQuant(scale.astype(jnp.float32), zero_point.astype(jnp.int32))
-    input_scales = {
-        "conv1": acts["conv1.input"].scale,
-        "conv2": acts["conv2.input"].scale,
-        "dense": acts["pool.input"].scale,
-    }
     layers = {}
     for name in _LAYERS:
         codes, scale = _quantize_kernel(getattr(params, f"{name}_kernel"), w_fmt, per_channel)
-        bias_scale = np.float32(input_scales[name]) * np.asarray(scale, np.float32)  # f32(s_in * s_w)
+        input_scale = acts[LAYER_ACTIVATIONS[name][0]].scale
+        bias_scale = np.float32(input_scale) * np.asarray(scale, np.float32)  # f32(s_in * s_w)
         layers[name] = LayerQuant(codes, scale, _quantize_bias(getattr(params, f"{name}_bias"), bias_scale))
     return QuantizedModel(
         **layers,
@@ -302,12 +309,12 @@ def dequantize_params(qmodel: QuantizedModel) -> correction.FoldedCNN:
     Returns:
       Folded float32 parameters on the quantization grids.
     """
-    input_scales = {"conv1": qmodel.input.scale, "conv2": qmodel.conv1_output.scale, "dense": qmodel.conv2_output.scale}
     values = {}
     for name in _LAYERS:
         layer = getattr(qmodel, name)
+        input_scale = qmodel.layer_activations(name)[0].scale
         values[f"{name}_kernel"] = layer.kernel.astype(jnp.float32) * layer.kernel_scale
-        values[f"{name}_bias"] = layer.bias.astype(jnp.float32) * (input_scales[name] * layer.kernel_scale)
+        values[f"{name}_bias"] = layer.bias.astype(jnp.float32) * (input_scale * layer.kernel_scale)
     return correction.FoldedCNN(**values)
 
 
