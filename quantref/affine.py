@@ -48,6 +48,8 @@ __all__ = [
     "fake_quant",
     "expand_param",
     "true_divide",
+    "is_concrete",
+    "check_normal_float32",
     "check_granularity",
     "check_symmetric_divisor",
 ]
@@ -55,8 +57,41 @@ __all__ = [
 SymmetricDivisor = Literal["qmax", "half_levels"]
 
 
-def _is_concrete(value: object) -> bool:
+def is_concrete(value: object) -> bool:
+    """Whether a value can be inspected now (a Python or numpy value, or a concrete JAX array, not a tracer).
+
+    Validation of values (not shapes) runs only on concrete values: under ``jax.jit`` they are not known yet.
+
+    Args:
+      value: anything.
+
+    Returns:
+      True unless ``value`` is a JAX tracer.
+    """
     return not isinstance(value, jax.core.Tracer)
+
+
+def check_normal_float32(values: np.ndarray, name: str) -> None:
+    """Reject values whose magnitude is below the smallest normal float32 (about 1.18e-38), naming the parameter.
+
+    JAX (XLA) on CPU flushes subnormal float32 values to zero, so a subnormal scale cannot give the answer a runtime
+    gives; the runtime modules refuse such scales rather than return a silently different number.
+
+    Args:
+      values: the float32 values to check.
+      name: the parameter's name, for the message.
+
+    Raises:
+      ValueError: if any value is subnormal (or zero).
+    """
+    tiny = np.finfo(np.float32).tiny
+    values = np.asarray(values)
+    subnormal = np.abs(values) < tiny
+    if np.any(subnormal):
+        raise ValueError(
+            f"{name} must be >= {tiny:.6g} (the smallest normal float32): JAX flushes subnormal float32 to zero on "
+            f"CPU, so results would not match; got values such as {values[subnormal].ravel()[:3].tolist()}"
+        )
 
 
 def check_symmetric_divisor(symmetric_divisor: str) -> None:
@@ -146,7 +181,7 @@ def expand_param(param: jax.Array, x_shape: tuple[int, ...], axis: int | None, b
 def _check_scale(scale: jax.Array) -> None:
     if not jnp.issubdtype(scale.dtype, jnp.floating):
         raise ValueError(f"scale must be a floating-point array, got dtype {scale.dtype}")
-    if _is_concrete(scale):
+    if is_concrete(scale):
         values = np.asarray(scale)
         if not np.all(np.isfinite(values) & (values > 0)):
             bad = values[~(np.isfinite(values) & (values > 0))].ravel()[:3]
@@ -156,7 +191,7 @@ def _check_scale(scale: jax.Array) -> None:
 def _check_zero_point(zero_point: jax.Array, fmt: formats.IntFormat) -> None:
     if not jnp.issubdtype(zero_point.dtype, jnp.integer):
         raise ValueError(f"zero_point must be an integer array, got dtype {zero_point.dtype}")
-    if _is_concrete(zero_point):
+    if is_concrete(zero_point):
         values = np.asarray(zero_point)
         if values.size and (values.min() < fmt.qmin or values.max() > fmt.qmax):
             raise ValueError(
@@ -434,7 +469,7 @@ def scale_zero_point(
     max_val = jnp.asarray(max_val, jnp.float32)
     if min_val.shape != max_val.shape:
         raise ValueError(f"min_val and max_val must have the same shape, got {min_val.shape} and {max_val.shape}")
-    if _is_concrete(min_val) and _is_concrete(max_val):
+    if is_concrete(min_val) and is_concrete(max_val):
         # A NaN range would pass the ordering check below and give a NaN scale.
         if not (np.all(np.isfinite(np.asarray(min_val))) and np.all(np.isfinite(np.asarray(max_val)))):
             raise ValueError("min_val and max_val must be finite everywhere")

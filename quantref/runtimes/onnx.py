@@ -68,7 +68,8 @@ import ml_dtypes
 import numpy as np
 
 from quantref import formats
-from quantref.affine import check_granularity, expand_param
+from quantref.affine import check_granularity, check_normal_float32, expand_param, is_concrete
+from quantref.runtimes._x86 import float_to_int32
 from quantref.affine import true_divide as _divide  # XLA rewrites x / constant as x * (1 / constant)
 
 if TYPE_CHECKING:  # onnx is optional (the conformance extra); run_model imports it when called
@@ -111,15 +112,10 @@ QUANTIZED_DTYPES: dict[str, np.dtype] = {
 }
 _ALLOWED = ", ".join(QUANTIZED_DTYPES)
 _EIGHT_BIT = (np.dtype(np.int8), np.dtype(np.uint8))
-_INT32_MIN = -(2**31)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Validation (Python level, before tracing)
-
-
-def _is_concrete(value: jax.Array) -> bool:
-    return not isinstance(value, jax.core.Tracer)
 
 
 def _check_flavor(flavor: str) -> None:
@@ -135,19 +131,6 @@ def _float_input(value, name: str) -> jax.Array:
 
 
 _HALF_SCALE_DTYPES = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
-_FLOAT32_TINY = np.finfo(np.float32).tiny  # smallest normal float32, about 1.18e-38
-
-
-def _check_normal(values: np.ndarray, name: str) -> None:
-    """Reject float32 values below the smallest normal: XLA on CPU flushes subnormals to zero."""
-    subnormal = np.abs(values) < _FLOAT32_TINY
-    if np.any(subnormal):
-        raise ValueError(
-            f"{name} must be >= {_FLOAT32_TINY:.6g} (the smallest normal float32): JAX flushes subnormal float32 "
-            f"to zero on CPU, so results would not match; got values such as {values[subnormal].ravel()[:3].tolist()}"
-        )
-
-
 def _scale(value, name: str) -> jax.Array:
     dtype = getattr(value, "dtype", None)
     if dtype is not None and np.dtype(dtype) in _HALF_SCALE_DTYPES:
@@ -156,15 +139,15 @@ def _scale(value, name: str) -> jax.Array:
             f"supported), got dtype {np.dtype(dtype).name}"
         )
     scale = _float_input(value, name)
-    if _is_concrete(scale):
-        values = np.asarray(value if _is_concrete(value) else scale).astype(np.float32)
+    if is_concrete(scale):
+        values = np.asarray(value if is_concrete(value) else scale).astype(np.float32)
         good = np.isfinite(values) & (values > 0)
         if not np.all(good):
             raise ValueError(
                 f"{name} must be finite and > 0 everywhere (the runtime has no defined answer otherwise), "
                 f"got values such as {values[~good].ravel()[:3].tolist()}"
             )
-        _check_normal(values, name)
+        check_normal_float32(values, name)
     return scale
 
 
@@ -220,13 +203,6 @@ def _zero_point_like(zero_point, scale: jax.Array, dtype: np.dtype, name: str) -
 # QuantizeLinear / DequantizeLinear
 
 
-def _round_to_int32_reference(value: jax.Array) -> jax.Array:
-    """numpy's ``np.rint(v).astype(np.int32)`` on x86: out-of-range and NaN become INT32_MIN."""
-    rounded = jnp.round(value)
-    in_range = (rounded >= -(2.0**31)) & (rounded < 2.0**31)
-    return jnp.where(in_range, jnp.where(in_range, rounded, 0.0).astype(jnp.int32), jnp.int32(_INT32_MIN))
-
-
 @functools.partial(jax.jit, static_argnames=("out_dtype", "axis", "block_size", "flavor"))
 def _quantize_int(x, scale, zero_point, *, out_dtype, axis, block_size, flavor):
     fmt = _INT_FORMATS[out_dtype]
@@ -243,7 +219,7 @@ def _quantize_int(x, scale, zero_point, *, out_dtype, axis, block_size, flavor):
     else:
         # Reference evaluator: int32 conversion (NaN and |v| >= 2^31 give INT32_MIN), a wrapping int32 add of the
         # zero point, then the clamp.
-        codes = jnp.clip(_round_to_int32_reference(quotient) + zero_point, fmt.qmin, fmt.qmax)
+        codes = jnp.clip(float_to_int32(jnp.round(quotient)) + zero_point, fmt.qmin, fmt.qmax)
     return codes.astype(jnp.int32).astype(out_dtype)
 
 
@@ -498,14 +474,14 @@ def dynamic_quantize_linear(
     """
     _check_flavor(flavor)
     x = _float_input(x, "x")
-    if _is_concrete(x) and x.size:
+    if is_concrete(x) and x.size:
         values = np.asarray(x)
         finite = values[~np.isnan(values)]
         if finite.size:
             low, high = min(np.float32(finite.min()), np.float32(0)), max(np.float32(finite.max()), np.float32(0))
             with np.errstate(over="ignore", invalid="ignore"):
                 scale = np.float32(np.float32(high - low) / np.float32(255))
-            if high != low and np.isfinite(scale) and scale < _FLOAT32_TINY:
+            if high != low and np.isfinite(scale) and scale < np.finfo(np.float32).tiny:
                 raise ValueError(
                     f"x's range [{low!r}, {high!r}] gives the scale {scale!r}, a subnormal float32: JAX flushes "
                     f"subnormal float32 to zero on CPU, so results would not match"
@@ -515,10 +491,10 @@ def dynamic_quantize_linear(
 
 def _check_scale_product(first: jax.Array, second: jax.Array, names: str) -> None:
     """``f32(s_1 s_2)`` is the first step of the requantization multiplier; a subnormal product would be flushed."""
-    if _is_concrete(first) and _is_concrete(second):
+    if is_concrete(first) and is_concrete(second):
         with np.errstate(under="ignore"):
             product = np.asarray(first, np.float32) * np.asarray(second, np.float32)
-        _check_normal(np.asarray(product, np.float32), names)
+        check_normal_float32(np.asarray(product, np.float32), names)
 
 
 # ----------------------------------------------------------------------------------------------------------------

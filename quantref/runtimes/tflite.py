@@ -53,7 +53,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from quantref import formats
-from quantref.affine import true_divide as _divide  # XLA rewrites x / constant as x * (1 / constant)
+from quantref.affine import check_normal_float32, is_concrete
+from quantref.affine import true_divide as _divide
+from quantref.runtimes._x86 import float_to_int32  # XLA rewrites x / constant as x * (1 / constant)
 
 __all__ = [
     "TfliteDtype",
@@ -298,7 +300,7 @@ def rounding_divide_by_pot(x: jax.Array, exponent: jax.Array | int) -> jax.Array
       ValueError: if a concrete ``exponent`` lies outside ``0..31``.
     """
     exponent = jnp.asarray(exponent, jnp.int32)
-    if _is_concrete(exponent):
+    if is_concrete(exponent):
         values = np.asarray(exponent)
         if values.size and (values.min() < 0 or values.max() > 31):
             raise ValueError(f"exponent must lie in 0..31, got values in [{values.min()}, {values.max()}]")
@@ -311,10 +313,6 @@ def _rounding_divide_by_pot(x: jax.Array, exponent: jax.Array) -> jax.Array:
     remainder = jax.lax.bitcast_convert_type(x, jnp.uint32) & mask
     threshold = (mask >> 1) + (x < 0).astype(jnp.uint32)
     return (x >> exponent) + (remainder > threshold).astype(jnp.int32)
-
-
-def _is_concrete(value: object) -> bool:
-    return not isinstance(value, jax.core.Tracer)
 
 
 @functools.partial(jax.jit, static_argnames=("single_rounding",))
@@ -349,11 +347,11 @@ def _check_int32_array(value, name: str) -> jax.Array:
 
 
 def _check_multiplier_shift(quantized_multiplier: jax.Array, shift: jax.Array, single_rounding: bool) -> None:
-    if _is_concrete(shift):
+    if is_concrete(shift):
         values = np.asarray(shift)
         if values.size and (values.min() < -31 or values.max() > 30):
             raise ValueError(f"shift must lie in -31..30, got values in [{values.min()}, {values.max()}]")
-    if single_rounding and _is_concrete(quantized_multiplier):
+    if single_rounding and is_concrete(quantized_multiplier):
         values = np.asarray(quantized_multiplier)
         if values.size and values.min() < 0:
             raise ValueError(
@@ -436,9 +434,7 @@ def _quantize(x, scale, zero_point, *, fmt):
     # std::round: half away from zero; quotient - truncated is exact.
     rounded = truncated + jnp.where(jnp.abs(quotient - truncated) >= 0.5, jnp.sign(quotient), 0.0)
     # static_cast<int32_t> on x86-64 (cvttss2si): NaN and |v| >= 2^31 give INT32_MIN; then a wrapping int32 add.
-    in_range = (rounded >= -(2.0**31)) & (rounded < 2.0**31)
-    as_int = jnp.where(in_range, jnp.where(in_range, rounded, 0.0).astype(jnp.int32), _INT32_MIN)
-    return jnp.clip(as_int + zero_point, fmt.qmin, fmt.qmax).astype(fmt.storage_dtype)
+    return jnp.clip(float_to_int32(rounded) + zero_point, fmt.qmin, fmt.qmax).astype(fmt.storage_dtype)
 
 
 def quantize(x: jax.Array | np.ndarray, scale: float, zero_point: int, dtype: TfliteDtype) -> jax.Array:
@@ -480,11 +476,7 @@ def quantize(x: jax.Array | np.ndarray, scale: float, zero_point: int, dtype: Tf
     scale32 = np.float32(scale)
     if not (np.isfinite(scale32) and scale32 > 0):
         raise ValueError(f"scale must be positive and finite in float32, got {scale!r}")
-    if scale32 < np.finfo(np.float32).tiny:
-        raise ValueError(
-            f"scale must be >= {np.finfo(np.float32).tiny:.6g} (the smallest normal float32): JAX flushes subnormal "
-            f"float32 to zero on CPU, so results would not match; got {scale!r}"
-        )
+    check_normal_float32(scale32, "scale")
     if isinstance(zero_point, (bool, np.bool_)) or not isinstance(zero_point, (int, np.integer)):
         raise TypeError(f"zero_point must be an int, got {zero_point!r}")
     if not fmt.qmin <= zero_point <= fmt.qmax:

@@ -57,7 +57,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from quantref import formats
-from quantref.affine import true_divide as _divide  # XLA rewrites x / constant as x * (1 / constant)
+from quantref.affine import check_normal_float32, is_concrete
+from quantref.affine import true_divide as _divide
+from quantref.runtimes._x86 import float_to_int32  # XLA rewrites x / constant as x * (1 / constant)
 
 __all__ = [
     "TorchQDtype",
@@ -152,10 +154,6 @@ def _saturate_f32(values: jax.Array, fmt: formats.IntFormat) -> jax.Array:
 # validation (host side, before tracing)
 
 
-def _is_concrete(value: object) -> bool:
-    return not isinstance(value, jax.core.Tracer)
-
-
 def _check_qdtype(dtype: str) -> formats.IntFormat:
     if not isinstance(dtype, str) or dtype not in _QDTYPES:
         raise ValueError(f"dtype must be one of {tuple(_QDTYPES)}, got {dtype!r}")
@@ -167,9 +165,6 @@ def _float_input(x: jax.Array | np.ndarray) -> jax.Array:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"x must be a floating-point array (PyTorch quantizes float32), got dtype {x.dtype}")
     return x.astype(jnp.float32)
-
-
-_FLOAT32_TINY = np.finfo(np.float32).tiny  # smallest normal float32, about 1.18e-38
 
 
 def _check_scales(scale: np.ndarray, name: str) -> np.ndarray:
@@ -186,12 +181,7 @@ def _check_scales(scale: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(
             f"{name} must round to a float32 with a finite reciprocal (>= ~2.9e-39), got values such as {bad.tolist()}"
         )
-    subnormal = scale32 < _FLOAT32_TINY
-    if np.any(subnormal):
-        raise ValueError(
-            f"{name} must be >= {_FLOAT32_TINY:.6g} (the smallest normal float32): JAX flushes subnormal float32 to "
-            f"zero on CPU, so results would not match; got values such as {values[subnormal].ravel()[:3].tolist()}"
-        )
+    check_normal_float32(scale32, name)
     return scale32
 
 
@@ -228,13 +218,13 @@ def _channel_params(x, scales, zero_points, axis):
         raise TypeError(f"zero_points must be an integer array, got dtype {zero_points_arr.dtype}")
     # Range-check before any int32 conversion (jnp.asarray would wrap int64 values silently).
     _check_zero_points_in(zero_points_arr, _INT32_MIN, _INT32_MAX, "zero_points", "int32")
-    if _is_concrete(scales_arr):
+    if is_concrete(scales_arr):
         scales_arr = _check_scales(np.asarray(scales_arr), "scales")
     return axis, jnp.asarray(scales_arr).astype(jnp.float32), jnp.asarray(zero_points_arr).astype(jnp.int32)
 
 
 def _check_zero_points_in(values: jax.Array, lo: int, hi: int, name: str, what: str) -> None:
-    if _is_concrete(values):
+    if is_concrete(values):
         arr = np.asarray(values)
         if arr.size and (arr.min() < lo or arr.max() > hi):
             raise ValueError(f"{name} must lie in {what} [{lo}, {hi}], got values in [{arr.min()}, {arr.max()}]")
@@ -516,9 +506,7 @@ def _min_max_observer(x, *, quant_min, quant_max, symmetric, symmetric_zero_poin
         return scale, jnp.int32(symmetric_zero_point)
     scale = jnp.maximum(_divide(max_pos - min_neg, float(quant_max - quant_min)), eps)
     # round(min/scale).to(torch.int) is x86's cvttps2dq (out of range or NaN -> INT32_MIN), then an int32 subtraction.
-    rounded = jnp.round(_divide(min_neg, scale))
-    in_range = (rounded >= -(2.0**31)) & (rounded < 2.0**31)
-    rounded = jnp.where(in_range, jnp.where(in_range, rounded, 0.0).astype(jnp.int32), _INT32_MIN)
+    rounded = float_to_int32(jnp.round(_divide(min_neg, scale)))
     zero_point = jnp.int32(quant_min) - rounded  # wraps like torch's int32 tensor arithmetic
     return scale, jnp.clip(zero_point, quant_min, quant_max)
 
