@@ -43,8 +43,10 @@ def main() -> None:
     integer_forward = jax.jit(lambda x: integer.integer_forward(qmodel, rescale, x).logits)
     paths = export_onnx.export_onnx(tempfile.mkdtemp(prefix="quantref-bench-"))
 
-    print(f"{platform.processor() or platform.machine()}, jax {jax.__version__} ({jax.default_backend()}), "
-          f"onnxruntime {ort.__version__}; medians of {args.repeats} runs")
+    print(
+        f"{platform.processor() or platform.machine()}, jax {jax.__version__} ({jax.default_backend()}), "
+        f"onnxruntime {ort.__version__}; medians of {args.repeats} runs"
+    )
     print(f"{'path':<34} {'batch':>6} {'float ms':>10} {'int ms':>10} {'int/float':>10}")
     rng = np.random.default_rng(0)
     for batch in (1, 1024):
@@ -52,18 +54,26 @@ def main() -> None:
         x = jnp.asarray(x_np)
         float_time = median_seconds(lambda: float_forward(x), args.repeats)
         int_time = median_seconds(lambda: integer_forward(x), args.repeats)
-        print(f"{'JAX jit (integer vs float)':<34} {batch:>6} {float_time * 1e3:>10.3f} {int_time * 1e3:>10.3f} "
-              f"{int_time / float_time:>10.2f}")
+        print(
+            f"{'JAX jit (integer vs float)':<34} {batch:>6} {float_time * 1e3:>10.3f} {int_time * 1e3:>10.3f} "
+            f"{int_time / float_time:>10.2f}"
+        )
         for threads in (1, 0):
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
-            sessions = {kind: ort.InferenceSession(str(paths[kind]), options, providers=["CPUExecutionProvider"])
-                        for kind in ("float", "model")}
-            times = {kind: median_seconds(lambda s=session: s.run(None, {"x": x_np}), args.repeats)
-                     for kind, session in sessions.items()}
+            sessions = {
+                kind: ort.InferenceSession(str(paths[kind]), options, providers=["CPUExecutionProvider"])
+                for kind in ("float", "model")
+            }
+            times = {
+                kind: median_seconds(lambda s=session: s.run(None, {"x": x_np}), args.repeats)
+                for kind, session in sessions.items()
+            }
             label = f"onnxruntime ({'1 thread' if threads == 1 else 'default threads'})"
-            print(f"{label:<34} {batch:>6} {times['float'] * 1e3:>10.3f} {times['model'] * 1e3:>10.3f} "
-                  f"{times['model'] / times['float']:>10.2f}")
+            print(
+                f"{label:<34} {batch:>6} {times['float'] * 1e3:>10.3f} {times['model'] * 1e3:>10.3f} "
+                f"{times['model'] / times['float']:>10.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -57,9 +57,7 @@ def main() -> None:
     affine_baseline = jax.jit(lambda v: 1.0009765625 * v + 0.5)
     timings = {
         "baseline a*x+b": median_seconds(lambda: affine_baseline(x), args.repeats),
-        "quantref per-tensor": median_seconds(
-            lambda: affine.fake_quant(x, scale, 0, formats.INT8), args.repeats
-        ),
+        "quantref per-tensor": median_seconds(lambda: affine.fake_quant(x, scale, 0, formats.INT8), args.repeats),
         "quantref per-channel": median_seconds(
             lambda: affine.fake_quant(x, channel_scale, channel_zero_point, formats.INT8, axis=0), args.repeats
         ),
@@ -92,8 +90,10 @@ def main() -> None:
         qwix_info = "qwix not installed"
 
     size = side * side
-    print(f"fake-quant int8 on {size:,} float32 values ({side}x{side}); {platform.processor() or platform.machine()}, "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}; {torch_info}; {qwix_info}")
+    print(
+        f"fake-quant int8 on {size:,} float32 values ({side}x{side}); {platform.processor() or platform.machine()}, "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; {torch_info}; {qwix_info}"
+    )
     print(f"{'kernel':<22} {'median ms':>10} {'Gvalues/s':>10}")
     for name, seconds in timings.items():
         print(f"{name:<22} {seconds * 1e3:>10.2f} {size / seconds / 1e9:>10.3f}")

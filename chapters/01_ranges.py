@@ -43,8 +43,10 @@ recorded = [models.forward_with_activations(model, batch)[1] for batch in calibr
 layer_inputs = [f"{name}.input" for name in models.LAYER_NAMES]
 for name in layer_inputs:
     values = np.concatenate([np.asarray(batch[name]).ravel() for batch in recorded])
-    print(f"{name:>12}: {values.size:>7} values, min {values.min():.3f}, max {values.max():.3f}, "
-          f"99th percentile {np.percentile(values, 99):.3f}, zeros {np.mean(values == 0):.0%}")
+    print(
+        f"{name:>12}: {values.size:>7} values, min {values.min():.3f}, max {values.max():.3f}, "
+        f"99th percentile {np.percentile(values, 99):.3f}, zeros {np.mean(values == 0):.0%}"
+    )
 
 # %% [markdown]
 # The ReLU outputs (`conv2.input`, `dense.input`) are one-sided, a quarter to a half exact zeros, and
@@ -56,6 +58,7 @@ for name in layer_inputs:
 # The simplest estimator keeps a running minimum and maximum. Written as a pair of pure functions — `init` makes a
 # state, `update` folds in one batch — it streams over any number of batches, and the result does not depend on
 # how the data was batched:
+
 
 # %%
 def min_max_init():
@@ -88,6 +91,7 @@ print("streamed:", [float(v) for v in state], "| one pass:", [float(everything.m
 #
 # MSE and entropy depend on the bit width, so each is calibrated for the format it will be used with.
 
+
 # %%
 def calibrate_all(name, fmt):
     batches = [batch[name] for batch in recorded]
@@ -116,7 +120,7 @@ figure, axes = plt.subplots(1, 2, figsize=(12, 3.5))
 for ax, name in zip(axes, ("conv2.input", "dense.input")):
     values = np.concatenate([np.asarray(batch[name]).ravel() for batch in recorded])
     ax.hist(values[values > 0], bins=100, color="lightgray")
-    for (method, (low, high)), color in zip(calibrate_all(name, uint4).items(), plt.cm.tab10.colors):
+    for (method, (_, high)), color in zip(calibrate_all(name, uint4).items(), plt.cm.tab10.colors):
         ax.axvline(float(high), color=color, lw=1.5, label=f"{method} ({float(high):.2f})")
     ax.set(title=f"{name} (non-zero values), 4-bit ranges", xlabel="activation", ylabel="count", yscale="log")
     ax.legend(fontsize=7)
@@ -141,8 +145,9 @@ for fmt in (uint8, uint4):
     for method in per_layer[layer_inputs[0]]:
         params = {name: affine.scale_zero_point(*per_layer[name][method], fmt) for name in layer_inputs}
         sqnrs = [
-            float(rounding.sqnr_db(test_activations[name],
-                                   affine.fake_quant(test_activations[name], *params[name], fmt)))
+            float(
+                rounding.sqnr_db(test_activations[name], affine.fake_quant(test_activations[name], *params[name], fmt))
+            )
             for name in layer_inputs
         ]
 
@@ -162,8 +167,11 @@ for offset, bits in ((-0.2, 8), (0.2, 4)):
     ax.bar(positions + offset, [results[(m, bits)] for m in methods], width=0.4, label=f"A{bits}")
 ax.axhline(float_accuracy, color="k", ls="--", lw=1, label="float32")
 ax.set_xticks(positions, methods, rotation=20)
-ax.set(title="Test accuracy with all layer inputs fake-quantized", ylabel="accuracy",
-       ylim=(min(results.values()) - 0.05, 1.0))
+ax.set(
+    title="Test accuracy with all layer inputs fake-quantized",
+    ylabel="accuracy",
+    ylim=(min(results.values()) - 0.05, 1.0),
+)
 ax.legend()
 figure.tight_layout()
 plt.show()
@@ -174,9 +182,11 @@ plt.show()
 # the squared error, and clips more of the tail than a 256-level grid needs. At 4 bits
 # there are only 16 levels, and the estimators that clip the long tail of the ReLU outputs (percentile, MSE,
 # entropy) buy SQNR over min-max on `conv2.input` and `dense.input` — MSE the most (2 to 3 dB), since it
-# minimises exactly the error that SQNR measures; percentile and entropy between 0.3 and 1.7 dB. The accuracy column moves by a test image or two (0.33 points
+# minimises exactly the error that SQNR measures; percentile and entropy between 0.3 and 1.7 dB. The accuracy column
+# moves by a test image or two (0.33 points
 # each), which on 300 images is within noise; the SQNR is the steadier measure. The image input (`conv1.input`,
 # bounded in $[0, 1]$ with no tail) gets the same range from every estimator. Abs-max is meant for symmetric formats:
 # on these non-negative activations its range $[-\max|x|, \max|x|]$ spends half of the grid on values that never
-# occur, which costs about 6 dB (one bit) against min-max on the ReLU outputs, 8 dB on the image. Chapter 3 shows the same trade-off from the other side:
+# occur, which costs about 6 dB (one bit) against min-max on the ReLU outputs, 8 dB on the image. Chapter 3 shows the
+# same trade-off from the other side:
 # clipping error against rounding error.

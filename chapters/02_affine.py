@@ -29,6 +29,7 @@ np.set_printoptions(precision=4, suppress=True)
 # To cover $[\alpha, \beta]$ with the $q_{max} - q_{min}$ steps of the grid, $s = (\beta - \alpha)/(q_{max} -
 # q_{min})$, and $z$ is chosen so that $\alpha$ lands on $q_{min}$. Three lines of numpy:
 
+
 # %%
 def quantize_by_hand(x, alpha, beta, qmin, qmax):
     scale = (beta - alpha) / (qmax - qmin)
@@ -60,7 +61,8 @@ print("x_hat", np.asarray(affine.dequantize(q, scale, zero_point)))
 # and it is a first taste of why bit-exact work (chapter 7, the runtime oracle) has to say which precision every
 # step is computed in.
 #
-# Now look at $0.6$ on the first grid: $0.6/s = 76.5$, a tie, which half-to-even rounds to 76, and $76 \cdot 2/255 = 0.596$. The error,
+# Now look at $0.6$ on the first grid: $0.6/s = 76.5$, a tie, which half-to-even rounds to 76, and $76 \cdot 2/255 =
+# 0.596$. The error,
 # $1/255 \approx 0.0039$, is exactly the bound $s/2$: a tie is the worst case of rounding. A popular write-up
 # claims that $0.6$ quantizes to $0$ on this grid and that a "linear correction" recovers $0.12$; neither is true.
 # Correction methods (bias correction, AdaRound, GPTQ) fix the *systematic* error of a layer's output, not single
@@ -97,8 +99,9 @@ print("0.0 ->", np.asarray(affine.fake_quant(jnp.zeros(3), scale, zero_point, fo
 # %%
 weights = np.array([-0.9, -0.2, 0.05, 0.4, 1.27], np.float32)
 for divisor in ("qmax", "half_levels"):
-    scale, zero_point = affine.scale_zero_point(weights.min(), weights.max(), formats.INT8, symmetric=True,
-                                                symmetric_divisor=divisor)
+    scale, zero_point = affine.scale_zero_point(
+        weights.min(), weights.max(), formats.INT8, symmetric=True, symmetric_divisor=divisor
+    )
     q = affine.quantize(weights, scale, zero_point, formats.INT8)
     error = np.abs(np.asarray(affine.dequantize(q, scale, zero_point)) - weights)
     print(f"{divisor:>11}: scale={float(scale):.6f}  q={np.asarray(q)}  max error={error.max():.6f}")
@@ -131,8 +134,10 @@ figure.tight_layout()
 plt.show()
 
 inside = (xs >= lo) & (xs <= hi)
-print(f"scale {float(scale):.4f}; max |error| inside the range {float(jnp.abs(x_hat - xs)[inside].max()):.4f}"
-      f" <= s/2 = {float(scale) / 2:.4f}")
+print(
+    f"scale {float(scale):.4f}; max |error| inside the range {float(jnp.abs(x_hat - xs)[inside].max()):.4f}"
+    f" <= s/2 = {float(scale) / 2:.4f}"
+)
 
 # %% [markdown]
 # ## Granularity: per tensor, per channel, per group
@@ -148,8 +153,10 @@ float_accuracy = models.accuracy(model, splits.x_test, splits.y_test)
 kernels = {name: np.asarray(getattr(model, name).kernel[...]) for name in models.LAYER_NAMES}
 for name, kernel in kernels.items():
     channel_absmax = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(axis=0)
-    print(f"{name:>5} kernel {str(kernel.shape):>14}: per-channel max|w| from {channel_absmax.min():.3f} "
-          f"to {channel_absmax.max():.3f} ({channel_absmax.max() / channel_absmax.min():.1f}x)")
+    print(
+        f"{name:>5} kernel {str(kernel.shape):>14}: per-channel max|w| from {channel_absmax.min():.3f} "
+        f"to {channel_absmax.max():.3f} ({channel_absmax.max() / channel_absmax.min():.1f}x)"
+    )
 
 figure, axes = plt.subplots(1, 3, figsize=(12, 3))
 for ax, (name, kernel) in zip(axes, kernels.items()):
@@ -164,6 +171,7 @@ plt.show()
 # values with a scale each. Viewing each kernel as a (fan-in, out) matrix, per-channel is `axis=1` and per-group
 # is `axis=0, block_size=16`; the scale tensor then has the matrix's shape with the fan-in divided by 16 (conv1's
 # fan-in is only 9, so its group is its whole channel). Symmetric scales from each slice's abs-max:
+
 
 # %%
 def weight_scale(kernel, fmt, axis=None, block_size=None):
@@ -212,8 +220,9 @@ for bits in (8, 4):
             codes = np.asarray(codes)
             stored[f"{name}.codes"] = np.asarray(formats.pack_int(codes, 4)) if bits == 4 else codes
             stored[f"{name}.scale"] = np.asarray(scale, np.float32)
-        accuracy = models.accuracy(models.map_kernels(model, lambda name, _: quantized[name]), splits.x_test,
-                                   splits.y_test)
+        accuracy = models.accuracy(
+            models.map_kernels(model, lambda name, _: quantized[name]), splits.x_test, splits.y_test
+        )
         rows.append((f"W{bits} {granularity}", *sqnr.values(), accuracy, stored_bytes(stored)))
 
 print(f"{'weights':<17} {'SQNR conv1':>10} {'conv2':>7} {'dense':>7} {'test acc':>9} {'bytes':>7} {'ratio':>6}")
@@ -241,5 +250,9 @@ matrix = jnp.asarray(kernels["conv2"]).reshape(-1, kernels["conv2"].shape[-1])
 scale = weight_scale(matrix, formats.INT8, axis=1)
 once = affine.fake_quant(matrix, scale, None, formats.INT8, axis=1)
 twice = affine.fake_quant(once, scale, None, formats.INT8, axis=1)
-print("idempotent:", bool(jnp.array_equal(once, twice)), "| values that moved the second time:",
-      int(jnp.sum(once != twice)))
+print(
+    "idempotent:",
+    bool(jnp.array_equal(once, twice)),
+    "| values that moved the second time:",
+    int(jnp.sum(once != twice)),
+)

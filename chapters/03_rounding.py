@@ -27,7 +27,7 @@ ties = jnp.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.3, -0.7])
 print(f"{'x':>22}", " ".join(f"{float(v):>5.1f}" for v in ties))
 for mode in rounding.ROUNDING_MODES:
     key = jax.random.key(0) if mode == "stochastic" else None
-        # (+ 0.0 turns -0.0 into 0.0 for printing)
+    # (+ 0.0 turns -0.0 into 0.0 for printing)
     print(f"{mode:>22}", " ".join(f"{float(v) + 0.0:>5.0f}" for v in rounding.round_to_int(ties, mode, key)))
 
 # %% [markdown]
@@ -59,8 +59,10 @@ fmt6 = formats.int_format(6)
 scale, zero_point = affine.scale_zero_point(-3.0, 3.0, fmt6, symmetric=True)
 inside = jnp.abs(signal) < 3.0
 error = (affine.fake_quant(signal, scale, zero_point, fmt6) - signal)[inside]
-print(f"step {float(scale):.4f}: measured error power {float(jnp.mean(error**2)):.3e}, "
-      f"model {float(rounding.uniform_noise_power(scale)):.3e}")
+print(
+    f"step {float(scale):.4f}: measured error power {float(jnp.mean(error**2)):.3e}, "
+    f"model {float(rounding.uniform_noise_power(scale)):.3e}"
+)
 
 figure, ax = plt.subplots(figsize=(6, 3))
 ax.hist(np.asarray(error) / float(scale), bins=60, density=True)
@@ -96,8 +98,10 @@ for bits in bits_range:
 
 print(f"{'bits':>4} {'uniform':>8} {'6.02b':>7} {'sine':>7} {'6.02b+1.76':>11}")
 for i, bits in enumerate(bits_range):
-    print(f"{bits:>4} {measured['uniform'][i]:>8.2f} {float(rounding.ideal_sqnr_db(bits, 'uniform')):>7.2f} "
-          f"{measured['sine'][i]:>7.2f} {float(rounding.ideal_sqnr_db(bits, 'sine')):>11.2f}")
+    print(
+        f"{bits:>4} {measured['uniform'][i]:>8.2f} {float(rounding.ideal_sqnr_db(bits, 'uniform')):>7.2f} "
+        f"{measured['sine'][i]:>7.2f} {float(rounding.ideal_sqnr_db(bits, 'sine')):>11.2f}"
+    )
 
 figure, ax = plt.subplots(figsize=(6, 3.5))
 ax.plot(bits_range, rounding.ideal_sqnr_db(bits_range, "uniform"), "k--", lw=1, label="6.02 b")
@@ -123,8 +127,10 @@ plt.show()
 updates = jnp.full((10_000,), 0.3)
 nearest = rounding.round_to_int(updates, "half_to_even")
 stochastic = rounding.round_to_int(updates, "stochastic", key=jax.random.key(1))
-print(f"sum of 10,000 updates of 0.3: exact {float(updates.sum()):.0f}, nearest {float(nearest.sum()):.0f}, "
-      f"stochastic {float(stochastic.sum()):.0f}")
+print(
+    f"sum of 10,000 updates of 0.3: exact {float(updates.sum()):.0f}, nearest {float(nearest.sum()):.0f}, "
+    f"stochastic {float(stochastic.sum()):.0f}"
+)
 
 # %% [markdown]
 # ## Clipping error against rounding error
@@ -144,22 +150,29 @@ thresholds = np.linspace(0.1, 1.0, 46) * float(features.max())
 parts = {"clipping": [], "rounding": [], "total": []}
 for threshold in thresholds:
     scale, zero_point = affine.scale_zero_point(0.0, threshold, fmt4)
-    split = rounding.error_split(features, affine.fake_quant(features, scale, zero_point, fmt4), 0.0,
-                                 float(scale) * fmt4.qmax)
+    split = rounding.error_split(
+        features, affine.fake_quant(features, scale, zero_point, fmt4), 0.0, float(scale) * fmt4.qmax
+    )
     for name in parts:
         parts[name].append(float(split[name]))
 
 best = int(np.argmin(parts["total"]))
-print(f"max activation {float(features.max()):.3f}; best 4-bit threshold {thresholds[best]:.3f} "
-      f"({thresholds[best] / float(features.max()):.0%} of max): MSE {parts['total'][best]:.2e} "
-      f"vs {parts['total'][-1]:.2e} at the max ({parts['total'][-1] / parts['total'][best]:.1f}x worse)")
+print(
+    f"max activation {float(features.max()):.3f}; best 4-bit threshold {thresholds[best]:.3f} "
+    f"({thresholds[best] / float(features.max()):.0%} of max): MSE {parts['total'][best]:.2e} "
+    f"vs {parts['total'][-1]:.2e} at the max ({parts['total'][-1] / parts['total'][best]:.1f}x worse)"
+)
 
 figure, ax = plt.subplots(figsize=(6, 3.5))
 for name, values in parts.items():
     ax.plot(thresholds, values, label=name)
 ax.axvline(thresholds[best], color="gray", ls=":", lw=1)
-ax.set(title="dense.input, 4 bits: error against clipping threshold", xlabel="clipping threshold",
-       ylabel="mean squared error", yscale="log")
+ax.set(
+    title="dense.input, 4 bits: error against clipping threshold",
+    xlabel="clipping threshold",
+    ylabel="mean squared error",
+    yscale="log",
+)
 ax.legend()
 plt.show()
 

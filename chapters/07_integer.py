@@ -55,8 +55,14 @@ qmodel = ptq.quantize_model(params, splits.x_calib, observer="min_max")
 for name in ("input", "conv1_output", "conv2_output", "logits"):
     quant = getattr(qmodel, name)
     print(f"{name:>13}: scale {float(quant.scale):.6f}  zero point {int(quant.zero_point)}")
-print("conv2 int8 kernel codes in", int(qmodel.conv2.kernel.min()), "..", int(qmodel.conv2.kernel.max()),
-      "| int32 bias", np.asarray(qmodel.conv2.bias[:4]))
+print(
+    "conv2 int8 kernel codes in",
+    int(qmodel.conv2.kernel.min()),
+    "..",
+    int(qmodel.conv2.kernel.max()),
+    "| int32 bias",
+    np.asarray(qmodel.conv2.bias[:4]),
+)
 
 # %% [markdown]
 # The post-ReLU zero points are 0: a range calibrated on non-negative data starts at 0, and 0 is the bottom of
@@ -66,8 +72,9 @@ print("conv2 int8 kernel codes in", int(qmodel.conv2.kernel.min()), "..", int(qm
 # per-tensor weights, and the calibration methods of chapter 1 (a selection, to keep the chapter quick):
 
 # %%
-rows = ptq.accuracy_table(params, splits.x_calib, splits.x_test, splits.y_test,
-                          observers=("min_max", "percentile", "mse", "entropy"))
+rows = ptq.accuracy_table(
+    params, splits.x_calib, splits.x_test, splits.y_test, observers=("min_max", "percentile", "mse", "entropy")
+)
 print(f"{'config':<8} {'weights':<12} {'observer':<11} {'test acc':>8}")
 for row in rows:
     print(f"{row['config']:<8} {row['weights']:<12} {row['observer']:<11} {row['accuracy']:>8.2%}")
@@ -76,7 +83,8 @@ for row in rows:
 # Each test image is 0.33 points. At 8 bits per-channel nothing is lost; per-tensor weights cost at most one image.
 # At 4 bits a few images flip, and which granularity wins is within that noise on a model this small. No
 # calibration method stands out here either: with 8-bit per-channel weights and 8-bit activations every observer
-# keeps the float accuracy (per-tensor weights lose one image with three of the four), and chapter 1 shows where they differ (the SQNR of 4-bit activations). One caveat from building these
+# keeps the float accuracy (per-tensor weights lose one image with three of the four), and chapter 1 shows where they
+# differ (the SQNR of 4-bit activations). One caveat from building these
 # observers: the KL ("entropy") method needs care on post-ReLU activations — the spike of exact zeros dominates
 # the divergence unless it is set aside, and without that the method clips the feature maps to a tenth of their
 # range at 4 bits (see `quantref.ranges.entropy`).
@@ -105,11 +113,16 @@ for requantization in integer.REQUANTIZATIONS:
     rescale = integer.multipliers(qmodel, requantization)
     out = results[requantization] = integer.integer_forward(qmodel, rescale, x_test)
     lsb = np.abs(np.asarray(out.logits_q).astype(int) - fake_codes)
-    print(f"{requantization:>11}: accuracy {ptq.accuracy(out.logits, splits.y_test):.2%} | argmax agrees with "
-          f"fake-quant on {np.mean(np.argmax(out.logits, 1) == np.argmax(x_fake, 1)):.2%} | logit codes differ "
-          f"in {np.mean(lsb > 0):.2%} of entries, by at most {lsb.max()} LSB")
-print("TFLite conv1 multipliers (q_m, shift):", np.asarray(integer.multipliers(qmodel, 'tflite').conv1.quantized_multiplier[:2]),
-      np.asarray(integer.multipliers(qmodel, 'tflite').conv1.shift[:2]))
+    print(
+        f"{requantization:>11}: accuracy {ptq.accuracy(out.logits, splits.y_test):.2%} | argmax agrees with "
+        f"fake-quant on {np.mean(np.argmax(out.logits, 1) == np.argmax(x_fake, 1)):.2%} | logit codes differ "
+        f"in {np.mean(lsb > 0):.2%} of entries, by at most {lsb.max()} LSB"
+    )
+print(
+    "TFLite conv1 multipliers (q_m, shift):",
+    np.asarray(integer.multipliers(qmodel, "tflite").conv1.quantized_multiplier[:2]),
+    np.asarray(integer.multipliers(qmodel, "tflite").conv1.shift[:2]),
+)
 
 # %% [markdown]
 # The integer network and the fake-quant simulation agree on every prediction, but not on every integer. Fake
@@ -128,14 +141,23 @@ for requantization, out in results.items():
         quant = qmodel.activation(point)
         simulated = np.round(np.asarray(fake_activations[point]) / float(quant.scale)) + int(quant.zero_point)
         fractions.append(np.mean(np.asarray(out.codes[point]).astype(int) != simulated))
-    axes[0].bar(np.arange(3) + (0.2 if requantization == "tflite" else -0.2), fractions, width=0.4, label=requantization)
-axes[0].set(xticks=range(3), xticklabels=list(stored.values()), ylabel="codes ≠ fake-quant",
-            title="Integer path vs fake-quant, per layer")
+    axes[0].bar(
+        np.arange(3) + (0.2 if requantization == "tflite" else -0.2), fractions, width=0.4, label=requantization
+    )
+axes[0].set(
+    xticks=range(3),
+    xticklabels=list(stored.values()),
+    ylabel="codes ≠ fake-quant",
+    title="Integer path vs fake-quant, per layer",
+)
 axes[0].legend()
 error = np.abs(np.asarray(results["onnxruntime"].logits) - np.asarray(float_logits)).ravel()
 axes[1].hist(error / float(qmodel.logits.scale), bins=40)
-axes[1].set(xlabel="|int8 logit − float logit| in LSB of the logits", ylabel="count",
-            title="Integer (onnxruntime mode) vs float logits")
+axes[1].set(
+    xlabel="|int8 logit − float logit| in LSB of the logits",
+    ylabel="count",
+    title="Integer (onnxruntime mode) vs float logits",
+)
 figure.tight_layout()
 plt.show()
 
@@ -155,13 +177,17 @@ paths = export_onnx.export_onnx(out_dir)
 x_np = np.load(paths["test_inputs"])["x"]
 expected = np.load(paths["expected"])["logits"]
 sessions = {}
-for name, level in (("disable_all", ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
-                    ("enable_all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL)):
+for name, level in (
+    ("disable_all", ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+    ("enable_all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+):
     options = ort.SessionOptions()
     options.graph_optimization_level = level
     options.intra_op_num_threads = 1
-    sessions[name] = {kind: ort.InferenceSession(str(paths[kind]), options, providers=["CPUExecutionProvider"])
-                      for kind in ("model", "float")}
+    sessions[name] = {
+        kind: ort.InferenceSession(str(paths[kind]), options, providers=["CPUExecutionProvider"])
+        for kind in ("model", "float")
+    }
     got = sessions[name]["model"].run(None, {"x": x_np})[0]
     mismatches = int(np.sum(got.view(np.uint32) != expected.view(np.uint32)))
     print(f"onnxruntime ({name}): {mismatches} of {got.size} logits differ from quantref's prediction (bitwise)")
@@ -176,6 +202,7 @@ for name, level in (("disable_all", ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
 #
 # Bytes are those of the files on disk; times are the median of repeated runs on the 300 test images, one thread
 # for onnxruntime (the benchmark script, `benchmarks/integer.py`, measures batch 1 and 1024 too).
+
 
 # %%
 def median_seconds(function, repeats=20):
@@ -194,16 +221,36 @@ rescale = integer.multipliers(qmodel, "onnxruntime")
 integer_forward = jax.jit(lambda x: integer.integer_forward(qmodel, rescale, x).logits)
 ort_sessions = sessions["enable_all"]
 table = [
-    ("float32 (JAX)", float_accuracy, os.path.getsize(paths["float"]),
-     median_seconds(lambda: float_forward(x_test).block_until_ready())),
-    ("fake-quant W8A8 (JAX)", ptq.accuracy(x_fake, splits.y_test), None,
-     median_seconds(lambda: fake_forward(x_test).block_until_ready())),
-    ("integer W8A8 (JAX)", ptq.accuracy(results["onnxruntime"].logits, splits.y_test), os.path.getsize(paths["model"]),
-     median_seconds(lambda: integer_forward(x_test).block_until_ready())),
-    ("float32 (onnxruntime)", ptq.accuracy(ort_sessions["float"].run(None, {"x": x_np})[0], splits.y_test),
-     os.path.getsize(paths["float"]), median_seconds(lambda: ort_sessions["float"].run(None, {"x": x_np}))),
-    ("int8 (onnxruntime)", ptq.accuracy(ort_sessions["model"].run(None, {"x": x_np})[0], splits.y_test),
-     os.path.getsize(paths["model"]), median_seconds(lambda: ort_sessions["model"].run(None, {"x": x_np}))),
+    (
+        "float32 (JAX)",
+        float_accuracy,
+        os.path.getsize(paths["float"]),
+        median_seconds(lambda: float_forward(x_test).block_until_ready()),
+    ),
+    (
+        "fake-quant W8A8 (JAX)",
+        ptq.accuracy(x_fake, splits.y_test),
+        None,
+        median_seconds(lambda: fake_forward(x_test).block_until_ready()),
+    ),
+    (
+        "integer W8A8 (JAX)",
+        ptq.accuracy(results["onnxruntime"].logits, splits.y_test),
+        os.path.getsize(paths["model"]),
+        median_seconds(lambda: integer_forward(x_test).block_until_ready()),
+    ),
+    (
+        "float32 (onnxruntime)",
+        ptq.accuracy(ort_sessions["float"].run(None, {"x": x_np})[0], splits.y_test),
+        os.path.getsize(paths["float"]),
+        median_seconds(lambda: ort_sessions["float"].run(None, {"x": x_np})),
+    ),
+    (
+        "int8 (onnxruntime)",
+        ptq.accuracy(ort_sessions["model"].run(None, {"x": x_np})[0], splits.y_test),
+        os.path.getsize(paths["model"]),
+        median_seconds(lambda: ort_sessions["model"].run(None, {"x": x_np})),
+    ),
 ]
 print(f"{'model':<24} {'test acc':>8} {'bytes':>7} {'ms / 300 images':>16}")
 for label, accuracy, size, seconds in table:

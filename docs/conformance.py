@@ -19,11 +19,11 @@
 # | what | onnxruntime | ONNX reference evaluator | PyTorch | TFLite |
 # |---|---|---|---|---|
 # | tie rule | half to even | half to even | half to even | half **away** from zero (reference kernel) |
-# | zero point added | after rounding | after rounding | **before** rounding (quantize_per_tensor/channel); after (fake-quant) | after rounding |
+# | zero point added | after rounding | after rounding | **before** rounding (quantize_per_tensor/channel); after (fake-quant) | after rounding |  # noqa: E501
 # | $x/s$ | division | division | multiply by $f_{32}(1/s)$ | division (reference kernel) |
 # | NaN (int8) | qmin | qmin | qmax (per-tensor), 0 (per-channel) | qmin (x86) |
 # | $+\infty$ (int8) | qmax | **qmin** (int32 overflow) | qmax; fake-quant per-channel: quant_min | qmin (x86) |
-# | requantization | $f_{32}(f_{32}(acc)\cdot M)$, rne, $+z$ | float64, $+z$ before rounding | — | fixed point, two roundings |
+# | requantization | $f_{32}(f_{32}(acc)\cdot M)$, rne, $+z$ | float64, $+z$ before rounding | — | fixed point, two roundings |  # noqa: E501
 
 # %%
 import ctypes
@@ -48,12 +48,16 @@ if LIVE:
     from onnx.reference import ReferenceEvaluator
 
     warnings.filterwarnings("ignore", message=".*quantized tensor creation.*")
-    print(f"Source of the numbers: LIVE runtimes — onnxruntime {onnxruntime.__version__} (CPU execution provider), "
-          f"onnx {onnx.__version__} ReferenceEvaluator, torch {torch.__version__}; every number also checked "
-          "against quantref.runtimes.")
+    print(
+        f"Source of the numbers: LIVE runtimes — onnxruntime {onnxruntime.__version__} (CPU execution provider), "
+        f"onnx {onnx.__version__} ReferenceEvaluator, torch {torch.__version__}; every number also checked "
+        "against quantref.runtimes."
+    )
 else:
-    print("Source of the numbers: quantref's stored expectations (quantref.runtimes; the `conformance` extra — "
-          "onnx, onnxruntime, torch — is not installed here).")
+    print(
+        "Source of the numbers: quantref's stored expectations (quantref.runtimes; the `conformance` extra — "
+        "onnx, onnxruntime, torch — is not installed here)."
+    )
 
 
 def agree(live, ours, what):
@@ -72,15 +76,21 @@ def agree(live, ours, what):
 
 def onnx_node(op, feeds, constants, out_types, flavor, attributes=None):
     """Run one ONNX node in onnxruntime or the reference evaluator; float8 results come back as uint8 bits."""
-    inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape))
-              for name, value in feeds.items()]
-    outputs = [helper.make_tensor_value_info(f"out{i}", helper.np_dtype_to_tensor_dtype(np.dtype(t)), None)
-               for i, t in enumerate(out_types)]
+    inputs = [
+        helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape))
+        for name, value in feeds.items()
+    ]
+    outputs = [
+        helper.make_tensor_value_info(f"out{i}", helper.np_dtype_to_tensor_dtype(np.dtype(t)), None)
+        for i, t in enumerate(out_types)
+    ]
     names = list(feeds) + list(constants)
     node = helper.make_node(op, names, [o.name for o in outputs], **(attributes or {}))
     initializers = [numpy_helper.from_array(np.asarray(v), n) for n, v in constants.items()]
-    model = helper.make_model(helper.make_graph([node], "g", inputs, outputs, initializer=initializers),
-                              opset_imports=[helper.make_opsetid("", 21)])
+    model = helper.make_model(
+        helper.make_graph([node], "g", inputs, outputs, initializer=initializers),
+        opset_imports=[helper.make_opsetid("", 21)],
+    )
     model.ir_version = 11
     if flavor == "onnxruntime":
         # Bind the outputs and copy their bytes: onnxruntime's numpy conversion does not know every float8 type.
@@ -110,8 +120,14 @@ def quantize_linear(x, scale, zero_point, flavor, saturate=1):
     if not LIVE:
         return ours.view(np.uint8) if ours.dtype.name.startswith("float8") else ours
     attributes = {"saturate": saturate} if np.asarray(zero_point).dtype.name.startswith("float8") else {}
-    live = onnx_node("QuantizeLinear", {"x": x}, {"s": np.float32(scale), "z": zero_point},
-                     [np.asarray(zero_point).dtype], flavor, attributes)[0]
+    live = onnx_node(
+        "QuantizeLinear",
+        {"x": x},
+        {"s": np.float32(scale), "z": zero_point},
+        [np.asarray(zero_point).dtype],
+        flavor,
+        attributes,
+    )[0]
     return agree(live, ours, f"QuantizeLinear({flavor})")
 
 
@@ -127,8 +143,17 @@ def torch_quantize(x, scale, zero_point, dtype, per_channel=False):
         return ours
     torch_dtype = getattr(torch, dtype)
     if per_channel:
-        live = torch.quantize_per_channel(torch.from_numpy(x[None]), torch.tensor([scale], dtype=torch.float64),
-                                          torch.tensor([zero_point]), 0, torch_dtype).int_repr().numpy()[0]
+        live = (
+            torch.quantize_per_channel(
+                torch.from_numpy(x[None]),
+                torch.tensor([scale], dtype=torch.float64),
+                torch.tensor([zero_point]),
+                0,
+                torch_dtype,
+            )
+            .int_repr()
+            .numpy()[0]
+        )
     else:
         live = torch.quantize_per_tensor(torch.from_numpy(x), scale, zero_point, torch_dtype).int_repr().numpy()
     return agree(live, ours, f"torch quantize ({'per-channel' if per_channel else 'per-tensor'})")
@@ -138,18 +163,27 @@ def torch_fake_quantize(x, scale, zero_point, quant_min, quant_max, per_channel=
     """torch.fake_quantize_per_{tensor,channel}_affine, shown as the code it chose: y / s + z."""
     x = np.asarray(x, np.float32)
     if per_channel:
-        ours = np.asarray(qtorch.fake_quantize_per_channel_affine(
-            x[None], np.float32([scale]), np.int32([zero_point]), 0, quant_min, quant_max))[0]
+        ours = np.asarray(
+            qtorch.fake_quantize_per_channel_affine(
+                x[None], np.float32([scale]), np.int32([zero_point]), 0, quant_min, quant_max
+            )
+        )[0]
     else:
         ours = np.asarray(qtorch.fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max))
     if LIVE:
         if per_channel:
             live = torch.fake_quantize_per_channel_affine(
-                torch.from_numpy(x[None]), torch.tensor([scale], dtype=torch.float32),
-                torch.tensor([zero_point], dtype=torch.int32), 0, quant_min, quant_max).numpy()[0]
+                torch.from_numpy(x[None]),
+                torch.tensor([scale], dtype=torch.float32),
+                torch.tensor([zero_point], dtype=torch.int32),
+                0,
+                quant_min,
+                quant_max,
+            ).numpy()[0]
         else:
-            live = torch.fake_quantize_per_tensor_affine(torch.from_numpy(x), scale, zero_point, quant_min,
-                                                         quant_max).numpy()
+            live = torch.fake_quantize_per_tensor_affine(
+                torch.from_numpy(x), scale, zero_point, quant_min, quant_max
+            ).numpy()
         ours = agree(live, ours, "torch fake_quantize")
     # y = (q - z)·s with |q - z| small: dividing back and rounding recovers q exactly.
     return np.rint(ours.astype(np.float64) / np.float64(np.float32(scale))).astype(np.int64) + zero_point
@@ -179,9 +213,15 @@ def table(headers, rows):
 # %%
 x = np.float32([-1.25, -0.75, -0.25, 0.25, 0.75, 1.25])
 i8 = np.int8(0)
-rows = zip(x, x / np.float32(0.5), quantize_linear(x, 0.5, i8, "onnxruntime"), quantize_linear(x, 0.5, i8, "reference"),
-           torch_quantize(x, 0.5, 0, "qint8"), torch_fake_quantize(x, 0.5, 0, -128, 127),
-           tflite_quantize(x, 0.5, 0, "int8"))
+rows = zip(
+    x,
+    x / np.float32(0.5),
+    quantize_linear(x, 0.5, i8, "onnxruntime"),
+    quantize_linear(x, 0.5, i8, "reference"),
+    torch_quantize(x, 0.5, 0, "qint8"),
+    torch_fake_quantize(x, 0.5, 0, -128, 127),
+    tflite_quantize(x, 0.5, 0, "int8"),
+)
 table(["x", "x/s", "onnxruntime", "ONNX ref", "torch q", "torch fake-q", "TFLite"], rows)
 
 # %% [markdown]
@@ -196,9 +236,15 @@ table(["x", "x/s", "onnxruntime", "ONNX ref", "torch q", "torch fake-q", "TFLite
 # %%
 x = np.float32([0.05, 0.15, 0.25, 0.35, 0.45])
 u8 = np.uint8(3)
-rows = zip(x, quantize_linear(x, 0.1, u8, "onnxruntime"), quantize_linear(x, 0.1, u8, "reference"),
-           torch_quantize(x, 0.1, 3, "quint8"), torch_quantize(x, 0.1, 3, "quint8", per_channel=True),
-           torch_fake_quantize(x, 0.1, 3, 0, 255), tflite_quantize(x, 0.1, 3, "uint8"))
+rows = zip(
+    x,
+    quantize_linear(x, 0.1, u8, "onnxruntime"),
+    quantize_linear(x, 0.1, u8, "reference"),
+    torch_quantize(x, 0.1, 3, "quint8"),
+    torch_quantize(x, 0.1, 3, "quint8", per_channel=True),
+    torch_fake_quantize(x, 0.1, 3, 0, 255),
+    tflite_quantize(x, 0.1, 3, "uint8"),
+)
 table(["x", "onnxruntime", "ONNX ref", "torch q", "torch q/channel", "torch fake-q", "TFLite"], rows)
 
 # %% [markdown]
@@ -211,12 +257,21 @@ table(["x", "onnxruntime", "ONNX ref", "torch q", "torch q/channel", "torch fake
 
 # %%
 scale, x = np.float32(0.00214854861), np.float32([0.273939937])
-print(f"x/s in float64: {float(x[0]) / float(scale):.12f};  f32(x / s) = {float(x[0] / scale):.9f};  "
-      f"f32(x * f32(1/s)) = {float(x[0] * (np.float32(1) / scale)):.9f}")
+print(
+    f"x/s in float64: {float(x[0]) / float(scale):.12f};  f32(x / s) = {float(x[0] / scale):.9f};  "
+    f"f32(x * f32(1/s)) = {float(x[0] * (np.float32(1) / scale)):.9f}"
+)
 u0 = np.uint8(0)
-rows = [(x[0], quantize_linear(x, scale, u0, "onnxruntime")[0], quantize_linear(x, scale, u0, "reference")[0],
-         torch_quantize(x, float(scale), 0, "quint8")[0], torch_fake_quantize(x, float(scale), 0, 0, 255)[0],
-         tflite_quantize(x, float(scale), 0, "uint8")[0])]
+rows = [
+    (
+        x[0],
+        quantize_linear(x, scale, u0, "onnxruntime")[0],
+        quantize_linear(x, scale, u0, "reference")[0],
+        torch_quantize(x, float(scale), 0, "quint8")[0],
+        torch_fake_quantize(x, float(scale), 0, 0, 255)[0],
+        tflite_quantize(x, float(scale), 0, "uint8")[0],
+    )
+]
 table(["x", "onnxruntime", "ONNX ref", "torch q", "torch fake-q", "TFLite"], rows)
 
 # %% [markdown]
@@ -231,10 +286,16 @@ table(["x", "onnxruntime", "ONNX ref", "torch q", "torch fake-q", "TFLite"], row
 
 # %%
 x = np.float32([np.nan, np.inf, -np.inf, 3e9, -3e9, 1e30])
-rows = zip(x, quantize_linear(x, 1.0, i8, "onnxruntime"), quantize_linear(x, 1.0, i8, "reference"),
-           torch_quantize(x, 1.0, 0, "qint8"), torch_quantize(x, 1.0, 0, "qint8", per_channel=True),
-           torch_fake_quantize(x, 1.0, 0, -128, 127), torch_fake_quantize(x, 1.0, 0, -128, 127, per_channel=True),
-           tflite_quantize(x, 1.0, 0, "int8"))
+rows = zip(
+    x,
+    quantize_linear(x, 1.0, i8, "onnxruntime"),
+    quantize_linear(x, 1.0, i8, "reference"),
+    torch_quantize(x, 1.0, 0, "qint8"),
+    torch_quantize(x, 1.0, 0, "qint8", per_channel=True),
+    torch_fake_quantize(x, 1.0, 0, -128, 127),
+    torch_fake_quantize(x, 1.0, 0, -128, 127, per_channel=True),
+    tflite_quantize(x, 1.0, 0, "int8"),
+)
 table(["x", "onnxruntime", "ONNX ref", "torch q", "torch q/ch", "fake-q", "fake-q/ch", "TFLite"], rows)
 
 # %% [markdown]
@@ -245,13 +306,19 @@ table(["x", "onnxruntime", "ONNX ref", "torch q", "torch q/ch", "fake-q", "fake-
 # before rounding, so e4m3fn $x \in [480, 496)$ comes out as 448, and its e5m2 overflow path gives NaN (encoded
 # 0x7F, where the reference and ml_dtypes use 0x7E) for $x \in [61440, 65536)$. Codes are shown in hex.
 
+
 # %%
 def float8_row(x, name):
     zero = np.zeros((), getattr(ml_dtypes, name))
-    results = [quantize_linear(x, 1.0, zero, flavor, saturate)
-               for saturate in (1, 0) for flavor in ("onnxruntime", "reference")]
+    results = [
+        quantize_linear(x, 1.0, zero, flavor, saturate)
+        for saturate in (1, 0)
+        for flavor in ("onnxruntime", "reference")
+    ]
+
     def show(code):
         return f"{float(np.uint8(code).view(zero.dtype)):g} ({int(code):#04x})"
+
     return [(value, *(show(r[i]) for r in results)) for i, value in enumerate(x)]
 
 
@@ -287,12 +354,21 @@ table(["runtime", "y", "y_scale", "y_zero_point"], rows)
 # fixed-point multiplier and rounds twice (ties up, then ties away from zero). With $M = \tfrac12$ every odd
 # accumulator is a tie, and the three disagree (int8 output, $z_y = 1$):
 
+
 # %%
 def qlinear_matmul(acc, scales, zero_point, flavor):
     """QLinearMatMul of a = acc (int8 column) and b = [[1]]: the output is the requantized accumulator."""
     a = np.asarray(acc, np.int8).reshape(-1, 1)
-    args = (a, np.float32(scales[0]), np.int8(0), np.int8([[1]]), np.float32(scales[1]), np.int8(0),
-            np.float32(scales[2]), np.int8(zero_point))
+    args = (
+        a,
+        np.float32(scales[0]),
+        np.int8(0),
+        np.int8([[1]]),
+        np.float32(scales[1]),
+        np.int8(0),
+        np.float32(scales[2]),
+        np.int8(zero_point),
+    )
     ours = np.asarray(qonnx.qlinear_matmul(*args, flavor=flavor)).ravel()
     if not LIVE:
         return ours
@@ -308,8 +384,13 @@ def tflite_requantize(acc, real_multiplier, zero_point, single_rounding=False):
 
 
 acc = np.int32([-3, -1, 1, 3, 5])
-rows = zip(acc, acc * 0.5 + 1, qlinear_matmul(acc, (0.5, 1.0, 1.0), 1, "onnxruntime"),
-           qlinear_matmul(acc, (0.5, 1.0, 1.0), 1, "reference"), tflite_requantize(acc, 0.5, 1))
+rows = zip(
+    acc,
+    acc * 0.5 + 1,
+    qlinear_matmul(acc, (0.5, 1.0, 1.0), 1, "onnxruntime"),
+    qlinear_matmul(acc, (0.5, 1.0, 1.0), 1, "reference"),
+    tflite_requantize(acc, 0.5, 1),
+)
 table(["acc", "exact acc*M + z", "onnxruntime", "ONNX ref", "TFLite"], rows)
 
 # %% [markdown]
@@ -364,9 +445,17 @@ for real in (0.3, 0.0013, 3.05e-5, 0.999):
     double = np.asarray(qtflite.multiply_by_quantized_multiplier(x, multiplier, shift))
     single = np.asarray(qtflite.multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding=True))
     worst = int(np.argmax(np.abs(double - exact)))
-    rows.append((real, multiplier, shift, int((double != single).sum()), f"{np.abs(double - exact).max():.4f}",
-                 f"{np.abs(single - exact).max():.4f}", f"x={x[worst]}: {exact[worst]:.4f} -> {double[worst]} "
-                 f"(single: {single[worst]})"))
+    rows.append(
+        (
+            real,
+            multiplier,
+            shift,
+            int((double != single).sum()),
+            f"{np.abs(double - exact).max():.4f}",
+            f"{np.abs(single - exact).max():.4f}",
+            f"x={x[worst]}: {exact[worst]:.4f} -> {double[worst]} (single: {single[worst]})",
+        )
+    )
 table(["M", "q_m", "shift", "differ", "max err double", "max err single", "worst case"], rows)
 
 # %% [markdown]

@@ -372,7 +372,8 @@ def fake_quant(
     """Quantize then dequantize, staying in floating point ("simulated quantization").
 
     $$
-    \\hat x = s\\,\\Big(\\operatorname{clamp}\\big(\\operatorname{round}(x/s) + z,\\, q_{min},\\, q_{max}\\big) - z\\Big)
+    \\hat x = s\\,\\Big(\\operatorname{clamp}\\big(\\operatorname{round}(x/s) + z,\\, q_{min},\\, q_{max}\\big) -
+    z\\Big)
     $$
 
     Equal to ``dequantize(quantize(x, ...), ...)`` for finite inputs, without the integer round trip. It is
@@ -488,9 +489,7 @@ def scale_zero_point(
     )
 
 
-@functools.partial(
-    jax.jit, static_argnames=("qmin", "qmax", "signed", "bits", "symmetric", "divisor", "min_scale")
-)
+@functools.partial(jax.jit, static_argnames=("qmin", "qmax", "signed", "bits", "symmetric", "divisor", "min_scale"))
 def _scale_zero_point(min_val, max_val, *, qmin, qmax, signed, bits, symmetric, divisor, min_scale):
     lo = jnp.minimum(min_val, 0.0)
     hi = jnp.maximum(max_val, 0.0)

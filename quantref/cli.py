@@ -99,7 +99,9 @@ def cmd_tour(args: argparse.Namespace) -> int:
     environment = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     subprocess.run([*build, "-d", str(site_dir)], check=True, cwd=root, env=environment)
     print(f"\nTour done in {time.perf_counter() - start:.0f} s. The site is in {site_dir}")
-    print(f"Serve it (offline) with:  python -m http.server -d {os.path.relpath(site_dir)} 8000  →  http://127.0.0.1:8000")
+    print(
+        f"Serve it (offline) with:  python -m http.server -d {os.path.relpath(site_dir)} 8000  →  http://127.0.0.1:8000"
+    )
     return 0
 
 
@@ -143,8 +145,10 @@ def cmd_vectors(args: argparse.Namespace) -> int:
         operators[case["operator"]] = operators.get(case["operator"], 0) + 1
     for operator, count in operators.items():
         print(f"{operator:>40}: {count} case(s)")
-    print(f"wrote {len(manifest['cases'])} cases (format {manifest['format_version']}, quantref "
-          f"{manifest['quantref_version']}) to {manifest_path.parent} in {time.perf_counter() - start:.1f} s")
+    print(
+        f"wrote {len(manifest['cases'])} cases (format {manifest['format_version']}, quantref "
+        f"{manifest['quantref_version']}) to {manifest_path.parent} in {time.perf_counter() - start:.1f} s"
+    )
     return 0
 
 
@@ -207,9 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("out_dir", help="the directory written by `quantref vectors`")
     check.add_argument("results", help="a directory of <case id>.npz, or one .npz with members <case id>/<output>")
-    check.add_argument("--case", action="append", metavar="PATTERN",
-                       help="check only these case ids (glob patterns allowed; repeatable)")
-    check.add_argument("--max-report", type=_non_negative_int, default=10, help="worst elements listed per output (default 10)")
+    check.add_argument(
+        "--case",
+        action="append",
+        metavar="PATTERN",
+        help="check only these case ids (glob patterns allowed; repeatable)",
+    )
+    check.add_argument(
+        "--max-report", type=_non_negative_int, default=10, help="worst elements listed per output (default 10)"
+    )
     check.add_argument("--verbose", action="store_true", help="also list the cases that pass")
     check.set_defaults(func=cmd_check)
 

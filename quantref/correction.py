@@ -98,9 +98,7 @@ def fold_batch_norm(model: models.DigitsCNN) -> FoldedCNN:
         raise ValueError(f"model must be a quantref.models.DigitsCNN, got {type(model).__name__}")
     conv1_kernel, conv1_bias = _fold(model.conv1, model.bn1)
     conv2_kernel, conv2_bias = _fold(model.conv2, model.bn2)
-    return FoldedCNN(
-        conv1_kernel, conv1_bias, conv2_kernel, conv2_bias, model.dense.kernel[...], model.dense.bias[...]
-    )
+    return FoldedCNN(conv1_kernel, conv1_bias, conv2_kernel, conv2_bias, model.dense.kernel[...], model.dense.bias[...])
 
 
 def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:

@@ -64,8 +64,9 @@ class IntFormat:
         if not 1 <= self.bits <= 32:
             raise ValueError(f"bits must be in 1..32, got {self.bits}")
         if self.narrow_range and (not self.signed or self.bits < 2):
-            raise ValueError(f"narrow_range=True needs a signed format with bits >= 2, got signed={self.signed}, "
-                             f"bits={self.bits}")
+            raise ValueError(
+                f"narrow_range=True needs a signed format with bits >= 2, got signed={self.signed}, bits={self.bits}"
+            )
 
     @property
     def qmin(self) -> int:
@@ -122,9 +123,7 @@ def int_format(bits: int, signed: bool = True, narrow_range: bool = False, *, ma
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{name} must be a bool, got {value!r}")
     if narrow_range and (not signed or bits < 2):
-        raise ValueError(
-            f"narrow_range=True needs a signed format with bits >= 2, got signed={signed}, bits={bits}"
-        )
+        raise ValueError(f"narrow_range=True needs a signed format with bits >= 2, got signed={signed}, bits={bits}")
     return IntFormat(int(bits), bool(signed), bool(narrow_range))
 
 
@@ -287,4 +286,3 @@ def cast_float8(x: jnp.ndarray | np.ndarray, name: str, *, saturate: bool = True
         # Clamp only finite overflow and infinities; jnp.clip keeps NaN as NaN.
         x = jnp.clip(x, -top, top)
     return x.astype(dtype)
-

@@ -31,9 +31,9 @@ Two ways to compute $\\operatorname{round}(M\\,\\text{acc})$, chosen by :func:`m
   multiply, rounded half to even, *then* the zero point added in int32 (never a fused multiply-add).
 - ``"tflite"`` (TFLite / gemmlowp reference kernels): $M$ in float64, encoded as a 31-bit fixed-point mantissa and
   a power-of-two exponent (:func:`quantref.runtimes.tflite.quantize_multiplier`), applied with
-  :func:`quantref.runtimes.tflite.multiply_by_quantized_multiplier` — a rounding high multiply then a rounding right shift, two roundings
-  that can be off from the exact product by up to 0.75 LSB. The 64-bit product is emulated in 32-bit pieces, so
-  ``jax_enable_x64`` is not needed.
+  :func:`quantref.runtimes.tflite.multiply_by_quantized_multiplier` — a rounding high multiply then a rounding right
+  shift, two roundings that can be off from the exact product by up to 0.75 LSB. The 64-bit product is emulated in
+  32-bit pieces, so ``jax_enable_x64`` is not needed.
 
 Neither equals the float fake-quant simulation (:func:`quantref.ptq.fake_quant_forward`) bit for bit: there the
 accumulation is float32 on dequantized values and the rescale is a division $\\text{acc}\\,s_xs_w / s_y$ rounded
@@ -108,7 +108,8 @@ def multipliers(qmodel: QuantizedModel, requantization: Requantization = "onnxru
 
     $$
     \\text{onnxruntime: } M_c = f_{32}\\big(f_{32}(s_x\\, s_{w,c}) / s_y\\big), \\qquad
-    \\text{tflite: } (q_{m,c}, e_c) = \\text{quantize\\_multiplier}\\big((s_x\\, s_{w,c}) / s_y \\text{ in float64}\\big)
+    \\text{tflite: } (q_{m,c}, e_c) = \\text{quantize\\_multiplier}\\big((s_x\\, s_{w,c}) / s_y \\text{ in
+    float64}\\big)
     $$
 
     Args:
@@ -159,7 +160,8 @@ def requantize(
     """Rescales int32 accumulators to output codes, clamped to ``[qmin, qmax]``.
 
     $$
-    \\text{onnxruntime: } y = \\operatorname{clamp}\\big(\\operatorname{rne}(f_{32}(f_{32}(\\text{acc}) \\cdot M)) + z_y\\big),
+    \\text{onnxruntime: } y = \\operatorname{clamp}\\big(\\operatorname{rne}(f_{32}(f_{32}(\\text{acc}) \\cdot M)) +
+    z_y\\big),
     \\qquad
     \\text{tflite: } y = \\operatorname{clamp}\\big(\\text{MBQM}(\\text{acc}, q_m, e) + z_y\\big)
     $$
@@ -291,5 +293,7 @@ def integer_forward(qmodel: QuantizedModel, rescale: Multipliers, x: jax.Array |
     if not jnp.issubdtype(x.dtype, jnp.floating) or x.ndim != 4 or x.shape[1:] != (8, 8, 1):
         raise ValueError(f"x must be float images of shape (N, 8, 8, 1), got {x.dtype}{x.shape}")
     if not isinstance(rescale, Multipliers):
-        raise ValueError(f"rescale must be the Multipliers from integer.multipliers(qmodel), got {type(rescale).__name__}")
+        raise ValueError(
+            f"rescale must be the Multipliers from integer.multipliers(qmodel), got {type(rescale).__name__}"
+        )
     return _integer_forward(qmodel, rescale, x.astype(jnp.float32))

@@ -309,9 +309,7 @@ def abs_max(axis: int | None = None, block_size: int | None = None) -> Observer:
     return _min_max_observer(axis, block_size, result)
 
 
-def moving_average_min_max(
-    momentum: float = 0.9, axis: int | None = None, block_size: int | None = None
-) -> Observer:
+def moving_average_min_max(momentum: float = 0.9, axis: int | None = None, block_size: int | None = None) -> Observer:
     """Exponential moving average of each batch's minimum and maximum.
 
     $$
@@ -850,7 +848,8 @@ def entropy(
     and pick
 
     $$
-    i^\\ast = \\mathop{\\mathrm{arg\\,min}}_{i \\ge \\max(\\text{num\\_quantized\\_bins},\\ 128)} \\mathrm{KL}(P_i \\,\\Vert\\, Q_i)
+    i^\\ast = \\mathop{\\mathrm{arg\\,min}}_{i \\ge \\max(\\text{num\\_quantized\\_bins},\\ 128)} \\mathrm{KL}(P_i
+    \\,\\Vert\\, Q_i)
     = \\sum_j P_i(j) \\log \\frac{P_i(j)}{Q_i(j)}, \\qquad \\text{range} = \\pm\\, i^\\ast w
     $$
 

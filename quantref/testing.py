@@ -120,8 +120,10 @@ def _coerce(actual: np.ndarray, expected: np.ndarray) -> np.ndarray | str:
         if kind == "int" and np.issubdtype(actual.dtype, np.integer):
             return actual  # the values themselves in a wider integer type, e.g. int4 results held in int8
         also = ", or as values in any integer type" if kind == "int" else ""
-        return (f"expected {expected.dtype} values as that dtype or as their raw bit patterns in uint8 (one per "
-                f"byte){also}; got dtype {actual.dtype}")
+        return (
+            f"expected {expected.dtype} values as that dtype or as their raw bit patterns in uint8 (one per "
+            f"byte){also}; got dtype {actual.dtype}"
+        )
     if kind == "int":
         if not (np.issubdtype(actual.dtype, np.integer) or actual.dtype in _SUB_BYTE):
             return f"expected integers ({expected.dtype}), got dtype {actual.dtype}"

@@ -254,14 +254,48 @@ def _ties(scale: float, ks: np.ndarray) -> np.ndarray:
     return np.concatenate([ties, np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(-np.inf))])
 
 
-SPECIALS = _f32([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 1e-38, 1e30, -1e30, 3e9, -3e9,
-                 2.0**31, -(2.0**31), 9.3e18, 65504.0, -65504.0])
+SPECIALS = _f32(
+    [
+        np.nan,
+        -np.nan,
+        np.inf,
+        -np.inf,
+        0.0,
+        -0.0,
+        1e-45,
+        -1e-45,
+        1e-38,
+        1e30,
+        -1e30,
+        3e9,
+        -3e9,
+        2.0**31,
+        -(2.0**31),
+        9.3e18,
+        65504.0,
+        -65504.0,
+    ]
+)
 
-_INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535),
-               "int4": (-8, 7), "uint4": (0, 15), "int2": (-2, 1), "uint2": (0, 3)}
+_INT_RANGES = {
+    "int8": (-128, 127),
+    "uint8": (0, 255),
+    "int16": (-32768, 32767),
+    "uint16": (0, 65535),
+    "int4": (-8, 7),
+    "uint4": (0, 15),
+    "int2": (-2, 1),
+    "uint2": (0, 3),
+}
 _QL_PARAMS = {  # scale and zero point per output type: non-power-of-two scales, zero points off the middle
-    "int8": (0.0123, -7), "uint8": (0.1, 3), "int16": (1 / 3, 1234), "uint16": (0.37, 40000),
-    "int4": (0.37, -3), "uint4": (0.37, 5), "int2": (0.5, -1), "uint2": (0.3, 1),
+    "int8": (0.0123, -7),
+    "uint8": (0.1, 3),
+    "int16": (1 / 3, 1234),
+    "uint16": (0.37, 40000),
+    "int4": (0.37, -3),
+    "uint4": (0.37, 5),
+    "int2": (0.5, -1),
+    "uint2": (0.3, 1),
 }
 
 
@@ -285,39 +319,94 @@ def _onnx_quantize_cases() -> list[Case]:
         ks = _code_range_ks(lo, hi, zero_point, label)
         random = (_rng(label).standard_normal(256) * scale * (hi - lo) / 4).astype(np.float32)
         x = np.concatenate([_ties(scale, ks), random])
-        cases.append(Case(f"{op}.{label}", op, "onnxruntime",
-                          f"{name} output, per-tensor: constructed ties x = (k + 1/2)s across the grid and 3 codes "
-                          "beyond (saturation), their float32 neighbours, and normal samples",
-                          {"x": x, "y_scale": _f32(scale), "y_zero_point": zp}, {"axis": 1}))
+        cases.append(
+            Case(
+                f"{op}.{label}",
+                op,
+                "onnxruntime",
+                f"{name} output, per-tensor: constructed ties x = (k + 1/2)s across the grid and 3 codes "
+                "beyond (saturation), their float32 neighbours, and normal samples",
+                {"x": x, "y_scale": _f32(scale), "y_zero_point": zp},
+                {"axis": 1},
+            )
+        )
         for runtime, suffix in (("onnxruntime", ""), ("onnx-reference", ".reference")):
-            cases.append(Case(f"{op}.{name}.specials{suffix}", op, runtime,
-                              f"{name} output: NaN, +-Inf, +-0, denormals, values far beyond the grid and beyond int32",
-                              {"x": SPECIALS * _f32(scale), "y_scale": _f32(scale), "y_zero_point": zp}, {"axis": 1}))
+            cases.append(
+                Case(
+                    f"{op}.{name}.specials{suffix}",
+                    op,
+                    runtime,
+                    f"{name} output: NaN, +-Inf, +-0, denormals, values far beyond the grid and beyond int32",
+                    {"x": SPECIALS * _f32(scale), "y_scale": _f32(scale), "y_zero_point": zp},
+                    {"axis": 1},
+                )
+            )
     rng = _rng("quantize_linear.granularity")
     cases += [
-        Case(f"{op}.uint8.default_zero_point", op, "onnxruntime",
-             "no zero point and no output_dtype: uint8 with zero point 0",
-             {"x": _f32(rng.standard_normal(64) * 3), "y_scale": _f32(0.02)}, {"axis": 1}),
-        Case(f"{op}.int4.output_dtype", op, "onnxruntime", "no zero point; the output_dtype attribute selects int4",
-             {"x": np.concatenate([_ties(0.37, np.arange(-11, 11)), SPECIALS]), "y_scale": _f32(0.37)},
-             {"axis": 1, "output_dtype": "int4"}),
-        Case(f"{op}.int8.per_axis", op, "onnxruntime", "per-axis scale and zero point along axis 1 of a 3-D input",
-             {"x": _f32(rng.standard_normal((2, 3, 40)) * 2),
-              "y_scale": _f32([0.01, 0.02, 0.037]), "y_zero_point": np.array([-5, 0, 9], np.int8)}, {"axis": 1}),
-        Case(f"{op}.uint8.per_axis_negative_axis", op, "onnxruntime", "per-axis along axis=-1 (the last axis)",
-             {"x": _f32(rng.standard_normal((16, 5))),
-              "y_scale": _f32([0.004, 0.01, 0.02, 0.03, 0.05]),
-              "y_zero_point": np.array([0, 3, 128, 200, 255], np.uint8)},
-             {"axis": -1}),
-        Case(f"{op}.int4.blocked", op, "onnxruntime",
-             "blocked along axis 1, block_size 4, with a ragged last block (10 = 4 + 4 + 2)",
-             {"x": _f32(rng.standard_normal((4, 10)) * 2), "y_scale": _f32(rng.uniform(0.1, 0.5, (4, 3))),
-              "y_zero_point": _ints(rng, -2, 3, (4, 3), ml_dtypes.int4)},
-             {"axis": 1, "block_size": 4}),
-        Case(f"{op}.uint8.blocked_axis0", op, "onnxruntime", "blocked along axis 0, block_size 4 (6 = 4 + 2)",
-             {"x": _f32(rng.standard_normal((6, 3))), "y_scale": _f32(rng.uniform(0.005, 0.02, (2, 3))),
-              "y_zero_point": _ints(rng, 100, 150, (2, 3), np.uint8)},
-             {"axis": 0, "block_size": 4}),
+        Case(
+            f"{op}.uint8.default_zero_point",
+            op,
+            "onnxruntime",
+            "no zero point and no output_dtype: uint8 with zero point 0",
+            {"x": _f32(rng.standard_normal(64) * 3), "y_scale": _f32(0.02)},
+            {"axis": 1},
+        ),
+        Case(
+            f"{op}.int4.output_dtype",
+            op,
+            "onnxruntime",
+            "no zero point; the output_dtype attribute selects int4",
+            {"x": np.concatenate([_ties(0.37, np.arange(-11, 11)), SPECIALS]), "y_scale": _f32(0.37)},
+            {"axis": 1, "output_dtype": "int4"},
+        ),
+        Case(
+            f"{op}.int8.per_axis",
+            op,
+            "onnxruntime",
+            "per-axis scale and zero point along axis 1 of a 3-D input",
+            {
+                "x": _f32(rng.standard_normal((2, 3, 40)) * 2),
+                "y_scale": _f32([0.01, 0.02, 0.037]),
+                "y_zero_point": np.array([-5, 0, 9], np.int8),
+            },
+            {"axis": 1},
+        ),
+        Case(
+            f"{op}.uint8.per_axis_negative_axis",
+            op,
+            "onnxruntime",
+            "per-axis along axis=-1 (the last axis)",
+            {
+                "x": _f32(rng.standard_normal((16, 5))),
+                "y_scale": _f32([0.004, 0.01, 0.02, 0.03, 0.05]),
+                "y_zero_point": np.array([0, 3, 128, 200, 255], np.uint8),
+            },
+            {"axis": -1},
+        ),
+        Case(
+            f"{op}.int4.blocked",
+            op,
+            "onnxruntime",
+            "blocked along axis 1, block_size 4, with a ragged last block (10 = 4 + 4 + 2)",
+            {
+                "x": _f32(rng.standard_normal((4, 10)) * 2),
+                "y_scale": _f32(rng.uniform(0.1, 0.5, (4, 3))),
+                "y_zero_point": _ints(rng, -2, 3, (4, 3), ml_dtypes.int4),
+            },
+            {"axis": 1, "block_size": 4},
+        ),
+        Case(
+            f"{op}.uint8.blocked_axis0",
+            op,
+            "onnxruntime",
+            "blocked along axis 0, block_size 4 (6 = 4 + 2)",
+            {
+                "x": _f32(rng.standard_normal((6, 3))),
+                "y_scale": _f32(rng.uniform(0.005, 0.02, (2, 3))),
+                "y_zero_point": _ints(rng, 100, 150, (2, 3), np.uint8),
+            },
+            {"axis": 0, "block_size": 4},
+        ),
     ]
     for name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz"):
         dtype = _BIT_PATTERN_TYPES[name]
@@ -327,8 +416,9 @@ def _onnx_quantize_cases() -> list[Case]:
         middles = ((grid[1:].astype(np.float64) + grid[:-1]) / 2).astype(np.float32)
         factors = (1.0, 1.03, 1.0625, 1.07, 1.1, 1.125, 1.2, 1.5, 2.0)
         bands = _f32([top * f for f in factors] + [1e6, 480, 488, 495.9, 496, 61440, 65535, 65536])
-        values = np.concatenate([grid, middles, np.nextafter(middles, np.float32(np.inf)),
-                                 np.nextafter(middles, np.float32(0)), bands])
+        values = np.concatenate(
+            [grid, middles, np.nextafter(middles, np.float32(np.inf)), np.nextafter(middles, np.float32(0)), bands]
+        )
         values = np.concatenate([values, -values, _f32([np.nan, np.inf, -np.inf])])
         scale = 2.0  # exact: x / 2 lands on the constructed values
         random = _f32(_rng(name).standard_normal(512) * top / 3)
@@ -337,13 +427,21 @@ def _onnx_quantize_cases() -> list[Case]:
             differs = name == "float8_e5m2" or (name == "float8_e4m3fn" and not saturate)
             for runtime, suffix in (("onnxruntime", ""), ("onnx-reference", ".reference"))[: 2 if differs else 1]:
                 label = f"{name}.{'saturate' if saturate else 'no_saturate'}{suffix}"
-                cases.append(Case(
-                    f"{op}.{label}", op, runtime,
-                    f"{name} output, saturate={saturate}: every finite value, the ties between neighbours and their "
-                    "float32 neighbours, the overflow bands, +-Inf, NaN, and normal samples",
-                    {"x": np.concatenate([values * _f32(scale), random]), "y_scale": _f32(scale),
-                     "y_zero_point": np.zeros((), dtype)},
-                    {"axis": 1, "saturate": saturate}))
+                cases.append(
+                    Case(
+                        f"{op}.{label}",
+                        op,
+                        runtime,
+                        f"{name} output, saturate={saturate}: every finite value, the ties between neighbours and "
+                        "their float32 neighbours, the overflow bands, +-Inf, NaN, and normal samples",
+                        {
+                            "x": np.concatenate([values * _f32(scale), random]),
+                            "y_scale": _f32(scale),
+                            "y_zero_point": np.zeros((), dtype),
+                        },
+                        {"axis": 1, "saturate": saturate},
+                    )
+                )
     return cases
 
 
@@ -357,26 +455,64 @@ def _onnx_dequantize_cases() -> list[Case]:
             codes = np.arange(lo, hi + 1)
         else:
             codes = np.concatenate([np.arange(lo, lo + 4), np.arange(hi - 3, hi + 1), _rng(name).integers(lo, hi, 252)])
-        cases.append(Case(f"{op}.{name}", op, "onnxruntime", f"{name} input: every code (16-bit: a sample), per-tensor",
-                          {"x": codes.astype(dtype), "x_scale": _f32(scale),
-                           "x_zero_point": np.array(zero_point).astype(dtype)},
-                          {"axis": 1}))
+        cases.append(
+            Case(
+                f"{op}.{name}",
+                op,
+                "onnxruntime",
+                f"{name} input: every code (16-bit: a sample), per-tensor",
+                {"x": codes.astype(dtype), "x_scale": _f32(scale), "x_zero_point": np.array(zero_point).astype(dtype)},
+                {"axis": 1},
+            )
+        )
     int32 = np.array([-(2**31), -(2**31) + 1, -(2**24) - 1, -1, 0, 1, 2**24 + 1, 2**31 - 1], np.int32)
-    cases.append(Case(f"{op}.int32", op, "onnxruntime",
-                      "int32 input: the zero point is subtracted in wrapping int32, then one rounding to float32",
-                      {"x": int32, "x_scale": _f32(0.001), "x_zero_point": np.array(7, np.int32)}, {"axis": 1}))
+    cases.append(
+        Case(
+            f"{op}.int32",
+            op,
+            "onnxruntime",
+            "int32 input: the zero point is subtracted in wrapping int32, then one rounding to float32",
+            {"x": int32, "x_scale": _f32(0.001), "x_zero_point": np.array(7, np.int32)},
+            {"axis": 1},
+        )
+    )
     for name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz"):
-        cases.append(Case(f"{op}.{name}", op, "onnxruntime", f"{name} input: all 256 bit patterns (NaN included)",
-                          {"x": np.arange(256, dtype=np.uint8).view(_BIT_PATTERN_TYPES[name]), "x_scale": _f32(0.5)},
-                          {"axis": 1}))
+        cases.append(
+            Case(
+                f"{op}.{name}",
+                op,
+                "onnxruntime",
+                f"{name} input: all 256 bit patterns (NaN included)",
+                {"x": np.arange(256, dtype=np.uint8).view(_BIT_PATTERN_TYPES[name]), "x_scale": _f32(0.5)},
+                {"axis": 1},
+            )
+        )
     rng = _rng("dequantize_linear.granularity")
     cases += [
-        Case(f"{op}.int8.per_axis", op, "onnxruntime", "per-axis along axis 0",
-             {"x": _ints(rng, -128, 128, (3, 50), np.int8), "x_scale": _f32([0.01, 0.2, 3.0]),
-              "x_zero_point": np.array([-3, 0, 17], np.int8)}, {"axis": 0}),
-        Case(f"{op}.int4.blocked", op, "onnxruntime", "blocked along axis 1, block_size 4, ragged last block",
-             {"x": _ints(rng, -8, 8, (3, 10), ml_dtypes.int4), "x_scale": _f32(rng.uniform(0.1, 1, (3, 3))),
-              "x_zero_point": _ints(rng, -2, 3, (3, 3), ml_dtypes.int4)}, {"axis": 1, "block_size": 4}),
+        Case(
+            f"{op}.int8.per_axis",
+            op,
+            "onnxruntime",
+            "per-axis along axis 0",
+            {
+                "x": _ints(rng, -128, 128, (3, 50), np.int8),
+                "x_scale": _f32([0.01, 0.2, 3.0]),
+                "x_zero_point": np.array([-3, 0, 17], np.int8),
+            },
+            {"axis": 0},
+        ),
+        Case(
+            f"{op}.int4.blocked",
+            op,
+            "onnxruntime",
+            "blocked along axis 1, block_size 4, ragged last block",
+            {
+                "x": _ints(rng, -8, 8, (3, 10), ml_dtypes.int4),
+                "x_scale": _f32(rng.uniform(0.1, 1, (3, 3))),
+                "x_zero_point": _ints(rng, -2, 3, (3, 3), ml_dtypes.int4),
+            },
+            {"axis": 1, "block_size": 4},
+        ),
     ]
     return cases
 
@@ -385,47 +521,122 @@ def _onnx_other_cases() -> list[Case]:
     cases = []
     rng = _rng("onnx.other")
     op = "onnx.DynamicQuantizeLinear"
-    for label, x in (("random", rng.standard_normal(1000) * 2.5), ("all_positive", rng.uniform(0.1, 7, 64)),
-                     ("all_negative", -rng.uniform(0.1, 7, 64)), ("constant", np.full(16, 2.5)),
-                     ("ties", _ties(6.0 / 255, np.arange(-60, 195)))):
-        cases.append(Case(f"{op}.{label}", op, "onnxruntime",
-                          f"uint8 dynamic quantization of {label.replace('_', ' ')} input",
-                          {"x": _f32(x)}))
+    for label, x in (
+        ("random", rng.standard_normal(1000) * 2.5),
+        ("all_positive", rng.uniform(0.1, 7, 64)),
+        ("all_negative", -rng.uniform(0.1, 7, 64)),
+        ("constant", np.full(16, 2.5)),
+        ("ties", _ties(6.0 / 255, np.arange(-60, 195))),
+    ):
+        cases.append(
+            Case(
+                f"{op}.{label}",
+                op,
+                "onnxruntime",
+                f"uint8 dynamic quantization of {label.replace('_', ' ')} input",
+                {"x": _f32(x)},
+            )
+        )
     for runtime, suffix in (("onnxruntime", ""), ("onnx-reference", ".reference")):
-        cases.append(Case(f"{op}.all_zero{suffix}", op, runtime,
-                          "all-zero input: onnxruntime takes scale 1, the reference evaluator 1/255",
-                          {"x": np.zeros(16, np.float32)}))
-    cases.append(Case(f"{op}.nan.reference", op, "onnx-reference",
-                      "a NaN element makes the reference evaluator's scale NaN (onnxruntime's answer depends on the "
-                      "NaN's position and the CPU's vector width: no onnxruntime case)",
-                      {"x": _f32([0.5, np.nan, -1.0, 2.0])}))
+        cases.append(
+            Case(
+                f"{op}.all_zero{suffix}",
+                op,
+                runtime,
+                "all-zero input: onnxruntime takes scale 1, the reference evaluator 1/255",
+                {"x": np.zeros(16, np.float32)},
+            )
+        )
+    cases.append(
+        Case(
+            f"{op}.nan.reference",
+            op,
+            "onnx-reference",
+            "a NaN element makes the reference evaluator's scale NaN (onnxruntime's answer depends on the "
+            "NaN's position and the CPU's vector width: no onnxruntime case)",
+            {"x": _f32([0.5, np.nan, -1.0, 2.0])},
+        )
+    )
 
     op = "onnx.MatMulInteger"
     cases += [
-        Case(f"{op}.uint8_uint8", op, "onnxruntime", "uint8 x uint8 with scalar zero points",
-             {"a": _ints(rng, 0, 256, (5, 16), np.uint8), "b": _ints(rng, 0, 256, (16, 7), np.uint8),
-              "a_zero_point": np.array(3, np.uint8), "b_zero_point": np.array(200, np.uint8)}),
-        Case(f"{op}.int8_int8_per_column", op, "onnxruntime", "int8 x int8, per-column b zero point",
-             {"a": _ints(rng, -128, 128, (4, 32), np.int8), "b": _ints(rng, -128, 128, (32, 6), np.int8),
-              "a_zero_point": np.array(-5, np.int8), "b_zero_point": _ints(rng, -10, 10, 6, np.int8)}),
-        Case(f"{op}.uint8_int8_batched", op, "onnxruntime", "uint8 x int8, batched 3-D a against 2-D b",
-             {"a": _ints(rng, 0, 256, (2, 4, 8), np.uint8), "b": _ints(rng, -128, 128, (8, 3), np.int8),
-              "a_zero_point": np.array(128, np.uint8), "b_zero_point": np.array(0, np.int8)}),
-        Case(f"{op}.extremes", op, "onnxruntime", "the largest products: 255 - 0 times -128 - 127, summed 64 times",
-             {"a": np.full((2, 64), 255, np.uint8), "b": np.full((64, 2), -128, np.int8),
-              "a_zero_point": np.array(0, np.uint8), "b_zero_point": np.array(127, np.int8)}),
+        Case(
+            f"{op}.uint8_uint8",
+            op,
+            "onnxruntime",
+            "uint8 x uint8 with scalar zero points",
+            {
+                "a": _ints(rng, 0, 256, (5, 16), np.uint8),
+                "b": _ints(rng, 0, 256, (16, 7), np.uint8),
+                "a_zero_point": np.array(3, np.uint8),
+                "b_zero_point": np.array(200, np.uint8),
+            },
+        ),
+        Case(
+            f"{op}.int8_int8_per_column",
+            op,
+            "onnxruntime",
+            "int8 x int8, per-column b zero point",
+            {
+                "a": _ints(rng, -128, 128, (4, 32), np.int8),
+                "b": _ints(rng, -128, 128, (32, 6), np.int8),
+                "a_zero_point": np.array(-5, np.int8),
+                "b_zero_point": _ints(rng, -10, 10, 6, np.int8),
+            },
+        ),
+        Case(
+            f"{op}.uint8_int8_batched",
+            op,
+            "onnxruntime",
+            "uint8 x int8, batched 3-D a against 2-D b",
+            {
+                "a": _ints(rng, 0, 256, (2, 4, 8), np.uint8),
+                "b": _ints(rng, -128, 128, (8, 3), np.int8),
+                "a_zero_point": np.array(128, np.uint8),
+                "b_zero_point": np.array(0, np.int8),
+            },
+        ),
+        Case(
+            f"{op}.extremes",
+            op,
+            "onnxruntime",
+            "the largest products: 255 - 0 times -128 - 127, summed 64 times",
+            {
+                "a": np.full((2, 64), 255, np.uint8),
+                "b": np.full((64, 2), -128, np.int8),
+                "a_zero_point": np.array(0, np.uint8),
+                "b_zero_point": np.array(127, np.int8),
+            },
+        ),
     ]
     op = "onnx.ConvInteger"
     cases += [
-        Case(f"{op}.uint8_padded_strided", op, "onnxruntime", "uint8 x uint8, pads 1, stride 2, scalar zero points",
-             {"x": _ints(rng, 0, 256, (1, 3, 7, 7), np.uint8), "w": _ints(rng, 0, 256, (4, 3, 3, 3), np.uint8),
-              "x_zero_point": np.array(17, np.uint8), "w_zero_point": np.array(128, np.uint8)},
-             {"strides": [2, 2], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1}),
-        Case(f"{op}.int8_grouped_dilated", op, "onnxruntime",
-             "int8 x int8, group 2, dilation 2, asymmetric pads (onnxruntime supports only a scalar w zero point)",
-             {"x": _ints(rng, -128, 128, (2, 4, 8, 8), np.int8), "w": _ints(rng, -128, 128, (6, 2, 2, 3), np.int8),
-              "x_zero_point": np.array(-3, np.int8), "w_zero_point": np.array(2, np.int8)},
-             {"strides": [1, 1], "pads": [0, 1, 2, 0], "dilations": [2, 2], "group": 2}),
+        Case(
+            f"{op}.uint8_padded_strided",
+            op,
+            "onnxruntime",
+            "uint8 x uint8, pads 1, stride 2, scalar zero points",
+            {
+                "x": _ints(rng, 0, 256, (1, 3, 7, 7), np.uint8),
+                "w": _ints(rng, 0, 256, (4, 3, 3, 3), np.uint8),
+                "x_zero_point": np.array(17, np.uint8),
+                "w_zero_point": np.array(128, np.uint8),
+            },
+            {"strides": [2, 2], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1},
+        ),
+        Case(
+            f"{op}.int8_grouped_dilated",
+            op,
+            "onnxruntime",
+            "int8 x int8, group 2, dilation 2, asymmetric pads (onnxruntime supports only a scalar w zero point)",
+            {
+                "x": _ints(rng, -128, 128, (2, 4, 8, 8), np.int8),
+                "w": _ints(rng, -128, 128, (6, 2, 2, 3), np.int8),
+                "x_zero_point": np.array(-3, np.int8),
+                "w_zero_point": np.array(2, np.int8),
+            },
+            {"strides": [1, 1], "pads": [0, 1, 2, 0], "dilations": [2, 2], "group": 2},
+        ),
     ]
 
     op = "onnx.QLinearMatMul"
@@ -433,110 +644,236 @@ def _onnx_other_cases() -> list[Case]:
     for out, zero_point in (("uint8", 1), ("int8", -3)):
         # onnxruntime implements (a, b, y) = (uint8, int8 or uint8, uint8) and (int8, int8, int8).
         a, a_zero_point = (128 + k, 128) if out == "uint8" else (k, 0)
-        inputs = {"a": a.astype(out).reshape(-1, 1), "a_scale": _f32(0.5),
-                  "a_zero_point": np.array(a_zero_point).astype(out),
-                  "b": np.array([[1]], np.int8), "b_scale": _f32(1.0), "b_zero_point": np.array(0, np.int8),
-                  "y_scale": _f32(1.0), "y_zero_point": np.array(zero_point).astype(out)}
+        inputs = {
+            "a": a.astype(out).reshape(-1, 1),
+            "a_scale": _f32(0.5),
+            "a_zero_point": np.array(a_zero_point).astype(out),
+            "b": np.array([[1]], np.int8),
+            "b_scale": _f32(1.0),
+            "b_zero_point": np.array(0, np.int8),
+            "y_scale": _f32(1.0),
+            "y_zero_point": np.array(zero_point).astype(out),
+        }
         for runtime, suffix in (("onnxruntime", ""), ("onnx-reference", ".reference")):
-            cases.append(Case(f"{op}.ties_{out}{suffix}", op, runtime,
-                              f"acc = -128..127, M = 1/2, odd y_zero_point {zero_point}: every odd acc is a tie; "
-                              "zero point after rounding (onnxruntime) or before (reference)", inputs))
+            cases.append(
+                Case(
+                    f"{op}.ties_{out}{suffix}",
+                    op,
+                    runtime,
+                    f"acc = -128..127, M = 1/2, odd y_zero_point {zero_point}: every odd acc is a tie; "
+                    "zero point after rounding (onnxruntime) or before (reference)",
+                    inputs,
+                )
+            )
     scales = {"a_scale": _f32(0.0173), "b_scale": _f32(0.0091), "y_scale": _f32(0.0537)}
-    random_inputs = {"a": _ints(rng, 0, 256, (16, 64), np.uint8), "a_scale": scales["a_scale"],
-                     "a_zero_point": np.array(131, np.uint8), "b": _ints(rng, -128, 128, (64, 16), np.int8),
-                     "b_scale": scales["b_scale"], "b_zero_point": np.array(0, np.int8), "y_scale": scales["y_scale"],
-                     "y_zero_point": np.array(120, np.uint8)}
-    per_column = {"a": _ints(rng, -128, 128, (8, 32), np.int8), "a_scale": _f32(0.02),
-                  "a_zero_point": np.array(4, np.int8), "b": _ints(rng, -128, 128, (32, 5), np.int8),
-                  "b_scale": _f32(rng.uniform(0.001, 0.01, 5)), "b_zero_point": _ints(rng, -3, 3, 5, np.int8),
-                  "y_scale": _f32(0.011), "y_zero_point": np.array(-9, np.int8)}
-    cases.append(Case(f"{op}.random_uint8", op, "onnxruntime", "uint8 x int8 -> uint8, random operands",
-                      random_inputs))
-    cases.append(Case(f"{op}.per_column_int8", op, "onnxruntime",
-                      "int8 x int8 -> int8 with per-column b scale and zero point", per_column))
+    random_inputs = {
+        "a": _ints(rng, 0, 256, (16, 64), np.uint8),
+        "a_scale": scales["a_scale"],
+        "a_zero_point": np.array(131, np.uint8),
+        "b": _ints(rng, -128, 128, (64, 16), np.int8),
+        "b_scale": scales["b_scale"],
+        "b_zero_point": np.array(0, np.int8),
+        "y_scale": scales["y_scale"],
+        "y_zero_point": np.array(120, np.uint8),
+    }
+    per_column = {
+        "a": _ints(rng, -128, 128, (8, 32), np.int8),
+        "a_scale": _f32(0.02),
+        "a_zero_point": np.array(4, np.int8),
+        "b": _ints(rng, -128, 128, (32, 5), np.int8),
+        "b_scale": _f32(rng.uniform(0.001, 0.01, 5)),
+        "b_zero_point": _ints(rng, -3, 3, 5, np.int8),
+        "y_scale": _f32(0.011),
+        "y_zero_point": np.array(-9, np.int8),
+    }
+    cases.append(Case(f"{op}.random_uint8", op, "onnxruntime", "uint8 x int8 -> uint8, random operands", random_inputs))
+    cases.append(
+        Case(
+            f"{op}.per_column_int8",
+            op,
+            "onnxruntime",
+            "int8 x int8 -> int8 with per-column b scale and zero point",
+            per_column,
+        )
+    )
 
     op = "onnx.QLinearConv"
-    conv = {"x": _ints(rng, 0, 256, (1, 4, 9, 9), np.uint8), "x_scale": _f32(0.0213),
-            "x_zero_point": np.array(97, np.uint8), "w": _ints(rng, -127, 128, (6, 4, 3, 3), np.int8),
-            "w_scale": _f32(rng.uniform(0.002, 0.02, 6)), "w_zero_point": np.zeros(6, np.int8),
-            "y_scale": _f32(0.0731), "y_zero_point": np.array(11, np.uint8),
-            "B": _ints(rng, -5000, 5000, 6, np.int32)}
-    grouped = {"x": _ints(rng, -20, 20, (2, 4, 6, 6), np.int8), "x_scale": _f32(0.5),
-               "x_zero_point": np.array(-1, np.int8), "w": _ints(rng, -10, 10, (4, 2, 3, 3), np.int8),
-               "w_scale": _f32(0.25), "w_zero_point": np.array(0, np.int8), "y_scale": _f32(4.0),
-               "y_zero_point": np.array(5, np.int8)}
-    cases.append(Case(f"{op}.per_channel_uint8", op, "onnxruntime",
-                      "uint8 input, int8 per-channel weights, int32 bias, pads 1, stride 2", conv,
-                      {"strides": [2, 2], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1}))
+    conv = {
+        "x": _ints(rng, 0, 256, (1, 4, 9, 9), np.uint8),
+        "x_scale": _f32(0.0213),
+        "x_zero_point": np.array(97, np.uint8),
+        "w": _ints(rng, -127, 128, (6, 4, 3, 3), np.int8),
+        "w_scale": _f32(rng.uniform(0.002, 0.02, 6)),
+        "w_zero_point": np.zeros(6, np.int8),
+        "y_scale": _f32(0.0731),
+        "y_zero_point": np.array(11, np.uint8),
+        "B": _ints(rng, -5000, 5000, 6, np.int32),
+    }
+    grouped = {
+        "x": _ints(rng, -20, 20, (2, 4, 6, 6), np.int8),
+        "x_scale": _f32(0.5),
+        "x_zero_point": np.array(-1, np.int8),
+        "w": _ints(rng, -10, 10, (4, 2, 3, 3), np.int8),
+        "w_scale": _f32(0.25),
+        "w_zero_point": np.array(0, np.int8),
+        "y_scale": _f32(4.0),
+        "y_zero_point": np.array(5, np.int8),
+    }
+    cases.append(
+        Case(
+            f"{op}.per_channel_uint8",
+            op,
+            "onnxruntime",
+            "uint8 input, int8 per-channel weights, int32 bias, pads 1, stride 2",
+            conv,
+            {"strides": [2, 2], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1},
+        )
+    )
     for runtime, suffix in (("onnxruntime", ""), ("onnx-reference", ".reference")):
-        cases.append(Case(f"{op}.grouped_int8_ties{suffix}", op, runtime,
-                          "int8 input and weights, group 2, no bias, M = 1/32 exactly and an odd y_zero_point: "
-                          "many exact ties, where the zero point's place (after or before rounding) shows", grouped,
-                          {"strides": [1, 1], "pads": [1, 0, 1, 0], "dilations": [1, 1], "group": 2}))
+        cases.append(
+            Case(
+                f"{op}.grouped_int8_ties{suffix}",
+                op,
+                runtime,
+                "int8 input and weights, group 2, no bias, M = 1/32 exactly and an odd y_zero_point: "
+                "many exact ties, where the zero point's place (after or before rounding) shows",
+                grouped,
+                {"strides": [1, 1], "pads": [1, 0, 1, 0], "dilations": [1, 1], "group": 2},
+            )
+        )
     return cases
 
 
 def _torch_cases() -> list[Case]:
     cases = []
-    params = {"quint8": (0.1, 3, 0, 255), "qint8": (0.00214854861, -7, -128, 127),
-              "qint32": (1 / 3, 12345, -(2**31), 2**31 - 1)}
+    params = {
+        "quint8": (0.1, 3, 0, 255),
+        "qint8": (0.00214854861, -7, -128, 127),
+        "qint32": (1 / 3, 12345, -(2**31), 2**31 - 1),
+    }
     for dtype, (scale, zero_point, lo, hi) in params.items():
         label = f"{dtype}.ties"
         ks = np.arange(-300, 300) if dtype == "qint32" else np.arange(lo - zero_point - 3, hi - zero_point + 3)
         x = np.concatenate([_ties(scale, ks), _f32(_rng(label).standard_normal(256) * scale * 40)])
         for op in ("torch.quantize_per_tensor",):
-            cases.append(Case(f"{op}.{label}", op, "torch",
-                              f"{dtype}, scale {scale:.9g}, zero point {zero_point}: ties, neighbours, saturation, "
-                              "samples", {"x": x, "scale": _f32(scale), "zero_point": np.array(zero_point, np.int64)},
-                              {"dtype": dtype}))
-            cases.append(Case(f"{op}.{dtype}.specials", op, "torch", f"{dtype}: NaN, +-Inf, +-0, huge values",
-                              {"x": SPECIALS, "scale": _f32(scale), "zero_point": np.array(zero_point, np.int64)},
-                              {"dtype": dtype}))
+            cases.append(
+                Case(
+                    f"{op}.{label}",
+                    op,
+                    "torch",
+                    f"{dtype}, scale {scale:.9g}, zero point {zero_point}: ties, neighbours, saturation, samples",
+                    {"x": x, "scale": _f32(scale), "zero_point": np.array(zero_point, np.int64)},
+                    {"dtype": dtype},
+                )
+            )
+            cases.append(
+                Case(
+                    f"{op}.{dtype}.specials",
+                    op,
+                    "torch",
+                    f"{dtype}: NaN, +-Inf, +-0, huge values",
+                    {"x": SPECIALS, "scale": _f32(scale), "zero_point": np.array(zero_point, np.int64)},
+                    {"dtype": dtype},
+                )
+            )
         # per channel: row c holds the ties of scale c, then the specials
         scales = _f32([scale, scale * 3.7, scale / 1.9])
         zero_points = np.array([zero_point, lo + (hi - lo) // 4, hi - 5 if dtype != "qint32" else -99999], np.int64)
         rows = [np.concatenate([_ties(s, np.arange(-140, 140)), SPECIALS]) for s in scales]
         op = "torch.quantize_per_channel"
-        cases.append(Case(f"{op}.{dtype}", op, "torch", f"{dtype}, axis 0, three channels: ties and specials",
-                          {"x": np.stack(rows), "scales": scales, "zero_points": zero_points},
-                          {"axis": 0, "dtype": dtype}))
+        cases.append(
+            Case(
+                f"{op}.{dtype}",
+                op,
+                "torch",
+                f"{dtype}, axis 0, three channels: ties and specials",
+                {"x": np.stack(rows), "scales": scales, "zero_points": zero_points},
+                {"axis": 0, "dtype": dtype},
+            )
+        )
     op = "torch.quantize_per_channel"
     rng = _rng("torch.per_channel_axis1")
-    cases.append(Case(f"{op}.quint8.axis1_4d", op, "torch", "quint8, axis 1 of an NCHW tensor",
-                      {"x": _f32(rng.standard_normal((2, 3, 4, 5))), "scales": _f32([0.01, 0.02, 0.013]),
-                       "zero_points": np.array([0, 128, 255], np.int64)}, {"axis": 1, "dtype": "quint8"}))
+    cases.append(
+        Case(
+            f"{op}.quint8.axis1_4d",
+            op,
+            "torch",
+            "quint8, axis 1 of an NCHW tensor",
+            {
+                "x": _f32(rng.standard_normal((2, 3, 4, 5))),
+                "scales": _f32([0.01, 0.02, 0.013]),
+                "zero_points": np.array([0, 128, 255], np.int64),
+            },
+            {"axis": 1, "dtype": "quint8"},
+        )
+    )
 
     op = "torch.fake_quantize_per_tensor_affine"
-    for label, (scale, zero_point, lo, hi) in (("uint8", (0.1, 3, 0, 255)), ("int8", (0.00214854861, 0, -128, 127)),
-                                               ("int4", (0.37, -2, -8, 7))):
+    for label, (scale, zero_point, lo, hi) in (
+        ("uint8", (0.1, 3, 0, 255)),
+        ("int8", (0.00214854861, 0, -128, 127)),
+        ("int4", (0.37, -2, -8, 7)),
+    ):
         x = np.concatenate([_ties(scale, np.arange(lo - zero_point - 3, hi - zero_point + 3)), SPECIALS])
-        cases.append(Case(f"{op}.{label}", op, "torch",
-                          f"quant range [{lo}, {hi}], scale {scale:.9g}, zero point {zero_point}: ties and specials",
-                          {"x": x, "scale": _f32(scale), "zero_point": np.array(zero_point, np.int64)},
-                          {"quant_min": lo, "quant_max": hi}))
+        cases.append(
+            Case(
+                f"{op}.{label}",
+                op,
+                "torch",
+                f"quant range [{lo}, {hi}], scale {scale:.9g}, zero point {zero_point}: ties and specials",
+                {"x": x, "scale": _f32(scale), "zero_point": np.array(zero_point, np.int64)},
+                {"quant_min": lo, "quant_max": hi},
+            )
+        )
     op = "torch.fake_quantize_per_channel_affine"
     scales = _f32([0.1, 0.00214854861, 0.37])
     rows = [np.concatenate([_ties(s, np.arange(-135, 135)), SPECIALS]) for s in scales]
-    cases.append(Case(f"{op}.int8", op, "torch",
-                      "quant range [-128, 127], axis 0: ties and specials (+Inf -> quant_min)",
-                      {"x": np.stack(rows), "scale": scales, "zero_point": np.array([0, -7, 12], np.int64)},
-                      {"axis": 0, "quant_min": -128, "quant_max": 127}))
+    cases.append(
+        Case(
+            f"{op}.int8",
+            op,
+            "torch",
+            "quant range [-128, 127], axis 0: ties and specials (+Inf -> quant_min)",
+            {"x": np.stack(rows), "scale": scales, "zero_point": np.array([0, -7, 12], np.int64)},
+            {"axis": 0, "quant_min": -128, "quant_max": 127},
+        )
+    )
 
     op = "torch.MinMaxObserver"
     rng = _rng("torch.observer")
     data = _f32(rng.standard_normal(1000) * 1.7 + 0.4)
-    configurations = [("quint8", "per_tensor_affine", False), ("quint8", "per_tensor_affine", True),
-                      ("qint8", "per_tensor_affine", False), ("qint8", "per_tensor_symmetric", False),
-                      ("qint8", "per_tensor_symmetric", True), ("quint8", "per_tensor_symmetric", False),
-                      ("qint32", "per_tensor_affine", False)]
+    configurations = [
+        ("quint8", "per_tensor_affine", False),
+        ("quint8", "per_tensor_affine", True),
+        ("qint8", "per_tensor_affine", False),
+        ("qint8", "per_tensor_symmetric", False),
+        ("qint8", "per_tensor_symmetric", True),
+        ("quint8", "per_tensor_symmetric", False),
+        ("qint32", "per_tensor_affine", False),
+    ]
     for dtype, qscheme, reduce_range in configurations:
         label = f"{dtype}.{qscheme}" + (".reduce_range" if reduce_range else "")
-        cases.append(Case(f"{op}.{label}", op, "torch", "calculate_qparams after one forward of random data",
-                          {"x": data}, {"dtype": dtype, "qscheme": qscheme, "reduce_range": reduce_range}))
+        cases.append(
+            Case(
+                f"{op}.{label}",
+                op,
+                "torch",
+                "calculate_qparams after one forward of random data",
+                {"x": data},
+                {"dtype": dtype, "qscheme": qscheme, "reduce_range": reduce_range},
+            )
+        )
     for label, x in (("all_zero", np.zeros(8, np.float32)), ("all_positive", _f32(rng.uniform(0.5, 3, 100)))):
-        cases.append(Case(f"{op}.quint8.per_tensor_affine.{label}", op, "torch",
-                          f"{label.replace('_', ' ')} input (all zero: scale = float32 eps)", {"x": x},
-                          {"dtype": "quint8", "qscheme": "per_tensor_affine", "reduce_range": False}))
+        cases.append(
+            Case(
+                f"{op}.quint8.per_tensor_affine.{label}",
+                op,
+                "torch",
+                f"{label.replace('_', ' ')} input (all zero: scale = float32 eps)",
+                {"x": x},
+                {"dtype": "quint8", "qscheme": "per_tensor_affine", "reduce_range": False},
+            )
+        )
     return cases
 
 
@@ -546,66 +883,174 @@ def _tflite_cases() -> list[Case]:
     cases = []
     rng = _rng("tflite")
     op = "tflite.QuantizeMultiplier"
-    edge = [0.0, 1.0, 0.5, 0.25, 0.75, 2.0, 1.5, 3.0, 1e-10, 1e-30, 2.0**-31, 2.0**-32, 1 - 2.0**-33, 1 - 2.0**-31,
-            0.9999999999, 1.0000000001, -0.5, -1.0, -0.3, 1234.5678, 2.0**30, 2.0**31, 2.0**40, 4.6e-10]
+    edge = [
+        0.0,
+        1.0,
+        0.5,
+        0.25,
+        0.75,
+        2.0,
+        1.5,
+        3.0,
+        1e-10,
+        1e-30,
+        2.0**-31,
+        2.0**-32,
+        1 - 2.0**-33,
+        1 - 2.0**-31,
+        0.9999999999,
+        1.0000000001,
+        -0.5,
+        -1.0,
+        -0.3,
+        1234.5678,
+        2.0**30,
+        2.0**31,
+        2.0**40,
+        4.6e-10,
+    ]
     multipliers = np.concatenate([np.array(edge), np.exp(rng.uniform(-25, 12, 200))])
     for runtime, suffix in (("tflite", ""), ("tflite-single-rounding", ".single_rounding")):
-        cases.append(Case(f"{op}.edges_and_random{suffix}", op, runtime,
-                          "exact powers of two, values that round up to 2^31, tiny values that flush to zero, "
-                          "negatives, large shifts, and log-uniform samples", {"real_multiplier": multipliers}))
+        cases.append(
+            Case(
+                f"{op}.edges_and_random{suffix}",
+                op,
+                runtime,
+                "exact powers of two, values that round up to 2^31, tiny values that flush to zero, "
+                "negatives, large shifts, and log-uniform samples",
+                {"real_multiplier": multipliers},
+            )
+        )
     op = "tflite.MultiplyByQuantizedMultiplier"
     pairs = [tflite.quantize_multiplier(m) for m in (0.5, 0.3, 0.0013, 0.75, 3.05e-5, 1.7, 0.999)]
-    x_values = np.concatenate([np.arange(-2048, 2048), rng.integers(-(2**31), 2**31, 2000),
-                               [-(2**31), -(2**31) + 1, 2**31 - 1, 2**30, -(2**30)]]).astype(np.int64)
+    x_values = np.concatenate(
+        [
+            np.arange(-2048, 2048),
+            rng.integers(-(2**31), 2**31, 2000),
+            [-(2**31), -(2**31) + 1, 2**31 - 1, 2**30, -(2**30)],
+        ]
+    ).astype(np.int64)
     grid_x, grid_pair = np.meshgrid(x_values, np.arange(len(pairs)), indexing="ij")
-    inputs = {"x": grid_x.ravel().astype(np.int32),
-              "quantized_multiplier": np.array([pairs[i][0] for i in grid_pair.ravel()], np.int32),
-              "shift": np.array([pairs[i][1] for i in grid_pair.ravel()], np.int32)}
+    inputs = {
+        "x": grid_x.ravel().astype(np.int32),
+        "quantized_multiplier": np.array([pairs[i][0] for i in grid_pair.ravel()], np.int32),
+        "shift": np.array([pairs[i][1] for i in grid_pair.ravel()], np.int32),
+    }
     for runtime, suffix in (("tflite", ".double_rounding"), ("tflite-single-rounding", ".single_rounding")):
-        cases.append(Case(f"{op}{suffix}", op, runtime,
-                          "elementwise x * M for 7 multipliers (shifts -15..1) and x in -2048..2047, random int32 and "
-                          "the extremes; the default build rounds twice (up to 0.75 LSB off), single rounding once",
-                          inputs))
+        cases.append(
+            Case(
+                f"{op}{suffix}",
+                op,
+                runtime,
+                "elementwise x * M for 7 multipliers (shifts -15..1) and x in -2048..2047, random int32 and "
+                "the extremes; the default build rounds twice (up to 0.75 LSB off), single rounding once",
+                inputs,
+            )
+        )
     op = "tflite.Quantize"
-    for dtype, scale, zero_point, lo, hi in (("int8", 0.1, -3, -128, 127), ("uint8", 0.1, 3, 0, 255),
-                                             ("int16", 1 / 3, 0, -32768, 32767)):
+    for dtype, scale, zero_point, lo, hi in (
+        ("int8", 0.1, -3, -128, 127),
+        ("uint8", 0.1, 3, 0, 255),
+        ("int16", 1 / 3, 0, -32768, 32767),
+    ):
         ks = _code_range_ks(lo, hi, zero_point, f"tflite.{dtype}")
-        cases.append(Case(f"{op}.{dtype}", op, "tflite",
-                          f"{dtype}, scale {scale:.9g}, zero point {zero_point}: ties (half away from zero), specials",
-                          {"x": np.concatenate([_ties(scale, ks), SPECIALS]), "scale": _f32(scale),
-                           "zero_point": np.array(zero_point, np.int32)}, {"dtype": dtype}))
+        cases.append(
+            Case(
+                f"{op}.{dtype}",
+                op,
+                "tflite",
+                f"{dtype}, scale {scale:.9g}, zero point {zero_point}: ties (half away from zero), specials",
+                {
+                    "x": np.concatenate([_ties(scale, ks), SPECIALS]),
+                    "scale": _f32(scale),
+                    "zero_point": np.array(zero_point, np.int32),
+                },
+                {"dtype": dtype},
+            )
+        )
     fc_scales = _f32(rng.uniform(0.002, 0.02, 8))
     fc_multiplier, fc_shift = tflite.per_channel_multipliers(0.05, fc_scales, 0.1)
-    fc = {"x": _ints(rng, -128, 128, (4, 16), np.int8), "filters": _ints(rng, -127, 128, (8, 16), np.int8),
-          "bias": _ints(rng, -3000, 3000, 8, np.int32), "output_multiplier": fc_multiplier, "output_shift": fc_shift}
+    fc = {
+        "x": _ints(rng, -128, 128, (4, 16), np.int8),
+        "filters": _ints(rng, -127, 128, (8, 16), np.int8),
+        "bias": _ints(rng, -3000, 3000, 8, np.int32),
+        "output_multiplier": fc_multiplier,
+        "output_shift": fc_shift,
+    }
     conv_scales = _f32(rng.uniform(0.002, 0.02, 6))
     conv_multiplier, conv_shift = tflite.per_channel_multipliers(0.031, conv_scales, 0.047)
-    conv = {"x": _ints(rng, -128, 128, (1, 7, 7, 4), np.int8), "filters": _ints(rng, -127, 128, (6, 3, 3, 4), np.int8),
-            "bias": _ints(rng, -3000, 3000, 6, np.int32), "output_multiplier": conv_multiplier,
-            "output_shift": conv_shift}
+    conv = {
+        "x": _ints(rng, -128, 128, (1, 7, 7, 4), np.int8),
+        "filters": _ints(rng, -127, 128, (6, 3, 3, 4), np.int8),
+        "bias": _ints(rng, -3000, 3000, 6, np.int32),
+        "output_multiplier": conv_multiplier,
+        "output_shift": conv_shift,
+    }
     grouped_multiplier, grouped_shift = tflite.per_channel_multipliers(0.031, conv_scales[:4], 0.047)
-    grouped = {"x": _ints(rng, -128, 128, (1, 8, 8, 4), np.int8),
-               "filters": _ints(rng, -127, 128, (4, 3, 3, 2), np.int8), "bias": None,
-               "output_multiplier": grouped_multiplier, "output_shift": grouped_shift}
+    grouped = {
+        "x": _ints(rng, -128, 128, (1, 8, 8, 4), np.int8),
+        "filters": _ints(rng, -127, 128, (4, 3, 3, 2), np.int8),
+        "bias": None,
+        "output_multiplier": grouped_multiplier,
+        "output_shift": grouped_shift,
+    }
     for runtime, suffix in (("tflite", ""), ("tflite-single-rounding", ".single_rounding")):
-        cases.append(Case(f"tflite.FullyConnected.per_channel{suffix}", "tflite.FullyConnected", runtime,
-                          "int8 per-channel fully connected, int32 bias, multipliers from scales 0.05 / w / 0.1",
-                          fc, {"input_zero_point": -4, "output_zero_point": 6, "activation_min": -128,
-                               "activation_max": 127}))
-        cases.append(Case(f"tflite.FullyConnected.relu{suffix}", "tflite.FullyConnected", runtime,
-                          "as above with a fused ReLU (activation_min = output zero point)",
-                          fc, {"input_zero_point": -4, "output_zero_point": 6, "activation_min": 6,
-                               "activation_max": 127}))
-        cases.append(Case(f"tflite.Conv2D.same_stride2{suffix}", "tflite.Conv2D", runtime,
-                          "int8 per-channel conv, NHWC/OHWI, SAME padding (extra pixel bottom/right), stride 2", conv,
-                          {"input_zero_point": 3, "output_zero_point": -2, "strides": [2, 2], "padding": "SAME",
-                           "dilations": [1, 1], "activation_min": -128, "activation_max": 127}))
-        cases.append(Case(f"tflite.Conv2D.grouped_dilated{suffix}", "tflite.Conv2D", runtime,
-                          "grouped (2 groups) dilated conv, explicit padding ((1, 0), (0, 2)), no bias",
-                          {k: v for k, v in grouped.items() if v is not None},
-                          {"input_zero_point": -1, "output_zero_point": 0, "strides": [1, 1],
-                           "padding": [[1, 0], [0, 2]], "dilations": [2, 2], "activation_min": -128,
-                           "activation_max": 127}))
+        cases.append(
+            Case(
+                f"tflite.FullyConnected.per_channel{suffix}",
+                "tflite.FullyConnected",
+                runtime,
+                "int8 per-channel fully connected, int32 bias, multipliers from scales 0.05 / w / 0.1",
+                fc,
+                {"input_zero_point": -4, "output_zero_point": 6, "activation_min": -128, "activation_max": 127},
+            )
+        )
+        cases.append(
+            Case(
+                f"tflite.FullyConnected.relu{suffix}",
+                "tflite.FullyConnected",
+                runtime,
+                "as above with a fused ReLU (activation_min = output zero point)",
+                fc,
+                {"input_zero_point": -4, "output_zero_point": 6, "activation_min": 6, "activation_max": 127},
+            )
+        )
+        cases.append(
+            Case(
+                f"tflite.Conv2D.same_stride2{suffix}",
+                "tflite.Conv2D",
+                runtime,
+                "int8 per-channel conv, NHWC/OHWI, SAME padding (extra pixel bottom/right), stride 2",
+                conv,
+                {
+                    "input_zero_point": 3,
+                    "output_zero_point": -2,
+                    "strides": [2, 2],
+                    "padding": "SAME",
+                    "dilations": [1, 1],
+                    "activation_min": -128,
+                    "activation_max": 127,
+                },
+            )
+        )
+        cases.append(
+            Case(
+                f"tflite.Conv2D.grouped_dilated{suffix}",
+                "tflite.Conv2D",
+                runtime,
+                "grouped (2 groups) dilated conv, explicit padding ((1, 0), (0, 2)), no bias",
+                {k: v for k, v in grouped.items() if v is not None},
+                {
+                    "input_zero_point": -1,
+                    "output_zero_point": 0,
+                    "strides": [1, 1],
+                    "padding": [[1, 0], [0, 2]],
+                    "dilations": [2, 2],
+                    "activation_min": -128,
+                    "activation_max": 127,
+                },
+            )
+        )
     return cases
 
 
@@ -650,16 +1095,29 @@ def evaluate(
     i, a = inputs, attributes
     flavor = "reference" if runtime == "onnx-reference" else "onnxruntime"
     single_rounding = runtime == "tflite-single-rounding"
-    conv = {key: (tuple(a[key]) if key in ("strides", "pads", "dilations") else a[key])
-            for key in ("strides", "pads", "dilations", "group") if key in a}
+    conv = {
+        key: (tuple(a[key]) if key in ("strides", "pads", "dilations") else a[key])
+        for key in ("strides", "pads", "dilations", "group")
+        if key in a
+    }
     if operator == "onnx.QuantizeLinear":
-        y = onnx.quantize_linear(i["x"], i["y_scale"], i.get("y_zero_point"), axis=a.get("axis", 1),
-                                 block_size=a.get("block_size", 0), saturate=bool(a.get("saturate", 1)),
-                                 output_dtype=a.get("output_dtype"), flavor=flavor)
+        y = onnx.quantize_linear(
+            i["x"],
+            i["y_scale"],
+            i.get("y_zero_point"),
+            axis=a.get("axis", 1),
+            block_size=a.get("block_size", 0),
+            saturate=bool(a.get("saturate", 1)),
+            output_dtype=a.get("output_dtype"),
+            flavor=flavor,
+        )
         outputs = {"y": y}
     elif operator == "onnx.DequantizeLinear":
-        outputs = {"y": onnx.dequantize_linear(i["x"], i["x_scale"], i.get("x_zero_point"), axis=a.get("axis", 1),
-                                               block_size=a.get("block_size", 0))}
+        outputs = {
+            "y": onnx.dequantize_linear(
+                i["x"], i["x_scale"], i.get("x_zero_point"), axis=a.get("axis", 1), block_size=a.get("block_size", 0)
+            )
+        }
     elif operator == "onnx.DynamicQuantizeLinear":
         outputs = dict(zip(("y", "y_scale", "y_zero_point"), onnx.dynamic_quantize_linear(i["x"], flavor=flavor)))
     elif operator == "onnx.MatMulInteger":
@@ -677,11 +1135,17 @@ def evaluate(
     elif operator == "torch.quantize_per_channel":
         outputs = {"y": torch.quantize_per_channel(i["x"], i["scales"], i["zero_points"], a["axis"], a["dtype"])}
     elif operator == "torch.fake_quantize_per_tensor_affine":
-        outputs = {"y": torch.fake_quantize_per_tensor_affine(i["x"], float(i["scale"]), int(i["zero_point"]),
-                                                              a["quant_min"], a["quant_max"])}
+        outputs = {
+            "y": torch.fake_quantize_per_tensor_affine(
+                i["x"], float(i["scale"]), int(i["zero_point"]), a["quant_min"], a["quant_max"]
+            )
+        }
     elif operator == "torch.fake_quantize_per_channel_affine":
-        outputs = {"y": torch.fake_quantize_per_channel_affine(i["x"], i["scale"], i["zero_point"], a["axis"],
-                                                               a["quant_min"], a["quant_max"])}
+        outputs = {
+            "y": torch.fake_quantize_per_channel_affine(
+                i["x"], i["scale"], i["zero_point"], a["axis"], a["quant_min"], a["quant_max"]
+            )
+        }
     elif operator == "torch.MinMaxObserver":
         scale, zero_point = torch.min_max_observer(i["x"], a["dtype"], a["qscheme"], a["reduce_range"])
         outputs = {"scale": scale, "zero_point": zero_point}
@@ -689,8 +1153,11 @@ def evaluate(
         multiplier, shift = tflite.quantize_multiplier_array(i["real_multiplier"], single_rounding=single_rounding)
         outputs = {"quantized_multiplier": multiplier, "shift": shift}
     elif operator == "tflite.MultiplyByQuantizedMultiplier":
-        outputs = {"y": tflite.multiply_by_quantized_multiplier(i["x"], i["quantized_multiplier"], i["shift"],
-                                                                single_rounding=single_rounding)}
+        outputs = {
+            "y": tflite.multiply_by_quantized_multiplier(
+                i["x"], i["quantized_multiplier"], i["shift"], single_rounding=single_rounding
+            )
+        }
     elif operator == "tflite.Quantize":
         outputs = {"y": tflite.quantize(i["x"], float(i["scale"]), int(i["zero_point"]), a["dtype"])}
     elif operator in ("tflite.FullyConnected", "tflite.Conv2D"):
@@ -699,8 +1166,17 @@ def evaluate(
         if operator == "tflite.Conv2D":
             padding = a["padding"] if isinstance(a["padding"], str) else tuple(tuple(p) for p in a["padding"])
             options.update(strides=tuple(a["strides"]), dilations=tuple(a["dilations"]), padding=padding)
-        outputs = {"y": kernel(i["x"], i["filters"], i.get("bias"), i["output_multiplier"], i["output_shift"],
-                               single_rounding=single_rounding, **options)}
+        outputs = {
+            "y": kernel(
+                i["x"],
+                i["filters"],
+                i.get("bias"),
+                i["output_multiplier"],
+                i["output_shift"],
+                single_rounding=single_rounding,
+                **options,
+            )
+        }
     else:
         raise ValueError(f"unknown operator {operator!r}")
     return {name: np.asarray(value) for name, value in outputs.items()}
@@ -758,17 +1234,19 @@ def write_vectors(out_dir: str | Path, *, force: bool = False, cases: list[Case]
             raise ValueError(f"case {case.id}: names {clash} are both inputs and outputs")
         arrays = {name: encode(array)[0] for name, array in {**case.inputs, **outputs}.items()}
         _write_npz(case_dir / f"{case.id}.npz", arrays)
-        entries.append({
-            "id": case.id,
-            "operator": case.operator,
-            "runtime": case.runtime,
-            "expectation": _expectation(case.runtime),
-            "description": case.description,
-            "file": f"cases/{case.id}.npz",
-            "attributes": case.attributes,
-            "inputs": _describe(case.inputs),
-            "outputs": _describe(outputs),
-        })
+        entries.append(
+            {
+                "id": case.id,
+                "operator": case.operator,
+                "runtime": case.runtime,
+                "expectation": _expectation(case.runtime),
+                "description": case.description,
+                "file": f"cases/{case.id}.npz",
+                "attributes": case.attributes,
+                "inputs": _describe(case.inputs),
+                "outputs": _describe(outputs),
+            }
+        )
     manifest = {
         "format": "quantref-vectors",
         "format_version": FORMAT_VERSION,
@@ -801,8 +1279,10 @@ def load_manifest(vectors_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"{vectors_dir} has no manifest.json; is it a directory written by `quantref vectors`?")
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != "quantref-vectors" or manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r}; "
-                         f"this quantref reads quantref-vectors version {FORMAT_VERSION}")
+        raise ValueError(
+            f"{path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r}; "
+            f"this quantref reads quantref-vectors version {FORMAT_VERSION}"
+        )
     return manifest
 
 
@@ -817,8 +1297,10 @@ def load_case(vectors_dir: str | Path, entry: dict[str, Any]) -> tuple[dict[str,
       ``(inputs, outputs)``: name → array, in manifest order.
     """
     arrays = _read_npz(Path(vectors_dir) / entry["file"])
-    return tuple({spec["name"]: decode(arrays[spec["name"]], spec["dtype"]) for spec in entry[kind]}
-                 for kind in ("inputs", "outputs"))
+    return tuple(
+        {spec["name"]: decode(arrays[spec["name"]], spec["dtype"]) for spec in entry[kind]}
+        for kind in ("inputs", "outputs")
+    )
 
 
 def _select(manifest: dict[str, Any], patterns: list[str] | None) -> list[dict[str, Any]]:
@@ -969,8 +1451,11 @@ def check(
             outcomes.append(CaseResult(entry["id"], "fail", {}, error=actual))
             continue
         _, expected = load_case(vectors_dir, entry)
-        comparisons = {name: testing.compare(actual[name], value, max_report=max_report)
-                       for name, value in expected.items() if name in actual}
+        comparisons = {
+            name: testing.compare(actual[name], value, max_report=max_report)
+            for name, value in expected.items()
+            if name in actual
+        }
         missing = tuple(name for name in expected if name not in actual)
         passed = not missing and all(c.ok for c in comparisons.values())
         outcomes.append(CaseResult(entry["id"], "pass" if passed else "fail", comparisons, missing))
@@ -1008,7 +1493,9 @@ def format_check(report: CheckReport, *, verbose: bool = False) -> str:
             lines.append(f"         {name}: missing from the results")
     for name in report.unexpected:
         lines.append(f"NOTE     result {name!r} names no case in the manifest (ignored)")
-    summary = (f"{report.count('pass')} passed, {report.count('fail')} failed, {report.count('missing')} missing "
-               f"of {len(report.cases)} cases")
+    summary = (
+        f"{report.count('pass')} passed, {report.count('fail')} failed, {report.count('missing')} missing "
+        f"of {len(report.cases)} cases"
+    )
     lines.append(("OK: " if report.ok else "MISMATCH: ") + summary)
     return "\n".join(lines)

@@ -94,7 +94,9 @@ def test_quantize_dequantize_match_slow_loop(shape, axis, block_size, fmt):
     assert (expected_q == fmt.qmin).any() and (expected_q == fmt.qmax).any()
     x_hat = affine.dequantize(q, scale, zero_point, axis=axis, block_size=block_size)
     assert x_hat.dtype == jnp.float32
-    np.testing.assert_array_equal(np.asarray(x_hat), _reference_dequantize(expected_q, scale, zero_point, axis, block_size))
+    np.testing.assert_array_equal(
+        np.asarray(x_hat), _reference_dequantize(expected_q, scale, zero_point, axis, block_size)
+    )
     fq = affine.fake_quant(x, scale, zero_point, fmt, axis=axis, block_size=block_size)
     np.testing.assert_array_equal(np.asarray(fq), np.asarray(x_hat))
 
@@ -306,7 +308,9 @@ def test_symmetric_unsigned_is_centred_on_128():
     q = affine.quantize(jnp.array([-2.0, 0.0, 2.0]), scale, zero_point, formats.UINT8)
     np.testing.assert_array_equal(q, [128 - 127, 128, 128 + 127])
     # PyTorch quint8 per_tensor_symmetric: scale = absmax / 127.5, zero point 128.
-    scale, zero_point = affine.scale_zero_point(-2.0, 1.0, formats.UINT8, symmetric=True, symmetric_divisor="half_levels")
+    scale, zero_point = affine.scale_zero_point(
+        -2.0, 1.0, formats.UINT8, symmetric=True, symmetric_divisor="half_levels"
+    )
     assert int(zero_point) == 128
     np.testing.assert_allclose(float(scale), 2.0 / 127.5, rtol=1e-7)
 

@@ -89,7 +89,10 @@ def test_float_model_matches_flax(exported):
     x = np.load(exported["test_inputs"])["x"]
     model = train.load_or_train(progress=False)
     np.testing.assert_allclose(
-        _session(str(exported["float"]), "disable_all").run(None, {"x": x})[0], np.asarray(model(x)), rtol=1e-4, atol=1e-4
+        _session(str(exported["float"]), "disable_all").run(None, {"x": x})[0],
+        np.asarray(model(x)),
+        rtol=1e-4,
+        atol=1e-4,
     )
 
 

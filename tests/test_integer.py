@@ -60,7 +60,10 @@ def _integer_forward_np(qmodel, rescale, x):
     q = lambda a: (np.asarray(a.scale, np.float32), int(a.zero_point))  # noqa: E731
     scale, zp = q(qmodel.input)
     codes = np.clip(np.rint(np.asarray(x, np.float32) / scale) + zp, fmt.qmin, fmt.qmax)
-    for name, inp, out in (("conv1", qmodel.input, qmodel.conv1_output), ("conv2", qmodel.conv1_output, qmodel.conv2_output)):
+    for name, inp, out in (
+        ("conv1", qmodel.input, qmodel.conv1_output),
+        ("conv2", qmodel.conv1_output, qmodel.conv2_output),
+    ):
         layer = getattr(qmodel, name)
         acc = _conv_np(codes, inp.zero_point, layer.kernel, layer.bias)
         codes = _requant_np(acc, getattr(rescale, name), out.zero_point, max(fmt.qmin, int(out.zero_point)), fmt.qmax)
@@ -84,7 +87,9 @@ def test_quantize_multiplier_known_values():
 
 
 def _int32_samples(rng, count):
-    edges = np.array([0, 1, -1, 2, -2, INT32_MAX, INT32_MIN, INT32_MIN + 1, 2**30, -(2**30), 46341, -46341, 65535, 65536])
+    edges = np.array(
+        [0, 1, -1, 2, -2, INT32_MAX, INT32_MIN, INT32_MIN + 1, 2**30, -(2**30), 46341, -46341, 65535, 65536]
+    )
     return np.concatenate([edges, rng.integers(INT32_MIN, INT32_MAX, count, endpoint=True)]).astype(np.int32)
 
 
@@ -111,8 +116,9 @@ def test_rounding_divide_by_pot_matches_python_integers():
         expected = [_rdbpot_reference(int(v), exponent) for v in x]
         np.testing.assert_array_equal(got, expected)
     # Ties go away from zero.
-    np.testing.assert_array_equal(np.asarray(tflite.rounding_divide_by_pot(np.array([6, -6, 2, -2], np.int32), 2)),
-                                  [2, -2, 1, -1])
+    np.testing.assert_array_equal(
+        np.asarray(tflite.rounding_divide_by_pot(np.array([6, -6, 2, -2], np.int32), 2)), [2, -2, 1, -1]
+    )
 
 
 def test_mbqm_within_one_of_exact_rounding():
@@ -131,7 +137,9 @@ def test_onnxruntime_requantize_rounds_before_adding_the_zero_point():
     # 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -0.5 -> 0, -1.5 -> -2, 3.5 -> 4 (half to even), then + 3.
     got = integer.requantize(acc, multiplier, jnp.int32(3), 0, 255)
     np.testing.assert_array_equal(np.asarray(got), [3, 5, 5, 3, 1, 7])
-    np.testing.assert_array_equal(np.asarray(integer.requantize(acc, multiplier, jnp.int32(3), 4, 6)), [4, 5, 5, 4, 4, 6])
+    np.testing.assert_array_equal(
+        np.asarray(integer.requantize(acc, multiplier, jnp.int32(3), 4, 6)), [4, 5, 5, 4, 4, 6]
+    )
 
 
 # --- the network -------------------------------------------------------------------------------------------------
@@ -139,13 +147,15 @@ def test_onnxruntime_requantize_rounds_before_adding_the_zero_point():
 
 def _far_inputs(count=16):
     rng = np.random.default_rng(3)
-    return np.concatenate([
-        rng.uniform(-3, 4, (count, 8, 8, 1)),
-        np.zeros((1, 8, 8, 1)),
-        np.ones((1, 8, 8, 1)),
-        np.full((1, 8, 8, 1), 1e6),
-        np.full((1, 8, 8, 1), -1e6),
-    ]).astype(np.float32)
+    return np.concatenate(
+        [
+            rng.uniform(-3, 4, (count, 8, 8, 1)),
+            np.zeros((1, 8, 8, 1)),
+            np.ones((1, 8, 8, 1)),
+            np.full((1, 8, 8, 1), 1e6),
+            np.full((1, 8, 8, 1), -1e6),
+        ]
+    ).astype(np.float32)
 
 
 @pytest.mark.parametrize("requantization", integer.REQUANTIZATIONS)
@@ -158,7 +168,9 @@ def test_integer_forward_equals_numpy_int64_reference(params, splits, qmodel, re
     out = integer.integer_forward(qmodel, rescale, x)
     assert out.logits_q.dtype == (jnp.int8 if signed else jnp.uint8)
     np.testing.assert_array_equal(np.asarray(out.logits_q), _integer_forward_np(qmodel, rescale, x))
-    dequantized = (np.asarray(out.logits_q).astype(np.int32) - int(out.zero_point)).astype(np.float32) * np.float32(out.scale)
+    dequantized = (np.asarray(out.logits_q).astype(np.int32) - int(out.zero_point)).astype(np.float32) * np.float32(
+        out.scale
+    )
     np.testing.assert_array_equal(np.asarray(out.logits), dequantized)
 
 

@@ -8,7 +8,7 @@ import pytest
 from quantref.render import ChapterError, chapter_scripts, parse_cells, render_all, render_chapter
 
 SCRIPT = textwrap.dedent(
-    '''\
+    """\
     # %% [markdown]
     # # Tiny chapter
     #
@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent(
 
     # %%
     answer = 6 * 7  # state carries over between cells
-    '''
+    """
 )
 
 

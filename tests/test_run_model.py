@@ -64,8 +64,10 @@ def assert_bitwise(actual: dict, expected: dict, label=""):
         e_bytes = e.reshape(-1).view(np.uint8).reshape(e.size, -1)
         if not np.array_equal(a_bytes, e_bytes):
             bad = np.flatnonzero(np.any(a_bytes != e_bytes, axis=1))
-            pytest.fail(f"{label} {name}: {bad.size} of {a.size} differ; at {bad[:8].tolist()}: run_model="
-                        f"{a.ravel()[bad[:8]].tolist()} onnxruntime={e.ravel()[bad[:8]].tolist()}")
+            pytest.fail(
+                f"{label} {name}: {bad.size} of {a.size} differ; at {bad[:8].tolist()}: run_model="
+                f"{a.ravel()[bad[:8]].tolist()} onnxruntime={e.ravel()[bad[:8]].tolist()}"
+            )
 
 
 def check_against_ort(model, feeds, label=""):
@@ -82,7 +84,8 @@ def tensor_type(dtype) -> int:
 def make_model(nodes, inputs, outputs, initializers=(), opset=21):
     """``inputs``: {name: array} (shapes taken from the arrays); ``outputs``: {name: dtype}."""
     graph = helper.make_graph(
-        nodes, "test",
+        nodes,
+        "test",
         [helper.make_tensor_value_info(n, tensor_type(v.dtype), list(v.shape)) for n, v in inputs.items()],
         [helper.make_tensor_value_info(n, tensor_type(d), None) for n, d in outputs.items()],
         initializer=[numpy_helper.from_array(np.asarray(v), n) for n, v in dict(initializers).items()],
@@ -158,32 +161,43 @@ def test_matmul_integer_then_cast():
         helper.make_node("MatMulInteger", ["a", "b"], ["acc0"]),
     ]
     init = {"za": np.uint8(131), "zb": np.array([-3, 0, 7], np.int8)}
-    check_against_ort(make_model(nodes, {"a": a, "b": b}, {"y": np.float32, "acc0": np.int32}, init),
-                      {"a": a, "b": b})
+    check_against_ort(make_model(nodes, {"a": a, "b": b}, {"y": np.float32, "acc0": np.int32}, init), {"a": a, "b": b})
 
 
-@pytest.mark.parametrize("attrs", [
-    dict(kernel_shape=[3, 3], pads=[1, 0, 2, 1], strides=[2, 1]),
-    dict(dilations=[2, 1], group=2),
-    dict(auto_pad="SAME_UPPER", strides=[2, 2]),
-    dict(auto_pad="SAME_LOWER", strides=[2, 3]),
-    dict(auto_pad="VALID"),
-], ids=["pads_strides", "dilated_grouped", "same_upper", "same_lower", "valid"])
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        dict(kernel_shape=[3, 3], pads=[1, 0, 2, 1], strides=[2, 1]),
+        dict(dilations=[2, 1], group=2),
+        dict(auto_pad="SAME_UPPER", strides=[2, 2]),
+        dict(auto_pad="SAME_LOWER", strides=[2, 3]),
+        dict(auto_pad="VALID"),
+    ],
+    ids=["pads_strides", "dilated_grouped", "same_upper", "same_lower", "valid"],
+)
 def test_conv_integer(attrs):
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (2, 4, 9, 8), dtype=np.uint8)
     w = rng.integers(0, 256, (6, 4 // attrs.get("group", 1), 3, 3), dtype=np.uint8)
     nodes = [helper.make_node("ConvInteger", ["x", "w", "zx", "zw"], ["y"], **attrs)]
-    check_against_ort(make_model(nodes, {"x": x}, {"y": np.int32}, {"w": w, "zx": np.uint8(100), "zw": np.uint8(7)}),
-                      {"x": x})
+    check_against_ort(
+        make_model(nodes, {"x": x}, {"y": np.int32}, {"w": w, "zx": np.uint8(100), "zw": np.uint8(7)}), {"x": x}
+    )
 
 
 def test_qlinear_matmul_batched_and_per_column():
     rng = np.random.default_rng(2)
     a = rng.integers(0, 256, (3, 4, 16), dtype=np.uint8)
     b = rng.integers(-128, 128, (16, 5), dtype=np.int8)
-    init = {"sa": np.float32(0.02), "za": np.uint8(120), "b": b, "sb": rng.uniform(0.01, 0.05, 5).astype(np.float32),
-            "zb": np.zeros(5, np.int8), "sy": np.float32(0.37), "zy": np.uint8(101)}
+    init = {
+        "sa": np.float32(0.02),
+        "za": np.uint8(120),
+        "b": b,
+        "sb": rng.uniform(0.01, 0.05, 5).astype(np.float32),
+        "zb": np.zeros(5, np.int8),
+        "sy": np.float32(0.37),
+        "zy": np.uint8(101),
+    }
     nodes = [helper.make_node("QLinearMatMul", ["a", "sa", "za", "b", "sb", "zb", "sy", "zy"], ["y"])]
     check_against_ort(make_model(nodes, {"a": a}, {"y": np.uint8}, init), {"a": a})
 
@@ -192,11 +206,26 @@ def test_qlinear_conv_grouped_same_upper_with_bias():
     rng = np.random.default_rng(3)
     x = rng.integers(-128, 128, (2, 6, 7, 7), dtype=np.int8)
     w = rng.integers(-127, 128, (4, 3, 3, 3), dtype=np.int8)
-    init = {"sx": np.float32(0.05), "zx": np.int8(3), "w": w, "sw": rng.uniform(0.001, 0.01, 4).astype(np.float32),
-            "zw": np.int8(0), "sy": np.float32(0.11), "zy": np.int8(-20),
-            "bias": rng.integers(-5000, 5000, 4).astype(np.int32)}
-    nodes = [helper.make_node("QLinearConv", ["x", "sx", "zx", "w", "sw", "zw", "sy", "zy", "bias"], ["y"],
-                              group=2, auto_pad="SAME_UPPER", strides=[2, 2])]
+    init = {
+        "sx": np.float32(0.05),
+        "zx": np.int8(3),
+        "w": w,
+        "sw": rng.uniform(0.001, 0.01, 4).astype(np.float32),
+        "zw": np.int8(0),
+        "sy": np.float32(0.11),
+        "zy": np.int8(-20),
+        "bias": rng.integers(-5000, 5000, 4).astype(np.int32),
+    }
+    nodes = [
+        helper.make_node(
+            "QLinearConv",
+            ["x", "sx", "zx", "w", "sw", "zw", "sy", "zy", "bias"],
+            ["y"],
+            group=2,
+            auto_pad="SAME_UPPER",
+            strides=[2, 2],
+        )
+    ]
     check_against_ort(make_model(nodes, {"x": x}, {"y": np.int8}, init), {"x": x})
 
 
@@ -229,15 +258,15 @@ def test_dynamic_quantize_then_dequantize_with_constants():
     nodes = [
         helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
         helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xr"]),
-        helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(np.array([0.1, 0.2, 0.3, 0.4],
-                                                                                       np.float32))),
+        helper.make_node(
+            "Constant", [], ["s"], value=numpy_helper.from_array(np.array([0.1, 0.2, 0.3, 0.4], np.float32))
+        ),
         helper.make_node("QuantizeLinear", ["xr", "s"], ["q4"], axis=0, output_dtype=TensorProto.INT4),
         helper.make_node("DequantizeLinear", ["q4", "s"], ["y4"], axis=0),
         helper.make_node("Constant", [], ["sb"], value_float=0.25),
         helper.make_node("QuantizeLinear", ["x", "sb", ""], ["qu8"]),  # empty optional input: uint8, zero point 0
     ]
-    outputs = {"xq": np.uint8, "xs": np.float32, "xz": np.uint8, "xr": np.float32, "y4": np.float32,
-               "qu8": np.uint8}
+    outputs = {"xq": np.uint8, "xs": np.float32, "xz": np.uint8, "xr": np.float32, "y4": np.float32, "qu8": np.uint8}
     check_against_ort(make_model(nodes, {"x": x}, outputs), {"x": x})
 
 
@@ -250,8 +279,9 @@ def test_blocked_quantize_dequantize():
         helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1, block_size=4),
         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=1, block_size=4),
     ]
-    check_against_ort(make_model(nodes, {"x": x}, {"q": np.int8, "y": np.float32}, {"s": scale, "z": zero_point}),
-                      {"x": x})
+    check_against_ort(
+        make_model(nodes, {"x": x}, {"q": np.int8, "y": np.float32}, {"s": scale, "z": zero_point}), {"x": x}
+    )
 
 
 MAXPOOL_CASES = {
@@ -282,10 +312,14 @@ def test_max_pool_2d(case, dtype):
     check_against_ort(make_model(nodes, {"x": x}, {"y": dtype}), {"x": x}, case)
 
 
-@pytest.mark.parametrize("shape,attrs", [
-    ((2, 3, 11), dict(kernel_shape=[3], strides=[2], pads=[1, 1], ceil_mode=1)),
-    ((1, 2, 5, 6, 7), dict(kernel_shape=[2, 3, 2], strides=[2, 2, 3], pads=[1, 0, 1, 0, 2, 1])),
-], ids=["1d", "3d"])
+@pytest.mark.parametrize(
+    "shape,attrs",
+    [
+        ((2, 3, 11), dict(kernel_shape=[3], strides=[2], pads=[1, 1], ceil_mode=1)),
+        ((1, 2, 5, 6, 7), dict(kernel_shape=[2, 3, 2], strides=[2, 2, 3], pads=[1, 0, 1, 0, 2, 1])),
+    ],
+    ids=["1d", "3d"],
+)
 def test_max_pool_1d_3d(shape, attrs):
     x = np.random.default_rng(9).integers(0, 256, shape, dtype=np.uint8)
     nodes = [helper.make_node("MaxPool", ["x"], ["y"], **attrs)]
@@ -293,14 +327,53 @@ def test_max_pool_1d_3d(shape, attrs):
 
 
 CAST_FLOATS = np.array(
-    [0.0, -0.0, 0.4, -0.7, 1.5, -1.5, 2.5, 126.9, 127.5, 128.0, -128.9, -129.5, 255.5, 256.0, 300.0, -300.0, 1000.0,
-     32767.5, 32768.0, -32769.0, 65543.0, 2.0**31, -(2.0**31), 3e9, -3e9, 1e10, -1e10, 2.0**63, 1e20, np.inf,
-     -np.inf, np.nan, 1e-40, 448.0, 500.0, 6e4, 1.0000001], np.float32)
+    [
+        0.0,
+        -0.0,
+        0.4,
+        -0.7,
+        1.5,
+        -1.5,
+        2.5,
+        126.9,
+        127.5,
+        128.0,
+        -128.9,
+        -129.5,
+        255.5,
+        256.0,
+        300.0,
+        -300.0,
+        1000.0,
+        32767.5,
+        32768.0,
+        -32769.0,
+        65543.0,
+        2.0**31,
+        -(2.0**31),
+        3e9,
+        -3e9,
+        1e10,
+        -1e10,
+        2.0**63,
+        1e20,
+        np.inf,
+        -np.inf,
+        np.nan,
+        1e-40,
+        448.0,
+        500.0,
+        6e4,
+        1.0000001,
+    ],
+    np.float32,
+)
 INT_TARGETS = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64]
 
 
-@pytest.mark.parametrize("target", INT_TARGETS + [np.bool_, np.float16, np.float64, ml_dtypes.bfloat16],
-                         ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize(
+    "target", INT_TARGETS + [np.bool_, np.float16, np.float64, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name
+)
 def test_cast_from_float32_in_and_out_of_range(target):
     x = np.concatenate([CAST_FLOATS, np.random.default_rng(10).uniform(-400, 400, 200).astype(np.float32)])
     nodes = [helper.make_node("Cast", ["x"], ["y"], to=tensor_type(target))]
@@ -309,8 +382,9 @@ def test_cast_from_float32_in_and_out_of_range(target):
 
 
 @pytest.mark.parametrize("source", [np.float16, np.float64], ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("target", [np.int8, np.uint8, np.int16, np.int32, np.int64, np.float32],
-                         ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize(
+    "target", [np.int8, np.uint8, np.int16, np.int32, np.int64, np.float32], ids=lambda d: np.dtype(d).name
+)
 def test_cast_from_float16_float64(source, target):
     with np.errstate(all="ignore"):
         x = CAST_FLOATS.astype(source)
@@ -318,8 +392,11 @@ def test_cast_from_float16_float64(source, target):
     check_against_ort(make_model(nodes, {"x": x}, {"y": target}), {"x": x})
 
 
-@pytest.mark.parametrize("target", [ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fnuz, ml_dtypes.float8_e5m2,
-                                    ml_dtypes.float8_e5m2fnuz], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize(
+    "target",
+    [ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fnuz, ml_dtypes.float8_e5m2, ml_dtypes.float8_e5m2fnuz],
+    ids=lambda d: np.dtype(d).name,
+)
 @pytest.mark.parametrize("saturate", [1, 0])
 def test_cast_float8_round_trip(target, saturate):
     x = np.concatenate([CAST_FLOATS, np.random.default_rng(11).standard_normal(300).astype(np.float32) * 100])
@@ -337,10 +414,14 @@ def test_cast_between_integers_and_to_float():
     x = rng.integers(-(2**31), 2**31, 300, dtype=np.int64) * rng.integers(1, 2**20, 300)
     x[:6] = [0, -1, 2**24 + 1, 2**53 + 1, -(2**63), 2**63 - 1]
     packed = np.array([-8, -1, 0, 7], ml_dtypes.int4)
-    nodes = [helper.make_node("Cast", ["x"], [f"y{i}"], to=tensor_type(t))
-             for i, t in enumerate(INT_TARGETS + [np.float32, np.float16, np.float64, np.bool_])]
-    nodes += [helper.make_node("Cast", ["p"], ["p8"], to=TensorProto.INT8),
-              helper.make_node("Cast", ["p"], ["pf"], to=TensorProto.FLOAT)]
+    nodes = [
+        helper.make_node("Cast", ["x"], [f"y{i}"], to=tensor_type(t))
+        for i, t in enumerate(INT_TARGETS + [np.float32, np.float16, np.float64, np.bool_])
+    ]
+    nodes += [
+        helper.make_node("Cast", ["p"], ["p8"], to=TensorProto.INT8),
+        helper.make_node("Cast", ["p"], ["pf"], to=TensorProto.FLOAT),
+    ]
     outputs = {f"y{i}": t for i, t in enumerate(INT_TARGETS + [np.float32, np.float16, np.float64, np.bool_])}
     outputs.update(p8=np.int8, pf=np.float32)
     with np.errstate(all="ignore"):
@@ -354,7 +435,9 @@ def test_cast_between_integers_and_to_float():
 def tiny_model(extra_nodes=(), domain_imports=()):
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="quant"), *extra_nodes]
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.UNDEFINED, None)],
         initializer=[numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(3), "z")],
     )
@@ -385,8 +468,10 @@ def test_unsupported_operator_is_reported_before_running():
 
 
 def test_non_default_domain():
-    model = tiny_model([helper.make_node("QLinearAdd", ["q"], ["y"], name="add", domain="com.microsoft")],
-                       domain_imports=["com.microsoft"])
+    model = tiny_model(
+        [helper.make_node("QLinearAdd", ["q"], ["y"], name="add", domain="com.microsoft")],
+        domain_imports=["com.microsoft"],
+    )
     with pytest.raises(ValueError, match=r"'add'.*com\.microsoft"):
         run_model(model, {"x": np.zeros((1, 4), np.float32)})
 
@@ -425,15 +510,31 @@ def test_undefined_input_and_topological_order():
 
 
 def test_supported_ops_listed():
-    assert set(SUPPORTED_OPS) >= {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MaxPool",
-                                  "MatMulInteger", "ConvInteger", "Cast", "Relu", "Identity", "Transpose",
-                                  "Reshape", "Flatten", "DynamicQuantizeLinear", "Constant"}
+    assert set(SUPPORTED_OPS) >= {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "MaxPool",
+        "MatMulInteger",
+        "ConvInteger",
+        "Cast",
+        "Relu",
+        "Identity",
+        "Transpose",
+        "Reshape",
+        "Flatten",
+        "DynamicQuantizeLinear",
+        "Constant",
+    }
 
 
 def test_library_imports_without_onnx():
-    code = ("import sys; sys.modules['onnx'] = None\n"
-            "import quantref.runtimes.onnx as qo\n"
-            "try:\n    qo.run_model('m.onnx', {})\nexcept ImportError:\n    print('needs onnx')\n")
+    code = (
+        "import sys; sys.modules['onnx'] = None\n"
+        "import quantref.runtimes.onnx as qo\n"
+        "try:\n    qo.run_model('m.onnx', {})\nexcept ImportError:\n    print('needs onnx')\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "needs onnx"

@@ -20,13 +20,19 @@ from onnx.reference import ReferenceEvaluator  # noqa: E402
 
 from quantref.runtimes import onnx as qo  # noqa: E402
 
-INT_DTYPES = [np.dtype(d) for d in (np.int8, np.uint8, np.int16, np.uint16, ml_dtypes.int4, ml_dtypes.uint4,
-                                    ml_dtypes.int2, ml_dtypes.uint2)]
-FLOAT8_DTYPES = [np.dtype(d) for d in (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fnuz, ml_dtypes.float8_e5m2,
-                                       ml_dtypes.float8_e5m2fnuz)]
+INT_DTYPES = [
+    np.dtype(d)
+    for d in (np.int8, np.uint8, np.int16, np.uint16, ml_dtypes.int4, ml_dtypes.uint4, ml_dtypes.int2, ml_dtypes.uint2)
+]
+FLOAT8_DTYPES = [
+    np.dtype(d)
+    for d in (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fnuz, ml_dtypes.float8_e5m2, ml_dtypes.float8_e5m2fnuz)
+]
 SUB_BYTE = {np.dtype(d) for d in (ml_dtypes.int4, ml_dtypes.uint4, ml_dtypes.int2, ml_dtypes.uint2)}
-TENSOR_TYPE = {np.dtype(dtype): helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-               for dtype in INT_DTYPES + FLOAT8_DTYPES + [np.dtype(np.float32), np.dtype(np.int32)]}
+TENSOR_TYPE = {
+    np.dtype(dtype): helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    for dtype in INT_DTYPES + FLOAT8_DTYPES + [np.dtype(np.float32), np.dtype(np.int32)]
+}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -53,8 +59,14 @@ def build(op, inputs, outputs, attrs=None, constants=(), opset=21, widen=True):
         else:
             graph_inputs.append(helper.make_tensor_value_info(name, TENSOR_TYPE[value.dtype], list(value.shape)))
             feeds[name] = value
-    nodes = [helper.make_node(op, [name if value is not None else "" for name, value in inputs],
-                              [name for name, _ in outputs], **(attrs or {}))]
+    nodes = [
+        helper.make_node(
+            op,
+            [name if value is not None else "" for name, value in inputs],
+            [name for name, _ in outputs],
+            **(attrs or {}),
+        )
+    ]
     graph_outputs = []
     for name, dtype in outputs:
         if widen and np.dtype(dtype) in SUB_BYTE:
@@ -117,8 +129,10 @@ def assert_same(actual, expected, x=None, label=""):
     if bad.size:
         where = bad[:8]
         inputs = "" if x is None else f" x={np.asarray(x).ravel()[where].tolist()}"
-        pytest.fail(f"{label}: {bad.size} of {a.size} differ; at {where.tolist()}:{inputs} "
-                    f"quantref={a.ravel()[where].tolist()} runtime={e.ravel()[where].tolist()}")
+        pytest.fail(
+            f"{label}: {bad.size} of {a.size} differ; at {where.tolist()}:{inputs} "
+            f"quantref={a.ravel()[where].tolist()} runtime={e.ravel()[where].tolist()}"
+        )
 
 
 def assert_same_float(actual, expected, label=""):
@@ -128,8 +142,10 @@ def assert_same_float(actual, expected, label=""):
     bad = np.flatnonzero(~both_nan.ravel() & (actual.view(np.uint32).ravel() != expected.view(np.uint32).ravel()))
     if bad.size:
         where = bad[:8]
-        pytest.fail(f"{label}: {bad.size} of {actual.size} differ; at {where.tolist()}: "
-                    f"quantref={actual.ravel()[where].tolist()} runtime={expected.ravel()[where].tolist()}")
+        pytest.fail(
+            f"{label}: {bad.size} of {actual.size} differ; at {where.tolist()}: "
+            f"quantref={actual.ravel()[where].tolist()} runtime={expected.ravel()[where].tolist()}"
+        )
 
 
 def quantize_node(x, scale, zero_point, out_dtype, runner, *, axis=1, block_size=0, saturate=True):
@@ -139,8 +155,9 @@ def quantize_node(x, scale, zero_point, out_dtype, runner, *, axis=1, block_size
     if out_dtype in FLOAT8_DTYPES:
         attrs["saturate"] = int(saturate)
     inputs = [("x", x), ("s", scale), ("z", zero_point)]
-    return runner("QuantizeLinear", inputs, [("y", out_dtype)], attrs, constants=("s", "z"),
-                  opset=opset_for(out_dtype))[0]
+    return runner(
+        "QuantizeLinear", inputs, [("y", out_dtype)], attrs, constants=("s", "z"), opset=opset_for(out_dtype)
+    )[0]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -152,11 +169,41 @@ def tie_inputs(scale: np.float32, span: int, rng: np.random.Generator, extra: in
     k = np.arange(-span, span + 1, dtype=np.float64)
     ties = ((k + 0.5) * np.float64(scale)).astype(np.float32)
     on_grid = (k * np.float64(scale)).astype(np.float32)
-    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1e30, -1e30, 3e9, -3e9, 2.2e9, -2.2e9,
-                         2147483520.0, -2147483648.0, 1e-45, -1e-45, 3.4e38, -3.4e38], np.float32)
+    specials = np.array(
+        [
+            0.0,
+            -0.0,
+            np.inf,
+            -np.inf,
+            np.nan,
+            -np.nan,
+            1e30,
+            -1e30,
+            3e9,
+            -3e9,
+            2.2e9,
+            -2.2e9,
+            2147483520.0,
+            -2147483648.0,
+            1e-45,
+            -1e-45,
+            3.4e38,
+            -3.4e38,
+        ],
+        np.float32,
+    )
     random = (rng.standard_normal(extra) * span * scale).astype(np.float32)
-    return np.concatenate([ties, np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(-np.inf)),
-                           on_grid, specials, specials * scale, random]).astype(np.float32)
+    return np.concatenate(
+        [
+            ties,
+            np.nextafter(ties, np.float32(np.inf)),
+            np.nextafter(ties, np.float32(-np.inf)),
+            on_grid,
+            specials,
+            specials * scale,
+            random,
+        ]
+    ).astype(np.float32)
 
 
 def int_range(dtype: np.dtype) -> tuple[int, int]:
@@ -208,10 +255,12 @@ def test_quantize_linear_int_fuzz_per_axis_and_blocked(dtype, flavor, runner):
     ]
     for case in cases:
         zero_point = rng.integers(qmin, qmax + 1, case["scale"].shape).astype(dtype)
-        expected = quantize_node(x, case["scale"], zero_point, dtype, runner, axis=case["axis"],
-                                 block_size=case["block_size"])
-        actual = qo.quantize_linear(x, case["scale"], zero_point, axis=case["axis"], block_size=case["block_size"],
-                                    flavor=flavor)
+        expected = quantize_node(
+            x, case["scale"], zero_point, dtype, runner, axis=case["axis"], block_size=case["block_size"]
+        )
+        actual = qo.quantize_linear(
+            x, case["scale"], zero_point, axis=case["axis"], block_size=case["block_size"], flavor=flavor
+        )
         assert_same(actual, expected, x, f"{dtype} axis={case['axis']} block={case['block_size']}")
 
 
@@ -224,8 +273,9 @@ def float8_inputs(dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
     sweep = np.linspace(0.9 * top, 1.4 * top, 4001, dtype=np.float32)
     specials = np.array([np.inf, -np.inf, np.nan, -np.nan, 0.0, -0.0, 1e-30, -1e-30, 1e30, -1e30], np.float32)
     random = (rng.standard_normal(5000) * rng.choice([1e-3, 1, top / 4], 5000)).astype(np.float32)
-    core = np.concatenate([finite, mids, np.nextafter(mids, np.float32(np.inf)),
-                           np.nextafter(mids, np.float32(-np.inf)), sweep])
+    core = np.concatenate(
+        [finite, mids, np.nextafter(mids, np.float32(np.inf)), np.nextafter(mids, np.float32(-np.inf)), sweep]
+    )
     return np.concatenate([core, -core, specials, random]).astype(np.float32)
 
 
@@ -248,8 +298,9 @@ def test_quantize_linear_float8_bit_exact(dtype, saturate, flavor, runner):
         if block:
             attrs["block_size"] = block
         expected = runner("QuantizeLinear", [("x", x), ("s", scale)], [("y", dtype)], attrs, constants=("s",))[0]
-        actual = qo.quantize_linear(x, scale, axis=axis, block_size=block, saturate=saturate, output_dtype=dtype,
-                                    flavor=flavor)
+        actual = qo.quantize_linear(
+            x, scale, axis=axis, block_size=block, saturate=saturate, output_dtype=dtype, flavor=flavor
+        )
         assert_same(actual, expected, x, f"{dtype} axis={axis} block={block}")
 
 
@@ -257,8 +308,9 @@ def test_quantize_linear_output_dtype_and_default_uint8():
     x = np.linspace(-300, 300, 1001, dtype=np.float32)
     for dtype in (np.dtype(np.int16), np.dtype(ml_dtypes.int4), np.dtype(ml_dtypes.float8_e5m2)):
         attrs = {"output_dtype": TENSOR_TYPE[dtype]}
-        expected = run_ort("QuantizeLinear", [("x", x), ("s", np.float32(0.3))], [("y", dtype)], attrs,
-                           constants=("s",))[0]
+        expected = run_ort(
+            "QuantizeLinear", [("x", x), ("s", np.float32(0.3))], [("y", dtype)], attrs, constants=("s",)
+        )[0]
         actual = qo.quantize_linear(x, np.float32(0.3), output_dtype=dtype)
         assert np.asarray(actual).dtype == dtype
         assert_same(actual, expected, x, str(dtype))
@@ -295,23 +347,29 @@ def test_dequantize_linear_matches_onnxruntime(dtype):
         x.ravel()[:4] = np.array([qmin, qmax, qmin, qmax]).astype(dtype)
         zero = lambda shape: rng.integers(qmin, qmax, shape, endpoint=True, dtype=np.int64).astype(dtype)  # noqa: E731
     runner_inputs = []
-    for scale, axis, block in ((random_scales(rng, ()), 1, 0), (random_scales(rng, (40,)), 1, 0),
-                               (random_scales(rng, (100,)), -1, 0), (random_scales(rng, (10, 40, 15)), 2, 7)):
+    for scale, axis, block in (
+        (random_scales(rng, ()), 1, 0),
+        (random_scales(rng, (40,)), 1, 0),
+        (random_scales(rng, (100,)), -1, 0),
+        (random_scales(rng, (10, 40, 15)), 2, 7),
+    ):
         zero_point = zero(scale.shape)
         attrs = {"axis": axis, **({"block_size": block} if block else {})}
         inputs = [("x", x), ("s", scale), ("z", zero_point)]
         # onnxruntime's Python API cannot feed packed or float8 arrays: pass those as an initializer.
         constants = ("s", "z", "x") if dtype in SUB_BYTE or dtype in FLOAT8_DTYPES else ("s", "z")
-        expected = run_ort("DequantizeLinear", inputs, [("y", np.float32)], attrs, constants=constants,
-                           opset=opset_for(dtype))[0]
+        expected = run_ort(
+            "DequantizeLinear", inputs, [("y", np.float32)], attrs, constants=constants, opset=opset_for(dtype)
+        )[0]
         actual = qo.dequantize_linear(x, scale, zero_point, axis=axis, block_size=block)
         assert np.asarray(actual).dtype == np.float32
         assert_same_float(actual, expected, f"{dtype} axis={axis} block={block}")
         runner_inputs.append((inputs, attrs, actual))
     if dtype != np.int32:  # the reference evaluator agrees everywhere except int32 (see the disagreement tests)
         for inputs, attrs, actual in runner_inputs:
-            expected = run_ref("DequantizeLinear", inputs, [("y", np.float32)], attrs, constants=("s", "z"),
-                               opset=opset_for(dtype))[0]
+            expected = run_ref(
+                "DequantizeLinear", inputs, [("y", np.float32)], attrs, constants=("s", "z"), opset=opset_for(dtype)
+            )[0]
             assert_same_float(actual, expected, f"{dtype} reference")
 
 
@@ -335,9 +393,14 @@ def test_dynamic_quantize_linear(flavor, runner):
     for _ in range(20):  # 20 × 5000 = 10^5 elements, varied ranges and offsets
         x = (rng.standard_normal(5000) * rng.choice([1e-3, 1, 1e3]) + rng.choice([-5, 0, 5])).astype(np.float32)
         check_dynamic(x, flavor, runner)
-    for x in (np.zeros(7, np.float32), np.full(7, 3.0, np.float32), np.full(7, -3.0, np.float32),
-              np.array([1.0, np.inf, -2.0], np.float32), np.array([1.0, -np.inf, 2.0], np.float32),
-              np.array([-0.0, 0.0, 0.0], np.float32)):
+    for x in (
+        np.zeros(7, np.float32),
+        np.full(7, 3.0, np.float32),
+        np.full(7, -3.0, np.float32),
+        np.array([1.0, np.inf, -2.0], np.float32),
+        np.array([1.0, -np.inf, 2.0], np.float32),
+        np.array([-0.0, 0.0, 0.0], np.float32),
+    ):
         check_dynamic(x, flavor, runner)
     # NaN: in the reference, everywhere; in onnxruntime, at a position where its SIMD min/max skips it.
     x = np.linspace(-1, 2, 100, dtype=np.float32)
@@ -356,10 +419,17 @@ def test_matmul_integer(a_dtype, b_dtype, flavor, runner):
     info_a, info_b = np.iinfo(a_dtype), np.iinfo(b_dtype)
     a = rng.integers(info_a.min, info_a.max, (2, 150, 64), endpoint=True).astype(a_dtype)
     b = rng.integers(info_b.min, info_b.max, (64, 340), endpoint=True).astype(b_dtype)  # 2·150·340 > 10^5 outputs
-    for a_zp, b_zp in ((a_dtype(7), b_dtype(3)), (None, None),
-                       (a_dtype(info_a.max), rng.integers(info_b.min, info_b.max, (340,)).astype(b_dtype))):
-        inputs = [("a", a), ("b", b), ("za", None if a_zp is None else np.asarray(a_zp)),
-                  ("zb", None if b_zp is None else np.asarray(b_zp))]
+    for a_zp, b_zp in (
+        (a_dtype(7), b_dtype(3)),
+        (None, None),
+        (a_dtype(info_a.max), rng.integers(info_b.min, info_b.max, (340,)).astype(b_dtype)),
+    ):
+        inputs = [
+            ("a", a),
+            ("b", b),
+            ("za", None if a_zp is None else np.asarray(a_zp)),
+            ("zb", None if b_zp is None else np.asarray(b_zp)),
+        ]
         expected = runner("MatMulInteger", inputs, [("y", np.int32)], constants=("za", "zb"), opset=10)[0]
         np.testing.assert_array_equal(np.asarray(qo.matmul_integer(a, b, a_zp, b_zp)), expected)
 
@@ -373,8 +443,13 @@ CONV_CASES = [
 
 
 def conv_attrs(case, w_shape):
-    return {"strides": list(case["strides"]), "pads": list(case["pads"]), "dilations": list(case["dilations"]),
-            "group": case["group"], "kernel_shape": list(w_shape[2:])}
+    return {
+        "strides": list(case["strides"]),
+        "pads": list(case["pads"]),
+        "dilations": list(case["dilations"]),
+        "group": case["group"],
+        "kernel_shape": list(w_shape[2:]),
+    }
 
 
 @pytest.mark.parametrize("flavor,runner", FLAVOR_RUNNERS, ids=["ort", "ref"])
@@ -385,12 +460,18 @@ def test_conv_integer(case, flavor, runner):
     x = rng.integers(0, 256, (2, 8, 24, 24)).astype(np.uint8)
     w = rng.integers(0, 256, (8, 8 // group, 3, 3)).astype(np.uint8)
     for x_zp, w_zp in ((np.uint8(131), np.uint8(120)), (None, None)):
-        inputs = [("x", x), ("w", w), ("zx", None if x_zp is None else np.asarray(x_zp)),
-                  ("zw", None if w_zp is None else np.asarray(w_zp))]
-        expected = runner("ConvInteger", inputs, [("y", np.int32)], conv_attrs(case, w.shape),
-                          constants=("w", "zx", "zw"), opset=10)[0]
-        actual = qo.conv_integer(x, w, x_zp, w_zp, strides=case["strides"], pads=case["pads"],
-                                 dilations=case["dilations"], group=group)
+        inputs = [
+            ("x", x),
+            ("w", w),
+            ("zx", None if x_zp is None else np.asarray(x_zp)),
+            ("zw", None if w_zp is None else np.asarray(w_zp)),
+        ]
+        expected = runner(
+            "ConvInteger", inputs, [("y", np.int32)], conv_attrs(case, w.shape), constants=("w", "zx", "zw"), opset=10
+        )[0]
+        actual = qo.conv_integer(
+            x, w, x_zp, w_zp, strides=case["strides"], pads=case["pads"], dilations=case["dilations"], group=group
+        )
         np.testing.assert_array_equal(np.asarray(actual), expected)
 
 
@@ -399,14 +480,24 @@ def test_conv_integer(case, flavor, runner):
 
 
 def qlinear_matmul_node(runner, a, sa, za, b, sb, zb, sy, zy, constants=("sa", "za", "b", "sb", "zb", "sy", "zy")):
-    inputs = [("a", a), ("sa", np.asarray(sa)), ("za", np.asarray(za)), ("b", b), ("sb", np.asarray(sb)),
-              ("zb", np.asarray(zb)), ("sy", np.asarray(sy)), ("zy", np.asarray(zy))]
+    inputs = [
+        ("a", a),
+        ("sa", np.asarray(sa)),
+        ("za", np.asarray(za)),
+        ("b", b),
+        ("sb", np.asarray(sb)),
+        ("zb", np.asarray(zb)),
+        ("sy", np.asarray(sy)),
+        ("zy", np.asarray(zy)),
+    ]
     return runner("QLinearMatMul", inputs, [("y", np.asarray(zy).dtype)], constants=constants, opset=21)[0]
 
 
 @pytest.mark.parametrize("flavor,runner", FLAVOR_RUNNERS, ids=["ort", "ref"])
-@pytest.mark.parametrize("a_dtype,b_dtype,y_dtype", [(np.uint8, np.int8, np.uint8), (np.int8, np.int8, np.int8),
-                                                     (np.uint8, np.uint8, np.uint8)])
+@pytest.mark.parametrize(
+    "a_dtype,b_dtype,y_dtype",
+    [(np.uint8, np.int8, np.uint8), (np.int8, np.int8, np.int8), (np.uint8, np.uint8, np.uint8)],
+)
 def test_qlinear_matmul_fuzz(a_dtype, b_dtype, y_dtype, flavor, runner):
     rng = np.random.default_rng(8)
     info_a, info_b, info_y = np.iinfo(a_dtype), np.iinfo(b_dtype), np.iinfo(y_dtype)
@@ -415,8 +506,10 @@ def test_qlinear_matmul_fuzz(a_dtype, b_dtype, y_dtype, flavor, runner):
         b = rng.integers(info_b.min, info_b.max, (k, 400), endpoint=True).astype(b_dtype)  # 1.2·10^5 outputs
         sa, sb = random_scales(rng, (), 1e-3, 0.1), random_scales(rng, (), 1e-3, 0.1)
         sy = np.float32(sa * sb * np.sqrt(k) * 40 * rng.uniform(0.5, 2))  # outputs span the whole grid
-        za, zb, zy = (np.asarray(rng.integers(i.min, i.max, endpoint=True)).astype(d)
-                      for i, d in ((info_a, a_dtype), (info_b, b_dtype), (info_y, y_dtype)))
+        za, zb, zy = (
+            np.asarray(rng.integers(i.min, i.max, endpoint=True)).astype(d)
+            for i, d in ((info_a, a_dtype), (info_b, b_dtype), (info_y, y_dtype))
+        )
         expected = qlinear_matmul_node(runner, a, sa, za, b, sb, zb, sy, zy, constants)
         actual = qo.qlinear_matmul(a, sa, za, b, sb, zb, sy, zy, flavor=flavor)
         assert_same(actual, expected, None, f"k={k}")
@@ -456,11 +549,21 @@ def test_qlinear_matmul_per_column_b(flavor, runner):
 
 
 def qlinear_conv_node(runner, x, sx, zx, w, sw, zw, sy, zy, bias, case, w_constant=True):
-    inputs = [("x", x), ("sx", np.asarray(sx)), ("zx", np.asarray(zx)), ("w", w), ("sw", np.asarray(sw)),
-              ("zw", np.asarray(zw)), ("sy", np.asarray(sy)), ("zy", np.asarray(zy)), ("bias", bias)]
+    inputs = [
+        ("x", x),
+        ("sx", np.asarray(sx)),
+        ("zx", np.asarray(zx)),
+        ("w", w),
+        ("sw", np.asarray(sw)),
+        ("zw", np.asarray(zw)),
+        ("sy", np.asarray(sy)),
+        ("zy", np.asarray(zy)),
+        ("bias", bias),
+    ]
     constants = ("sx", "zx", "sw", "zw", "sy", "zy", "bias") + (("w",) if w_constant else ())
-    return runner("QLinearConv", inputs, [("y", np.asarray(zy).dtype)], conv_attrs(case, w.shape),
-                  constants=constants, opset=10)[0]
+    return runner(
+        "QLinearConv", inputs, [("y", np.asarray(zy).dtype)], conv_attrs(case, w.shape), constants=constants, opset=10
+    )[0]
 
 
 @pytest.mark.parametrize("flavor,runner", FLAVOR_RUNNERS, ids=["ort", "ref"])
@@ -482,7 +585,7 @@ def test_qlinear_conv_fuzz_per_channel(x_dtype, y_dtype, case, flavor, runner):
     kwargs = dict(strides=case["strides"], pads=case["pads"], dilations=case["dilations"], group=group)
     actual = qo.qlinear_conv(x, sx, zx, w, sw, np.int8(0), sy, zy, bias, flavor=flavor, **kwargs)
     assert np.asarray(actual).size >= 10**5 or case["strides"] != (1, 1)
-    for w_constant in ((True, False) if runner is run_ort else (True,)):
+    for w_constant in (True, False) if runner is run_ort else (True,):
         expected = qlinear_conv_node(runner, x, sx, zx, w, sw, np.int8(0), sy, zy, bias, case, w_constant)
         assert_same(actual, expected, None, f"w_constant={w_constant}")
 
@@ -506,8 +609,10 @@ def test_qlinear_conv_ties(flavor, runner):
 
 
 def both(op, inputs, outputs, attrs=None, constants=(), opset=21):
-    return (run_ort(op, inputs, outputs, attrs, constants, opset)[0],
-            run_ref(op, inputs, outputs, attrs, constants, opset)[0])
+    return (
+        run_ort(op, inputs, outputs, attrs, constants, opset)[0],
+        run_ref(op, inputs, outputs, attrs, constants, opset)[0],
+    )
 
 
 DISAGREEMENTS = {
@@ -529,8 +634,10 @@ DISAGREEMENTS = {
 def test_disagreement_quantize_linear(name):
     x, scale, zero_point, saturate, ort_answer, ref_answer = DISAGREEMENTS[name]
     x, zero_point = np.array([x], np.float32), np.asarray(zero_point)
-    ort_out, ref_out = (quantize_node(x, np.float32(scale), zero_point, zero_point.dtype, runner, saturate=saturate)
-                        for runner in (run_ort, run_ref))
+    ort_out, ref_out = (
+        quantize_node(x, np.float32(scale), zero_point, zero_point.dtype, runner, saturate=saturate)
+        for runner in (run_ort, run_ref)
+    )
     assert as_bits(ort_out).item() == ort_answer and as_bits(ref_out).item() == ref_answer
     for flavor, answer in (("onnxruntime", ort_answer), ("reference", ref_answer)):
         actual = qo.quantize_linear(x, np.float32(scale), zero_point, saturate=saturate, flavor=flavor)
@@ -568,8 +675,16 @@ def test_disagreement_dynamic_quantize_nan_position_in_onnxruntime():
 
 def test_disagreement_qlinear_matmul_zero_point_before_rounding():
     """acc = 1, M = 1/2: onnxruntime rne(0.5) + 1 = 1; the reference rne(0.5 + 1) = 2."""
-    args = (np.array([[1]], np.uint8), np.float32(0.5), np.uint8(0), np.array([[1]], np.int8), np.float32(1.0),
-            np.int8(0), np.float32(1.0), np.uint8(1))
+    args = (
+        np.array([[1]], np.uint8),
+        np.float32(0.5),
+        np.uint8(0),
+        np.array([[1]], np.int8),
+        np.float32(1.0),
+        np.int8(0),
+        np.float32(1.0),
+        np.uint8(1),
+    )
     assert qlinear_matmul_node(run_ort, *args).item() == 1
     assert qlinear_matmul_node(run_ref, *args).item() == 2
     assert np.asarray(qo.qlinear_matmul(*args)).item() == 1
@@ -627,8 +742,9 @@ def test_bad_input_matmul_and_conv():
     with pytest.raises(ValueError, match="b_zero_point"):
         qo.matmul_integer(a, np.ones((4, 6), np.int8), None, np.zeros(5, np.int8))
     with pytest.raises(ValueError, match="b_scale"):
-        qo.qlinear_matmul(a, 1.0, np.uint8(0), np.ones((4, 6), np.int8), np.ones(5, np.float32), np.int8(0), 1.0,
-                          np.uint8(0))
+        qo.qlinear_matmul(
+            a, 1.0, np.uint8(0), np.ones((4, 6), np.int8), np.ones(5, np.float32), np.int8(0), 1.0, np.uint8(0)
+        )
     with pytest.raises(ValueError, match="y_scale"):
         qo.qlinear_matmul(a, 1.0, np.uint8(0), np.ones((4, 6), np.int8), 1.0, np.int8(0), -1.0, np.uint8(0))
     x, w = np.ones((1, 4, 8, 8), np.uint8), np.ones((6, 2, 3, 3), np.int8)
@@ -659,10 +775,21 @@ def test_qlinear_conv_weight_zero_points(flavor, runner):
     x = rng.integers(0, 256, (1, 4, 24, 24)).astype(np.uint8)
     case = dict(strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), group=1)
     bias = rng.integers(-3000, 3000, (6,)).astype(np.int32)
-    for w, w_zp in ((rng.integers(0, 256, (6, 4, 3, 3)).astype(np.uint8), np.uint8(128)),
-                    (rng.integers(-128, 128, (6, 4, 3, 3)).astype(np.int8), rng.integers(-5, 5, (6,)).astype(np.int8))):
-        args = (x, np.float32(0.05), np.uint8(3), w, random_scales(rng, (6,), 1e-3, 0.02), w_zp, np.float32(0.3),
-                np.uint8(100), bias)
+    for w, w_zp in (
+        (rng.integers(0, 256, (6, 4, 3, 3)).astype(np.uint8), np.uint8(128)),
+        (rng.integers(-128, 128, (6, 4, 3, 3)).astype(np.int8), rng.integers(-5, 5, (6,)).astype(np.int8)),
+    ):
+        args = (
+            x,
+            np.float32(0.05),
+            np.uint8(3),
+            w,
+            random_scales(rng, (6,), 1e-3, 0.02),
+            w_zp,
+            np.float32(0.3),
+            np.uint8(100),
+            bias,
+        )
         expected = qlinear_conv_node(runner, *args, case)
         actual = qo.qlinear_conv(*args, pads=case["pads"], flavor=flavor)
         assert_same(actual, expected, None, f"w {w.dtype} zero point {w_zp}")
@@ -676,12 +803,14 @@ def test_conv_integer_per_channel_weight_zero_point_reference_only():
     w_zp = rng.integers(0, 256, (6,)).astype(np.uint8)
     case = dict(strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), group=1)
     inputs = [("x", x), ("w", w), ("zx", np.asarray(np.uint8(3))), ("zw", w_zp)]
-    expected = run_ref("ConvInteger", inputs, [("y", np.int32)], conv_attrs(case, w.shape),
-                       constants=("w", "zx", "zw"), opset=10)[0]
+    expected = run_ref(
+        "ConvInteger", inputs, [("y", np.int32)], conv_attrs(case, w.shape), constants=("w", "zx", "zw"), opset=10
+    )[0]
     np.testing.assert_array_equal(np.asarray(qo.conv_integer(x, w, np.uint8(3), w_zp, pads=case["pads"])), expected)
     with pytest.raises(Exception, match="per tensor|Non per-tensor"):
-        run_ort("ConvInteger", inputs, [("y", np.int32)], conv_attrs(case, w.shape), constants=("w", "zx", "zw"),
-                opset=10)
+        run_ort(
+            "ConvInteger", inputs, [("y", np.int32)], conv_attrs(case, w.shape), constants=("w", "zx", "zw"), opset=10
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -712,14 +841,30 @@ def test_smallest_normal_scale_matches_onnxruntime():
 
 def test_qlinear_subnormal_scale_product_is_rejected():
     f = np.float32
-    inputs = [("a", np.uint8([[200]])), ("sa", f(1e-20)), ("za", np.uint8(0)), ("b", np.uint8([[200]])),
-              ("sb", f(1e-20)), ("zb", np.uint8(0)), ("sy", f(1e-36)), ("zy", np.uint8(0))]
+    inputs = [
+        ("a", np.uint8([[200]])),
+        ("sa", f(1e-20)),
+        ("za", np.uint8(0)),
+        ("b", np.uint8([[200]])),
+        ("sb", f(1e-20)),
+        ("zb", np.uint8(0)),
+        ("sy", f(1e-36)),
+        ("zy", np.uint8(0)),
+    ]
     assert run_ort("QLinearMatMul", inputs, [("y", np.uint8)])[0].item() == 4  # needs the subnormal 1e-40
     with pytest.raises(ValueError, match=f"a_scale \\* b_scale.*{SUBNORMAL_MESSAGE}"):
         qo.qlinear_matmul(*[value for _, value in inputs])
     with pytest.raises(ValueError, match=f"x_scale \\* w_scale.*{SUBNORMAL_MESSAGE}"):
-        qo.qlinear_conv(np.uint8(np.ones((1, 1, 1, 1))), f(1e-20), np.uint8(0), np.uint8(np.ones((1, 1, 1, 1))),
-                        f(1e-20), np.uint8(0), f(1e-36), np.uint8(0))
+        qo.qlinear_conv(
+            np.uint8(np.ones((1, 1, 1, 1))),
+            f(1e-20),
+            np.uint8(0),
+            np.uint8(np.ones((1, 1, 1, 1))),
+            f(1e-20),
+            np.uint8(0),
+            f(1e-36),
+            np.uint8(0),
+        )
 
 
 def test_dynamic_quantize_linear_subnormal_scale_is_rejected():
@@ -738,8 +883,16 @@ def test_half_precision_scales_are_rejected(dtype):
     with pytest.raises(TypeError, match=f"x_scale.*{message}"):
         qo.dequantize_linear(np.int8([1]), np.asarray(0.5, dtype))
     with pytest.raises(TypeError, match=f"b_scale.*{message}"):
-        qo.qlinear_matmul(np.uint8([[1]]), np.float32(1), np.uint8(0), np.uint8([[1]]), np.asarray(1, dtype),
-                          np.uint8(0), np.float32(1), np.uint8(0))
+        qo.qlinear_matmul(
+            np.uint8([[1]]),
+            np.float32(1),
+            np.uint8(0),
+            np.uint8([[1]]),
+            np.asarray(1, dtype),
+            np.uint8(0),
+            np.float32(1),
+            np.uint8(0),
+        )
 
 
 def test_dequantize_float16_scale_differs_in_onnxruntime():
@@ -747,8 +900,9 @@ def test_dequantize_float16_scale_differs_in_onnxruntime():
     x = helper.make_tensor_value_info("x", TensorProto.INT8, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)
     scale = numpy_helper.from_array(np.asarray(0.1, np.float16), "s")
-    graph = helper.make_graph([helper.make_node("DequantizeLinear", ["x", "s"], ["y"])], "node", [x], [y],
-                              initializer=[scale])
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["x", "s"], ["y"])], "node", [x], [y], initializer=[scale]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 11
     feeds = {"x": np.int8([3])}

@@ -11,8 +11,27 @@ import pytest
 from quantref.runtimes import tflite as tl
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-EDGES = [0, 1, -1, 2, -2, 3, -3, INT32_MAX, INT32_MIN, INT32_MAX - 1, INT32_MIN + 1, 2**30, -(2**30), 2**30 - 1,
-         -(2**30) + 1, 2**16, -(2**16), 12345, -12345]
+EDGES = [
+    0,
+    1,
+    -1,
+    2,
+    -2,
+    3,
+    -3,
+    INT32_MAX,
+    INT32_MIN,
+    INT32_MAX - 1,
+    INT32_MIN + 1,
+    2**30,
+    -(2**30),
+    2**30 - 1,
+    -(2**30) + 1,
+    2**16,
+    -(2**16),
+    12345,
+    -12345,
+]
 
 
 # ---------------------------------------------------------------------------- slow Python transcription (big ints)
@@ -50,9 +69,9 @@ def _mbqm_single(x, multiplier, shift):
 
 def _vectorize(fn, *arrays):
     arrays = np.broadcast_arrays(*arrays)
-    return np.array([fn(*(int(a) for a in args)) for args in zip(*(a.ravel() for a in arrays))], dtype=np.int64).reshape(
-        arrays[0].shape
-    )
+    return np.array(
+        [fn(*(int(a) for a in args)) for args in zip(*(a.ravel() for a in arrays))], dtype=np.int64
+    ).reshape(arrays[0].shape)
 
 
 def _mbqm_numpy(acc, multiplier, shift):
@@ -130,8 +149,14 @@ def test_multiply_by_quantized_multiplier_upstream_expectations():
     # "maximum possible x and quantized_multiplier", shift -3: TfLiteRound(x * qm / 2^34)
     expected = round(Fraction(INT32_MAX * INT32_MAX, 2**34))
     for single in (False, True):
-        assert int(tl.multiply_by_quantized_multiplier(np.int32(INT32_MAX), INT32_MAX, -3, single_rounding=single)) == expected
-        assert int(tl.multiply_by_quantized_multiplier(np.int32(-INT32_MAX), INT32_MAX, -3, single_rounding=single)) == -expected
+        assert (
+            int(tl.multiply_by_quantized_multiplier(np.int32(INT32_MAX), INT32_MAX, -3, single_rounding=single))
+            == expected
+        )
+        assert (
+            int(tl.multiply_by_quantized_multiplier(np.int32(-INT32_MAX), INT32_MAX, -3, single_rounding=single))
+            == -expected
+        )
 
 
 def test_quantize_multiplier_round_trip_random():
@@ -154,7 +179,12 @@ def test_srdhm_exhaustive_small_and_edges():
     got = np.asarray(tl.saturating_rounding_doubling_high_mul(edges[:, None], edges[None, :]))
     np.testing.assert_array_equal(got, _vectorize(_srdhm, edges[:, None], edges[None, :]))
     # ties go towards +inf: 0.5 -> 1, -0.5 -> 0 (b = 2^30 means multiply by 1/2)
-    assert np.asarray(tl.saturating_rounding_doubling_high_mul(np.int32([1, -1, 3, -3]), np.int32(2**30))).tolist() == [1, 0, 2, -1]
+    assert np.asarray(tl.saturating_rounding_doubling_high_mul(np.int32([1, -1, 3, -3]), np.int32(2**30))).tolist() == [
+        1,
+        0,
+        2,
+        -1,
+    ]
 
 
 def test_rounding_divide_by_pot_exhaustive_small():
@@ -164,7 +194,9 @@ def test_rounding_divide_by_pot_exhaustive_small():
         np.testing.assert_array_equal(got, _vectorize(_rdbpot, x, np.int64(exponent)), err_msg=f"exponent={exponent}")
     edges = np.array(EDGES, np.int32)
     for exponent in (0, 1, 15, 30, 31):
-        np.testing.assert_array_equal(tl.rounding_divide_by_pot(edges, exponent), _vectorize(_rdbpot, edges, np.int64(exponent)))
+        np.testing.assert_array_equal(
+            tl.rounding_divide_by_pot(edges, exponent), _vectorize(_rdbpot, edges, np.int64(exponent))
+        )
     # ties away from zero
     assert np.asarray(tl.rounding_divide_by_pot(np.int32([1, -1, 3, -3, 5, -5]), 1)).tolist() == [1, -1, 2, -2, 3, -3]
 
@@ -175,12 +207,16 @@ def test_mbqm_sweeps_and_random(single_rounding):
     x = np.arange(-3000, 3001, dtype=np.int32)
     for qm, shift in [(2**30, -1), (2**30, -3), (1610612736, 0), (2147483647, 1), (1342177280, -7), (1073741825, 2)]:
         got = np.asarray(tl.multiply_by_quantized_multiplier(x, qm, shift, single_rounding=single_rounding))
-        np.testing.assert_array_equal(got, _vectorize(reference, x, np.int64(qm), np.int64(shift)), err_msg=f"{qm},{shift}")
+        np.testing.assert_array_equal(
+            got, _vectorize(reference, x, np.int64(qm), np.int64(shift)), err_msg=f"{qm},{shift}"
+        )
     rng = np.random.default_rng(1)
     n = 20_000
     x = np.concatenate([rng.integers(INT32_MIN, INT32_MAX, n, endpoint=True), np.resize(EDGES, 200)]).astype(np.int32)
     low = 0 if single_rounding else INT32_MIN
-    qm = np.concatenate([rng.integers(low, INT32_MAX, n, endpoint=True), np.abs(np.resize(EDGES, 200)[::-1]).clip(0, INT32_MAX)]).astype(np.int32)
+    qm = np.concatenate(
+        [rng.integers(low, INT32_MAX, n, endpoint=True), np.abs(np.resize(EDGES, 200)[::-1]).clip(0, INT32_MAX)]
+    ).astype(np.int32)
     shift = rng.integers(-31, 31, x.size).astype(np.int32)
     got = np.asarray(tl.multiply_by_quantized_multiplier(x, qm, shift, single_rounding=single_rounding))
     np.testing.assert_array_equal(got, _vectorize(reference, x, qm, shift))
@@ -236,8 +272,10 @@ def test_quantize_ties_away_and_fuzz(dtype, qmin, qmax):
     assert int(tl.quantize(np.float32([2.5]), 1.0, 0, dtype)[0]) == 3  # rne would give 2
     rng = np.random.default_rng(3)
     x = np.concatenate(
-        [(rng.standard_normal(100_000) * 300).astype(np.float32),
-         np.array([np.nan, np.inf, -np.inf, 3e9, -3e9, 1e38], np.float32)]
+        [
+            (rng.standard_normal(100_000) * 300).astype(np.float32),
+            np.array([np.nan, np.inf, -np.inf, 3e9, -3e9, 1e38], np.float32),
+        ]
     )
     for scale, zp in ((0.37, int(np.clip(5, qmin, qmax))), (2.0, qmax), (0.01, qmin)):
         np.testing.assert_array_equal(tl.quantize(x, scale, zp, dtype), _quantize_reference(x, scale, zp, qmin, qmax))
@@ -265,11 +303,24 @@ def test_fully_connected_against_numpy():
     x = rng.integers(-128, 128, (64, 37)).astype(np.int8)
     filters, bias, multipliers, shifts = _random_layer(rng, 11, 37)
     for single in (False, True):
-        got = tl.fully_connected(x, filters, bias, multipliers, shifts, input_zero_point=-3, output_zero_point=5,
-                                 activation_min=-100, activation_max=120, single_rounding=single)
+        got = tl.fully_connected(
+            x,
+            filters,
+            bias,
+            multipliers,
+            shifts,
+            input_zero_point=-3,
+            output_zero_point=5,
+            activation_min=-100,
+            activation_max=120,
+            single_rounding=single,
+        )
         acc = (x.astype(np.int64) + 3) @ filters.astype(np.int64).T + bias
-        scaled = _mbqm_numpy(acc, multipliers, shifts) if not single else _vectorize(
-            _mbqm_single, acc, multipliers.astype(np.int64), shifts.astype(np.int64))
+        scaled = (
+            _mbqm_numpy(acc, multipliers, shifts)
+            if not single
+            else _vectorize(_mbqm_single, acc, multipliers.astype(np.int64), shifts.astype(np.int64))
+        )
         np.testing.assert_array_equal(got, np.clip(scaled + 5, -100, 120).astype(np.int8))
 
 
@@ -286,9 +337,12 @@ def _conv_reference(x, filters, bias, multipliers, shifts, zin, zout, strides, p
         g = oc // per_group
         for i in range(fh):
             for j in range(fw):
-                patch = xs[:, i * dilations[0]: i * dilations[0] + (oh - 1) * strides[0] + 1: strides[0],
-                           j * dilations[1]: j * dilations[1] + (ow - 1) * strides[1] + 1: strides[1],
-                           g * fc:(g + 1) * fc]
+                patch = xs[
+                    :,
+                    i * dilations[0] : i * dilations[0] + (oh - 1) * strides[0] + 1 : strides[0],
+                    j * dilations[1] : j * dilations[1] + (ow - 1) * strides[1] + 1 : strides[1],
+                    g * fc : (g + 1) * fc,
+                ]
                 acc[..., oc] += patch @ filters[oc, i, j].astype(np.int64)
     acc += bias
     return np.clip(_mbqm_numpy(acc, multipliers, shifts) + zout, -128, 127).astype(np.int8)
@@ -296,7 +350,12 @@ def _conv_reference(x, filters, bias, multipliers, shifts, zin, zout, strides, p
 
 @pytest.mark.parametrize(
     "strides,padding,dilations,groups",
-    [((1, 1), "VALID", (1, 1), 1), ((2, 2), "SAME", (1, 1), 1), ((1, 2), "SAME", (2, 1), 1), ((1, 1), "SAME", (1, 1), 2)],
+    [
+        ((1, 1), "VALID", (1, 1), 1),
+        ((2, 2), "SAME", (1, 1), 1),
+        ((1, 2), "SAME", (2, 1), 1),
+        ((1, 1), "SAME", (1, 1), 2),
+    ],
 )
 def test_conv2d_against_numpy(strides, padding, dilations, groups):
     rng = np.random.default_rng(5)
@@ -304,8 +363,18 @@ def test_conv2d_against_numpy(strides, padding, dilations, groups):
     filters = rng.integers(-127, 128, (6, 3, 3, 4 // groups)).astype(np.int8)
     bias = rng.integers(-5000, 5000, 6).astype(np.int32)
     multipliers, shifts = tl.per_channel_multipliers(0.05, rng.uniform(0.001, 0.02, 6), 0.08)
-    got = tl.conv2d(x, filters, bias, multipliers, shifts, input_zero_point=7, output_zero_point=-4,
-                    strides=strides, padding=padding, dilations=dilations)
+    got = tl.conv2d(
+        x,
+        filters,
+        bias,
+        multipliers,
+        shifts,
+        input_zero_point=7,
+        output_zero_point=-4,
+        strides=strides,
+        padding=padding,
+        dilations=dilations,
+    )
     # x is 9 high, 8 wide, the filter 3x3. SAME pads worked out by hand from TFLite's padding.h
     # (ComputePaddingWithOffset): out = ceil(in / s), total = max((out - 1) * s + (k - 1) * d + 1 - in, 0),
     # before = total // 2, after = total - before.
@@ -325,7 +394,9 @@ def test_conv2d_against_numpy(strides, padding, dilations, groups):
 def test_jit_and_traced_parameters():
     x = np.arange(-1000, 1000, dtype=np.int32) * 1237
     fn = jax.jit(lambda v, m, s: tl.multiply_by_quantized_multiplier(v, m, s))
-    np.testing.assert_array_equal(fn(x, np.int32(1518500250), np.int32(-5)), _vectorize(_mbqm, x, np.int64(1518500250), np.int64(-5)))
+    np.testing.assert_array_equal(
+        fn(x, np.int32(1518500250), np.int32(-5)), _vectorize(_mbqm, x, np.int64(1518500250), np.int64(-5))
+    )
     per_channel = fn(x.reshape(-1, 4), np.int32([2**30, 2**30 + 5, INT32_MAX, 1610612736]), np.int32([-1, 0, -9, 2]))
     assert per_channel.shape == (500, 4) and per_channel.dtype == jnp.int32
 
@@ -343,34 +414,156 @@ def test_jit_and_traced_parameters():
         (lambda: tl.multiply_by_quantized_multiplier(np.int32([1]), 2**30, 31), ValueError, "shift"),
         (lambda: tl.multiply_by_quantized_multiplier(np.int32([1]), 2**30, -32), ValueError, "shift"),
         (lambda: tl.multiply_by_quantized_multiplier(np.int64([2**40]), 2**30, 0), ValueError, "x"),
-        (lambda: tl.multiply_by_quantized_multiplier(np.int32([1]), -5, 0, single_rounding=True), ValueError, "quantized_multiplier"),
+        (
+            lambda: tl.multiply_by_quantized_multiplier(np.int32([1]), -5, 0, single_rounding=True),
+            ValueError,
+            "quantized_multiplier",
+        ),
         (lambda: tl.multiply_by_quantized_multiplier(np.float32([1]), 2**30, 0), TypeError, "x"),
-        (lambda: tl.multiply_by_quantized_multiplier(np.int32([1, 2]), np.int32([1, 2, 3]), 0), ValueError, "broadcast"),
+        (
+            lambda: tl.multiply_by_quantized_multiplier(np.int32([1, 2]), np.int32([1, 2, 3]), 0),
+            ValueError,
+            "broadcast",
+        ),
         (lambda: tl.rounding_divide_by_pot(np.int32([1]), 32), ValueError, "exponent"),
-        (lambda: tl.fully_connected(np.zeros((2, 3), np.int8), np.zeros((4, 5), np.int8), None, [2**30] * 4, [0] * 4,
-                                    input_zero_point=0, output_zero_point=0), ValueError, "depth"),
-        (lambda: tl.fully_connected(np.zeros((2, 3), np.int8), np.zeros((4, 3), np.int8), None, [2**30] * 3, [0] * 4,
-                                    input_zero_point=0, output_zero_point=0), ValueError, "output_multiplier"),
-        (lambda: tl.fully_connected(np.zeros((2, 3), np.int8), np.zeros((4, 3), np.int8), [0] * 3, [2**30] * 4, [0] * 4,
-                                    input_zero_point=0, output_zero_point=0), ValueError, "bias"),
-        (lambda: tl.fully_connected(np.zeros((2, 3), np.uint8), np.zeros((4, 3), np.int8), None, [2**30] * 4, [0] * 4,
-                                    input_zero_point=0, output_zero_point=0), TypeError, "x"),
-        (lambda: tl.fully_connected(np.zeros((2, 3), np.int8), np.zeros((4, 3), np.int8), None, [2**30] * 4, [0] * 4,
-                                    input_zero_point=200, output_zero_point=0), ValueError, "input_zero_point"),
-        (lambda: tl.conv2d(np.zeros((1, 4, 4, 3), np.int8), np.zeros((2, 3, 3, 2), np.int8), None, [2**30] * 2, [0] * 2,
-                           input_zero_point=0, output_zero_point=0), ValueError, "multiple"),
-        (lambda: tl.conv2d(np.zeros((1, 4, 4, 2), np.int8), np.zeros((2, 3, 3, 2), np.int8), None, [2**30] * 2, [0] * 2,
-                           input_zero_point=0, output_zero_point=0, padding="FULL"), ValueError, "padding"),
-        (lambda: tl.conv2d(np.zeros((1, 2, 2, 2), np.int8), np.zeros((2, 3, 3, 2), np.int8), None, [2**30] * 2, [0] * 2,
-                           input_zero_point=0, output_zero_point=0), ValueError, "larger"),
+        (
+            lambda: tl.fully_connected(
+                np.zeros((2, 3), np.int8),
+                np.zeros((4, 5), np.int8),
+                None,
+                [2**30] * 4,
+                [0] * 4,
+                input_zero_point=0,
+                output_zero_point=0,
+            ),
+            ValueError,
+            "depth",
+        ),
+        (
+            lambda: tl.fully_connected(
+                np.zeros((2, 3), np.int8),
+                np.zeros((4, 3), np.int8),
+                None,
+                [2**30] * 3,
+                [0] * 4,
+                input_zero_point=0,
+                output_zero_point=0,
+            ),
+            ValueError,
+            "output_multiplier",
+        ),
+        (
+            lambda: tl.fully_connected(
+                np.zeros((2, 3), np.int8),
+                np.zeros((4, 3), np.int8),
+                [0] * 3,
+                [2**30] * 4,
+                [0] * 4,
+                input_zero_point=0,
+                output_zero_point=0,
+            ),
+            ValueError,
+            "bias",
+        ),
+        (
+            lambda: tl.fully_connected(
+                np.zeros((2, 3), np.uint8),
+                np.zeros((4, 3), np.int8),
+                None,
+                [2**30] * 4,
+                [0] * 4,
+                input_zero_point=0,
+                output_zero_point=0,
+            ),
+            TypeError,
+            "x",
+        ),
+        (
+            lambda: tl.fully_connected(
+                np.zeros((2, 3), np.int8),
+                np.zeros((4, 3), np.int8),
+                None,
+                [2**30] * 4,
+                [0] * 4,
+                input_zero_point=200,
+                output_zero_point=0,
+            ),
+            ValueError,
+            "input_zero_point",
+        ),
+        (
+            lambda: tl.conv2d(
+                np.zeros((1, 4, 4, 3), np.int8),
+                np.zeros((2, 3, 3, 2), np.int8),
+                None,
+                [2**30] * 2,
+                [0] * 2,
+                input_zero_point=0,
+                output_zero_point=0,
+            ),
+            ValueError,
+            "multiple",
+        ),
+        (
+            lambda: tl.conv2d(
+                np.zeros((1, 4, 4, 2), np.int8),
+                np.zeros((2, 3, 3, 2), np.int8),
+                None,
+                [2**30] * 2,
+                [0] * 2,
+                input_zero_point=0,
+                output_zero_point=0,
+                padding="FULL",
+            ),
+            ValueError,
+            "padding",
+        ),
+        (
+            lambda: tl.conv2d(
+                np.zeros((1, 2, 2, 2), np.int8),
+                np.zeros((2, 3, 3, 2), np.int8),
+                None,
+                [2**30] * 2,
+                [0] * 2,
+                input_zero_point=0,
+                output_zero_point=0,
+            ),
+            ValueError,
+            "larger",
+        ),
         (lambda: tl.per_channel_multipliers(0.0, [0.1], 0.2), ValueError, "input_scale"),
-        (lambda: tl.quantize(np.ones(3, np.float32), 1e-40, 0, "int8"), ValueError,
-         "scale.*JAX flushes subnormal float32 to zero on CPU, so results would not match"),
+        (
+            lambda: tl.quantize(np.ones(3, np.float32), 1e-40, 0, "int8"),
+            ValueError,
+            "scale.*JAX flushes subnormal float32 to zero on CPU, so results would not match",
+        ),
         (lambda: tl.quantize(np.ones(3, np.float32), 5e-39, 0, "int8"), ValueError, "smallest normal float32"),
-        (lambda: tl.conv2d(np.zeros((1, 4, 4, 0), np.int8), np.zeros((2, 3, 3, 1), np.int8), None, [2**30] * 2,
-                           [0] * 2, input_zero_point=0, output_zero_point=0), ValueError, "x and filters.*channel"),
-        (lambda: tl.conv2d(np.zeros((1, 4, 4, 0), np.int8), np.zeros((2, 3, 3, 0), np.int8), None, [2**30] * 2,
-                           [0] * 2, input_zero_point=0, output_zero_point=0), ValueError, "x and filters.*channel"),
+        (
+            lambda: tl.conv2d(
+                np.zeros((1, 4, 4, 0), np.int8),
+                np.zeros((2, 3, 3, 1), np.int8),
+                None,
+                [2**30] * 2,
+                [0] * 2,
+                input_zero_point=0,
+                output_zero_point=0,
+            ),
+            ValueError,
+            "x and filters.*channel",
+        ),
+        (
+            lambda: tl.conv2d(
+                np.zeros((1, 4, 4, 0), np.int8),
+                np.zeros((2, 3, 3, 0), np.int8),
+                None,
+                [2**30] * 2,
+                [0] * 2,
+                input_zero_point=0,
+                output_zero_point=0,
+            ),
+            ValueError,
+            "x and filters.*channel",
+        ),
     ],
 )
 def test_bad_input(call, error, match):
@@ -408,6 +601,16 @@ def test_conv2d_same_padding_hand_computed(size, stride, expected_rows):
     same = tl.conv2d(x, filters, None, multipliers, shifts, padding="SAME", **common)
     explicit = tl.conv2d(x, filters, None, multipliers, shifts, padding=(expected_rows, expected_rows), **common)
     np.testing.assert_array_equal(same, explicit)
-    expected = _conv_reference(x, filters, np.zeros(3, np.int64), multipliers, shifts, 3, -2, (stride, stride),
-                               (expected_rows, expected_rows), (1, 1))
+    expected = _conv_reference(
+        x,
+        filters,
+        np.zeros(3, np.int64),
+        multipliers,
+        shifts,
+        3,
+        -2,
+        (stride, stride),
+        (expected_rows, expected_rows),
+        (1, 1),
+    )
     np.testing.assert_array_equal(same, expected)

@@ -60,7 +60,9 @@ def _torch_per_tensor(x, scale, zp, dtype):
 
 
 def _torch_per_channel(x, scales, zps, axis, dtype):
-    t = torch.quantize_per_channel(torch.from_numpy(x), torch.tensor(scales), torch.tensor(zps), axis, TORCH_DTYPES[dtype])
+    t = torch.quantize_per_channel(
+        torch.from_numpy(x), torch.tensor(scales), torch.tensor(zps), axis, TORCH_DTYPES[dtype]
+    )
     return t.int_repr().numpy()
 
 
@@ -155,7 +157,9 @@ def test_quantize_per_channel_ties_specials_axes(dtype):
     x3 = np.ascontiguousarray(x[:3000].reshape(750, 4, 5).transpose(2, 0, 1))
     _assert_same(qt.quantize_per_channel(x3, scales, zps, 0, dtype), _torch_per_channel(x3, scales, zps, 0, dtype))
     # Teeth: per-channel rounds product and sum separately, so the fused per-tensor answer differs somewhere.
-    per_tensor = np.stack([np.asarray(qt.quantize_per_tensor(x[:, c], scales[c], int(zps[c]), dtype)) for c in range(5)], 1)
+    per_tensor = np.stack(
+        [np.asarray(qt.quantize_per_tensor(x[:, c], scales[c], int(zps[c]), dtype)) for c in range(5)], 1
+    )
     assert (per_tensor != expected).any() or dtype == "qint32"
     nan_code = 0 if dtype != "qint32" else RANGES[dtype][0]  # low byte of x86's 0x80000000
     assert int(qt.quantize_per_channel(np.array([[np.nan]], F32), [0.5], [3], 1, dtype)[0, 0]) == nan_code
@@ -284,7 +288,10 @@ def test_jit_compatible():
     jitted = jax.jit(lambda v: qt.quantize_per_tensor(v, 0.1, 3, "qint8"))(x)
     _assert_same(jitted, direct)
     jitted = jax.jit(lambda v: qt.quantize_per_channel(v, np.array([0.1, 0.2]), np.array([0, 1]), 0, "quint8"))
-    _assert_same(jitted(x[:1000].reshape(2, 500)), qt.quantize_per_channel(x[:1000].reshape(2, 500), [0.1, 0.2], [0, 1], 0, "quint8"))
+    _assert_same(
+        jitted(x[:1000].reshape(2, 500)),
+        qt.quantize_per_channel(x[:1000].reshape(2, 500), [0.1, 0.2], [0, 1], 0, "quint8"),
+    )
 
 
 @pytest.mark.parametrize(
@@ -299,13 +306,25 @@ def test_jit_compatible():
         (lambda: qt.quantize_per_tensor(np.ones(3, F32), 0.1, 1.5, "quint8"), TypeError, "zero_point"),
         (lambda: qt.quantize_per_tensor(np.ones(3, np.int32), 0.1, 0, "quint8"), TypeError, "x"),
         (lambda: qt.quantize_per_channel(np.ones((2, 3), F32), [0.1, 0.1], [0, 0], 1, "qint8"), ValueError, "scales"),
-        (lambda: qt.quantize_per_channel(np.ones((2, 3), F32), [0.1] * 3, [0, 0], 1, "qint8"), ValueError, "zero_points"),
+        (
+            lambda: qt.quantize_per_channel(np.ones((2, 3), F32), [0.1] * 3, [0, 0], 1, "qint8"),
+            ValueError,
+            "zero_points",
+        ),
         (lambda: qt.quantize_per_channel(np.ones((2, 3), F32), [0.1] * 3, [0] * 3, 2, "qint8"), ValueError, "axis"),
         (lambda: qt.quantize_per_channel(np.ones((2, 3), F32), [0.1, 0, 1], [0] * 3, 1, "qint8"), ValueError, "scales"),
-        (lambda: qt.quantize_per_channel(np.ones((2, 3), F32), [0.1] * 3, [0, 0, 300], 1, "qint8"), ValueError, "zero_points"),
+        (
+            lambda: qt.quantize_per_channel(np.ones((2, 3), F32), [0.1] * 3, [0, 0, 300], 1, "qint8"),
+            ValueError,
+            "zero_points",
+        ),
         (lambda: qt.fake_quantize_per_tensor_affine(np.ones(3, F32), 0.1, 0, 5, 1), ValueError, "quant_min"),
         (lambda: qt.fake_quantize_per_tensor_affine(np.ones(3, F32), 0.1, 300, 0, 255), ValueError, "zero_point"),
-        (lambda: qt.fake_quantize_per_channel_affine(np.ones((2, 3), F32), [1.0] * 3, [0] * 3, 1, 0, 2**24), ValueError, "2\\*\\*24"),
+        (
+            lambda: qt.fake_quantize_per_channel_affine(np.ones((2, 3), F32), [1.0] * 3, [0] * 3, 1, 0, 2**24),
+            ValueError,
+            "2\\*\\*24",
+        ),
         (lambda: qt.min_max_observer(np.ones(3, F32), "quint8", "per_channel_affine"), ValueError, "qscheme"),
         (lambda: qt.min_max_observer(np.zeros(0, F32)), ValueError, "non-empty"),
     ],

@@ -30,8 +30,15 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-PAGES = ["index.html", "getting-started.html", "pitfalls.html", "conformance.html", "testing-your-backend.html",
-         "benchmarks.html", "api.html"]
+PAGES = [
+    "index.html",
+    "getting-started.html",
+    "pitfalls.html",
+    "conformance.html",
+    "testing-your-backend.html",
+    "benchmarks.html",
+    "api.html",
+]
 
 # A tag that makes the browser fetch from another host: script/img/iframe/source src, or a link that is not just a
 # canonical/alternate URL. Protocol-relative "//host" counts too.

@@ -80,9 +80,11 @@ def _entry(out, case_id):
 
 @pytest.mark.parametrize(
     "case_id, index, unit",
-    [("onnx.QuantizeLinear.float8_e4m3fn.saturate", 5, "1 code"),  # a float8 output: one code up
-     ("onnx.DequantizeLinear.uint8", 9, "1 ulp"),  # a float32 output: its bit pattern + 1 is one ulp up
-     ("onnx.QuantizeLinear.int4.ties", 3, "LSB")],  # int4 stored as bit patterns
+    [
+        ("onnx.QuantizeLinear.float8_e4m3fn.saturate", 5, "1 code"),  # a float8 output: one code up
+        ("onnx.DequantizeLinear.uint8", 9, "1 ulp"),  # a float32 output: its bit pattern + 1 is one ulp up
+        ("onnx.QuantizeLinear.int4.ties", 3, "LSB"),
+    ],  # int4 stored as bit patterns
 )
 def test_perturbations_of_float8_float_and_int4_outputs(written, tmp_path, case_id, index, unit):
     out, results = written
@@ -157,11 +159,23 @@ def test_manifest_documents_and_covers_the_cases(written, manifest):
     assert {"layout", "encoding", "results", "cases[]"} <= set(manifest["schema"])
     operators = {case["operator"] for case in manifest["cases"]}
     assert operators == {
-        "onnx.QuantizeLinear", "onnx.DequantizeLinear", "onnx.DynamicQuantizeLinear", "onnx.MatMulInteger",
-        "onnx.ConvInteger", "onnx.QLinearMatMul", "onnx.QLinearConv", "torch.quantize_per_tensor",
-        "torch.quantize_per_channel", "torch.fake_quantize_per_tensor_affine", "torch.fake_quantize_per_channel_affine",
-        "torch.MinMaxObserver", "tflite.QuantizeMultiplier", "tflite.MultiplyByQuantizedMultiplier", "tflite.Quantize",
-        "tflite.FullyConnected", "tflite.Conv2D",
+        "onnx.QuantizeLinear",
+        "onnx.DequantizeLinear",
+        "onnx.DynamicQuantizeLinear",
+        "onnx.MatMulInteger",
+        "onnx.ConvInteger",
+        "onnx.QLinearMatMul",
+        "onnx.QLinearConv",
+        "torch.quantize_per_tensor",
+        "torch.quantize_per_channel",
+        "torch.fake_quantize_per_tensor_affine",
+        "torch.fake_quantize_per_channel_affine",
+        "torch.MinMaxObserver",
+        "tflite.QuantizeMultiplier",
+        "tflite.MultiplyByQuantizedMultiplier",
+        "tflite.Quantize",
+        "tflite.FullyConnected",
+        "tflite.Conv2D",
     }
     quantize = [c for c in manifest["cases"] if c["operator"] == "onnx.QuantizeLinear"]
     output_types = {c["outputs"][0]["dtype"] for c in quantize}
@@ -194,8 +208,13 @@ def test_stored_arrays_are_plain_numpy_and_decode_to_the_true_dtypes(written, ma
 # The stored expectations against the live runtimes
 
 
-ONNX_OPSET = {"DynamicQuantizeLinear": 21, "MatMulInteger": 21, "ConvInteger": 21, "QLinearMatMul": 21,
-              "QLinearConv": 21}
+ONNX_OPSET = {
+    "DynamicQuantizeLinear": 21,
+    "MatMulInteger": 21,
+    "ConvInteger": 21,
+    "QLinearMatMul": 21,
+    "QLinearConv": 21,
+}
 
 
 def _onnx_attributes(entry, helper):
@@ -225,10 +244,18 @@ def test_stored_onnx_vectors_match_live_onnxruntime_and_reference_evaluator(writ
         # onnxruntime's Python API cannot feed sub-byte or float8 arrays: those become initializers, like the
         # parameters after the first input.
         names = [name for i, name in enumerate(inputs) if i or inputs[name].dtype.name in vectors._BIT_PATTERN_TYPES]
-        outputs = [(spec["name"], np.dtype(vectors._BIT_PATTERN_TYPES.get(spec["dtype"], spec["dtype"])))
-                   for spec in entry["outputs"]]
-        actual = runner(op, list(inputs.items()), outputs, _onnx_attributes(entry, helper), constants=names,
-                        opset=ONNX_OPSET.get(op, opset))
+        outputs = [
+            (spec["name"], np.dtype(vectors._BIT_PATTERN_TYPES.get(spec["dtype"], spec["dtype"])))
+            for spec in entry["outputs"]
+        ]
+        actual = runner(
+            op,
+            list(inputs.items()),
+            outputs,
+            _onnx_attributes(entry, helper),
+            constants=names,
+            opset=ONNX_OPSET.get(op, opset),
+        )
         for (name, _), value in zip(outputs, actual):
             assert_matches(value, expected[name], name=f"{entry['id']} {name}")
         checked += 1
@@ -251,18 +278,29 @@ def test_stored_torch_vectors_match_live_torch(written, manifest):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if op == "torch.quantize_per_tensor":
-                actual = {"y": torch.quantize_per_tensor(t["x"], float(inputs["scale"]), int(inputs["zero_point"]),
-                                                         dtypes[a["dtype"]]).int_repr()}
+                actual = {
+                    "y": torch.quantize_per_tensor(
+                        t["x"], float(inputs["scale"]), int(inputs["zero_point"]), dtypes[a["dtype"]]
+                    ).int_repr()
+                }
             elif op == "torch.quantize_per_channel":
-                actual = {"y": torch.quantize_per_channel(t["x"], t["scales"].double(), t["zero_points"], a["axis"],
-                                                          dtypes[a["dtype"]]).int_repr()}
+                actual = {
+                    "y": torch.quantize_per_channel(
+                        t["x"], t["scales"].double(), t["zero_points"], a["axis"], dtypes[a["dtype"]]
+                    ).int_repr()
+                }
             elif op == "torch.fake_quantize_per_tensor_affine":
-                actual = {"y": torch.fake_quantize_per_tensor_affine(t["x"], float(inputs["scale"]),
-                                                                     int(inputs["zero_point"]), a["quant_min"],
-                                                                     a["quant_max"])}
+                actual = {
+                    "y": torch.fake_quantize_per_tensor_affine(
+                        t["x"], float(inputs["scale"]), int(inputs["zero_point"]), a["quant_min"], a["quant_max"]
+                    )
+                }
             elif op == "torch.fake_quantize_per_channel_affine":
-                actual = {"y": torch.fake_quantize_per_channel_affine(t["x"], t["scale"], t["zero_point"].int(),
-                                                                      a["axis"], a["quant_min"], a["quant_max"])}
+                actual = {
+                    "y": torch.fake_quantize_per_channel_affine(
+                        t["x"], t["scale"], t["zero_point"].int(), a["axis"], a["quant_min"], a["quant_max"]
+                    )
+                }
             else:
                 observer = torch.ao.quantization.MinMaxObserver(
                     dtype=dtypes[a["dtype"]], qscheme=getattr(torch, a["qscheme"]), reduce_range=a["reduce_range"]

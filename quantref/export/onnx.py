@@ -107,7 +107,10 @@ def quantized_model_proto(qmodel: ptq.QuantizedModel) -> onnx.ModelProto:
         return name
 
     def activation(prefix: str, quant: ptq.ActivationQuant) -> list[str]:
-        return [constant(f"{prefix}_scale", quant.scale, np.float32), constant(f"{prefix}_zp", quant.zero_point, act_dtype)]
+        return [
+            constant(f"{prefix}_scale", quant.scale, np.float32),
+            constant(f"{prefix}_zp", quant.zero_point, act_dtype),
+        ]
 
     def weights(name: str, kernel: np.ndarray) -> list[str]:
         layer = getattr(qmodel, name)
@@ -134,16 +137,24 @@ def quantized_model_proto(qmodel: ptq.QuantizedModel) -> onnx.ModelProto:
         helper.make_node("QuantizeLinear", ["x", *x_q], ["x_q"]),
         helper.make_node("Transpose", ["x_q"], ["x_nchw"], perm=[0, 3, 1, 2]),
         helper.make_node(
-            "QLinearConv", ["x_nchw", *x_q, *weights("conv1", kernels["conv1"]), *a1, bias["conv1"]], ["a1"],
-            kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+            "QLinearConv",
+            ["x_nchw", *x_q, *weights("conv1", kernels["conv1"]), *a1, bias["conv1"]],
+            ["a1"],
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
         ),
         helper.make_node(
-            "QLinearConv", ["a1", *a1, *weights("conv2", kernels["conv2"]), *a2, bias["conv2"]], ["a2"],
-            kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+            "QLinearConv",
+            ["a1", *a1, *weights("conv2", kernels["conv2"]), *a2, bias["conv2"]],
+            ["a2"],
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
         ),
         helper.make_node("MaxPool", ["a2"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node(
-            "QLinearConv", ["pooled", *a2, *weights("dense", kernels["dense"]), *out, bias["dense"]], ["y_q"],
+            "QLinearConv",
+            ["pooled", *a2, *weights("dense", kernels["dense"]), *out, bias["dense"]],
+            ["y_q"],
             kernel_shape=[4, 4],
         ),
         helper.make_node("Flatten", ["y_q"], ["y_flat"], axis=1),

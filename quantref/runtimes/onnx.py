@@ -60,7 +60,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING, Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import jax
 import jax.numpy as jnp
@@ -69,8 +70,8 @@ import numpy as np
 
 from quantref import formats
 from quantref.affine import check_granularity, check_normal_float32, expand_param, is_concrete
-from quantref.runtimes._x86 import float_to_int32
 from quantref.affine import true_divide as _divide  # XLA rewrites x / constant as x * (1 / constant)
+from quantref.runtimes._x86 import float_to_int32
 
 if TYPE_CHECKING:  # onnx is optional (the conformance extra); run_model imports it when called
     import onnx
@@ -131,6 +132,8 @@ def _float_input(value, name: str) -> jax.Array:
 
 
 _HALF_SCALE_DTYPES = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+
+
 def _scale(value, name: str) -> jax.Array:
     dtype = getattr(value, "dtype", None)
     if dtype is not None and np.dtype(dtype) in _HALF_SCALE_DTYPES:
@@ -508,8 +511,10 @@ def _matmul_shapes(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[
     k_a = a_shape[-1]
     k_b = b_shape[0] if len(b_shape) == 1 else b_shape[-2]
     if k_a != k_b:
-        raise ValueError(f"a's last dimension ({k_a}) must equal b's contraction dimension ({k_b}); "
-                         f"got shapes a={a_shape}, b={b_shape}")
+        raise ValueError(
+            f"a's last dimension ({k_a}) must equal b's contraction dimension ({k_b}); "
+            f"got shapes a={a_shape}, b={b_shape}"
+        )
     try:
         np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
     except ValueError as error:
@@ -591,15 +596,18 @@ def _conv_geometry(x_shape, w_shape, strides, pads, dilations, group) -> None:
         raise ValueError(f"group must be a positive int, got {group!r}")
     channels, out_channels = x_shape[1], w_shape[0]
     if channels % group or out_channels % group:
-        raise ValueError(f"group={group} must divide x's channels ({channels}) and w's output channels "
-                         f"({out_channels})")
+        raise ValueError(
+            f"group={group} must divide x's channels ({channels}) and w's output channels ({out_channels})"
+        )
     if w_shape[1] != channels // group:
         raise ValueError(f"w.shape[1] must be x's channels / group = {channels // group}, got w shape {w_shape}")
     for i in range(2):
         padded = x_shape[2 + i] + pads[i] + pads[2 + i]
         if padded < dilations[i] * (w_shape[2 + i] - 1) + 1:
-            raise ValueError(f"the dilated kernel {w_shape[2:]} does not fit the padded input {x_shape[2:]} "
-                             f"(pads={tuple(pads)}, dilations={tuple(dilations)})")
+            raise ValueError(
+                f"the dilated kernel {w_shape[2:]} does not fit the padded input {x_shape[2:]} "
+                f"(pads={tuple(pads)}, dilations={tuple(dilations)})"
+            )
 
 
 @functools.partial(jax.jit, static_argnames=("strides", "pads", "dilations", "group"))
@@ -787,7 +795,9 @@ def qlinear_matmul(
     a_zp = _operand_zero_point(a_zero_point, a, "a_zero_point", None, "")
     b_zp = _operand_zero_point(b_zero_point, b, "b_zero_point", per_column, "per column")
     sa = _scalar_scale(a_scale, "a_scale")
-    sb = _per_index_scale(b_scale, "b_scale", columns, "per column") if per_column else _scalar_scale(b_scale, "b_scale")
+    sb = (
+        _per_index_scale(b_scale, "b_scale", columns, "per column") if per_column else _scalar_scale(b_scale, "b_scale")
+    )
     sy = _scalar_scale(y_scale, "y_scale")
     _check_scale_product(sa, sb, "a_scale * b_scale")
     zy = _output_zero_point(y_zero_point, "y_zero_point")
@@ -795,8 +805,24 @@ def qlinear_matmul(
 
 
 @functools.partial(jax.jit, static_argnames=("out_dtype", "strides", "pads", "dilations", "group", "flavor"))
-def _qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, bias, *, out_dtype,
-                  strides, pads, dilations, group, flavor):
+def _qlinear_conv(
+    x,
+    x_scale,
+    x_zero_point,
+    w,
+    w_scale,
+    w_zero_point,
+    y_scale,
+    y_zero_point,
+    bias,
+    *,
+    out_dtype,
+    strides,
+    pads,
+    dilations,
+    group,
+    flavor,
+):
     acc = _conv_int32(x, w, x_zero_point, w_zero_point, strides=strides, pads=pads, dilations=dilations, group=group)
     acc = acc + bias.reshape(1, -1, 1, 1)
     multiplier = _divide(x_scale * w_scale, y_scale)
@@ -883,8 +909,23 @@ def qlinear_conv(
         bias = _typed_input(bias, "bias", [np.dtype(np.int32)])
         if bias.shape != (out_channels,):
             raise ValueError(f"bias must have shape ({out_channels},) (one per output channel), got {bias.shape}")
-    return _qlinear_conv(x, sx, x_zp, w, sw, w_zp, sy, zy, bias, out_dtype=np.dtype(zy.dtype), strides=strides,
-                         pads=pads, dilations=dilations, group=int(group), flavor=flavor)
+    return _qlinear_conv(
+        x,
+        sx,
+        x_zp,
+        w,
+        sw,
+        w_zp,
+        sy,
+        zy,
+        bias,
+        out_dtype=np.dtype(zy.dtype),
+        strides=strides,
+        pads=pads,
+        dilations=dilations,
+        group=int(group),
+        flavor=flavor,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -892,8 +933,9 @@ def qlinear_conv(
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _FLOAT_SOURCES = tuple(np.dtype(d) for d in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64))
-_CAST_INT_TARGETS = tuple(np.dtype(d) for d in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32,
-                                                 np.int64, np.uint64))
+_CAST_INT_TARGETS = tuple(
+    np.dtype(d) for d in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64)
+)
 _SUB_BYTE = tuple(np.dtype(d) for d in (ml_dtypes.int4, ml_dtypes.uint4, ml_dtypes.int2, ml_dtypes.uint2))
 _CAST_TARGETS = _CAST_INT_TARGETS + _FLOAT_SOURCES + tuple(_FLOAT8_NAMES) + (np.dtype(np.bool_),)
 _CAST_SOURCES = _CAST_TARGETS + _SUB_BYTE
@@ -917,8 +959,9 @@ _OPS: dict[str, _OpSpec] = {
     "Identity": _OpSpec(1, 1, 1, ()),
     "MatMulInteger": _OpSpec(2, 4, 1, ()),
     # Indices (the second output) is not supported; storage_order only affects it.
-    "MaxPool": _OpSpec(1, 1, 1, ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order",
-                                 "strides")),
+    "MaxPool": _OpSpec(
+        1, 1, 1, ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides")
+    ),
     "QLinearConv": _OpSpec(8, 9, 1, _CONV_ATTRIBUTES),
     "QLinearMatMul": _OpSpec(8, 8, 1, ()),
     "QuantizeLinear": _OpSpec(2, 3, 1, ("axis", "block_size", "output_dtype", "saturate")),
@@ -967,28 +1010,37 @@ def _check_node(onnx, index: int, node, attributes: dict) -> None:
     """Everything about a node that can be checked before running: op, domain, arity, attributes."""
     label = _node_label(index, node)
     if node.domain not in _DEFAULT_DOMAINS:
-        raise ValueError(f"{label} is in the domain {node.domain!r}; run_model supports only the default ONNX "
-                         f"domain (ai.onnx) operators {', '.join(SUPPORTED_OPS)}")
+        raise ValueError(
+            f"{label} is in the domain {node.domain!r}; run_model supports only the default ONNX "
+            f"domain (ai.onnx) operators {', '.join(SUPPORTED_OPS)}"
+        )
     spec = _OPS.get(node.op_type)
     if spec is None:
-        raise ValueError(f"{label}: unsupported operator {node.op_type!r}; run_model supports "
-                         f"{', '.join(SUPPORTED_OPS)}")
+        raise ValueError(
+            f"{label}: unsupported operator {node.op_type!r}; run_model supports {', '.join(SUPPORTED_OPS)}"
+        )
     inputs = list(node.input)
     if len(inputs) > spec.most or any(not name for name in inputs[: spec.required]) or len(inputs) < spec.required:
-        raise ValueError(f"{label} has inputs {inputs}; {node.op_type} takes {spec.required} required and "
-                         f"{spec.most - spec.required} optional inputs")
+        raise ValueError(
+            f"{label} has inputs {inputs}; {node.op_type} takes {spec.required} required and "
+            f"{spec.most - spec.required} optional inputs"
+        )
     outputs = list(node.output)
-    if any(outputs[spec.outputs:]) or not any(outputs):
-        raise ValueError(f"{label} has outputs {outputs}; run_model supports at most {spec.outputs} output(s) of "
-                         f"{node.op_type}" + (" (MaxPool's Indices output is not supported)"
-                                              if node.op_type == "MaxPool" else ""))
+    if any(outputs[spec.outputs :]) or not any(outputs):
+        raise ValueError(
+            f"{label} has outputs {outputs}; run_model supports at most {spec.outputs} output(s) of "
+            f"{node.op_type}" + (" (MaxPool's Indices output is not supported)" if node.op_type == "MaxPool" else "")
+        )
     unknown = sorted(set(attributes) - set(spec.attributes))
     if unknown:
-        raise ValueError(f"{label} has attribute(s) {unknown} that run_model does not support for "
-                         f"{node.op_type} (supported: {list(spec.attributes)})")
+        raise ValueError(
+            f"{label} has attribute(s) {unknown} that run_model does not support for "
+            f"{node.op_type} (supported: {list(spec.attributes)})"
+        )
     if node.op_type == "Constant" and len(attributes) != 1:
-        raise ValueError(f"{label} must have exactly one of the attributes {list(spec.attributes)}, got "
-                         f"{sorted(attributes)}")
+        raise ValueError(
+            f"{label} must have exactly one of the attributes {list(spec.attributes)}, got {sorted(attributes)}"
+        )
     if node.op_type == "Cast":
         if "to" not in attributes:
             raise ValueError(f"{label} has no 'to' attribute")
@@ -997,14 +1049,18 @@ def _check_node(onnx, index: int, node, attributes: dict) -> None:
         except (KeyError, TypeError, ValueError):
             target = None
         if target not in _CAST_TARGETS:
-            raise ValueError(f"{label}: Cast to {_onnx_type_name(onnx, attributes['to'])} is not supported; "
-                             f"run_model casts to {', '.join(d.name for d in _CAST_TARGETS)}")
+            raise ValueError(
+                f"{label}: Cast to {_onnx_type_name(onnx, attributes['to'])} is not supported; "
+                f"run_model casts to {', '.join(d.name for d in _CAST_TARGETS)}"
+            )
     if node.op_type in ("QuantizeLinear", "DequantizeLinear") and attributes.get("output_dtype", 0):
         target = _np_dtype(onnx, attributes["output_dtype"])
         allowed = (np.dtype(np.float32),) if node.op_type == "DequantizeLinear" else tuple(QUANTIZED_DTYPES.values())
         if target not in allowed:
-            raise ValueError(f"{label}: output_dtype {_onnx_type_name(onnx, attributes['output_dtype'])} is not "
-                             f"supported by run_model")
+            raise ValueError(
+                f"{label}: output_dtype {_onnx_type_name(onnx, attributes['output_dtype'])} is not "
+                f"supported by run_model"
+            )
     if attributes.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
         raise ValueError(f"{label}: unknown auto_pad {attributes['auto_pad']!r}")
 
@@ -1042,8 +1098,10 @@ def _check_feeds(onnx, graph, feeds, initializers) -> dict[str, np.ndarray]:
         tensor_type = declared[name].type.tensor_type
         expected_dtype = _np_dtype(onnx, tensor_type.elem_type)
         if array.dtype != expected_dtype:
-            raise TypeError(f"feed {name!r} must have dtype {expected_dtype.name} (ONNX "
-                            f"{_onnx_type_name(onnx, tensor_type.elem_type)}), got {array.dtype.name}")
+            raise TypeError(
+                f"feed {name!r} must have dtype {expected_dtype.name} (ONNX "
+                f"{_onnx_type_name(onnx, tensor_type.elem_type)}), got {array.dtype.name}"
+            )
         expected_shape = _expected_shape(declared[name])
         if expected_shape is not None:
             fits = len(expected_shape) == array.ndim and all(
@@ -1090,8 +1148,9 @@ def _conv_pads(attributes: dict, in_sizes, kernel, strides, dilations) -> tuple[
 
 def _conv_geometry_attributes(attributes: dict, x: np.ndarray, w: np.ndarray) -> dict:
     if x.ndim != 4 or w.ndim != 4:
-        raise ValueError(f"run_model supports 2-D convolutions (4-D NCHW x and OIHW w) only, got x {x.shape} "
-                         f"and w {w.shape}")
+        raise ValueError(
+            f"run_model supports 2-D convolutions (4-D NCHW x and OIHW w) only, got x {x.shape} and w {w.shape}"
+        )
     kernel = tuple(w.shape[2:])
     declared = tuple(int(v) for v in attributes.get("kernel_shape", ()))
     if declared and declared != kernel:
@@ -1102,8 +1161,9 @@ def _conv_geometry_attributes(attributes: dict, x: np.ndarray, w: np.ndarray) ->
     return {"strides": strides, "pads": pads, "dilations": dilations, "group": int(attributes.get("group", 1))}
 
 
-def _pool_output_size(size: int, kernel: int, stride: int, dilation: int, begin: int, total_pad: int,
-                      ceil_mode: bool) -> int:
+def _pool_output_size(
+    size: int, kernel: int, stride: int, dilation: int, begin: int, total_pad: int, ceil_mode: bool
+) -> int:
     """onnxruntime's PoolAttributes::ComputeOutputSize: a float32 division, truncated or ceiled."""
     quotient = np.float32(size + total_pad - dilation * (kernel - 1) - 1) / np.float32(stride) + np.float32(1)
     out = int(np.ceil(quotient)) if ceil_mode else int(np.trunc(quotient))
@@ -1122,19 +1182,24 @@ def _max_pool(x: np.ndarray, attributes: dict) -> np.ndarray:
     kernel = tuple(int(k) for k in attributes["kernel_shape"])
     count = len(kernel)
     if x.ndim != count + 2 or not 1 <= count <= 3:
-        raise ValueError(f"MaxPool with kernel_shape {kernel} needs a {count + 2}-D input (1 to 3 spatial "
-                         f"dimensions), got shape {x.shape}")
+        raise ValueError(
+            f"MaxPool with kernel_shape {kernel} needs a {count + 2}-D input (1 to 3 spatial "
+            f"dimensions), got shape {x.shape}"
+        )
     strides = _spatial_attribute(attributes, "strides", count, 1)
     dilations = _spatial_attribute(attributes, "dilations", count, 1)
     ceil_mode = bool(attributes.get("ceil_mode", 0))
     auto_pad = attributes.get("auto_pad", "NOTSET")
     pads = _spatial_attribute(attributes, "pads", 2 * count, 0)
     if len(strides) != count or len(dilations) != count or len(pads) != 2 * count:
-        raise ValueError(f"MaxPool strides/dilations/pads must have {count}/{count}/{2 * count} entries, got "
-                         f"{strides}, {dilations}, {pads}")
+        raise ValueError(
+            f"MaxPool strides/dilations/pads must have {count}/{count}/{2 * count} entries, got "
+            f"{strides}, {dilations}, {pads}"
+        )
     if any(k < 1 for k in kernel) or any(s < 1 for s in strides) or any(d < 1 for d in dilations):
-        raise ValueError(f"MaxPool kernel_shape, strides and dilations must be >= 1, got {kernel}, {strides}, "
-                         f"{dilations}")
+        raise ValueError(
+            f"MaxPool kernel_shape, strides and dilations must be >= 1, got {kernel}, {strides}, {dilations}"
+        )
     if any(p < 0 or p >= kernel[i % count] for i, p in enumerate(pads)):
         raise ValueError(f"MaxPool pads must be >= 0 and smaller than the kernel, got {pads} for {kernel}")
     begins, out_sizes = [], []
@@ -1148,8 +1213,10 @@ def _max_pool(x: np.ndarray, attributes: dict) -> np.ndarray:
             begin = total // 2 if auto_pad == "SAME_UPPER" else (total + 1) // 2
         out = _pool_output_size(size, k, s, d, begin, total, ceil_mode)
         if out < 1:
-            raise ValueError(f"MaxPool output would be empty along spatial axis {i} (input {size}, kernel {k}, "
-                             f"stride {s}, dilation {d}, padding {total})")
+            raise ValueError(
+                f"MaxPool output would be empty along spatial axis {i} (input {size}, kernel {k}, "
+                f"stride {s}, dilation {d}, padding {total})"
+            )
         begins.append(begin)
         out_sizes.append(out)
     lowest = np.finfo(x.dtype).min if x.dtype.kind == "f" else np.iinfo(x.dtype).min
@@ -1229,8 +1296,10 @@ def _reshape(data: np.ndarray, shape: np.ndarray, allowzero: bool) -> np.ndarray
         for i, d in enumerate(dims):
             if d == 0:
                 if i >= data.ndim:
-                    raise ValueError(f"Reshape shape {dims}: a 0 at position {i} copies a dimension the input "
-                                     f"{data.shape} does not have")
+                    raise ValueError(
+                        f"Reshape shape {dims}: a 0 at position {i} copies a dimension the input "
+                        f"{data.shape} does not have"
+                    )
                 dims[i] = data.shape[i]
     if dims.count(-1) > 1 or any(d < -1 for d in dims):
         raise ValueError(f"Reshape shape {dims} may have at most one -1 and no other negative entries")
@@ -1249,7 +1318,7 @@ def _flatten(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _constant(onnx, attributes: dict) -> np.ndarray:
-    (name, value), = attributes.items()
+    ((name, value),) = attributes.items()
     if name == "value":
         return onnx.numpy_helper.to_array(value)
     if name == "value_float":
@@ -1286,16 +1355,33 @@ def _run_node(onnx, op: str, inputs: list, attributes: dict) -> list:
         _float32_only(x, "x", op)
         _float32_only(scale, "y_scale", op)
         output_dtype = attributes.get("output_dtype", 0)
-        return [jax_out(quantize_linear(
-            x, scale, zero_point, axis=int(attributes.get("axis", 1)), block_size=int(attributes.get("block_size", 0)),
-            saturate=bool(attributes.get("saturate", 1)),
-            output_dtype=_np_dtype(onnx, output_dtype) if output_dtype else None,
-        ))]
+        return [
+            jax_out(
+                quantize_linear(
+                    x,
+                    scale,
+                    zero_point,
+                    axis=int(attributes.get("axis", 1)),
+                    block_size=int(attributes.get("block_size", 0)),
+                    saturate=bool(attributes.get("saturate", 1)),
+                    output_dtype=_np_dtype(onnx, output_dtype) if output_dtype else None,
+                )
+            )
+        ]
     if op == "DequantizeLinear":
         x, scale, zero_point = inputs[0], inputs[1], inputs[2] if len(inputs) > 2 else None
         _float32_only(scale, "x_scale", op)
-        return [jax_out(dequantize_linear(x, scale, zero_point, axis=int(attributes.get("axis", 1)),
-                                          block_size=int(attributes.get("block_size", 0))))]
+        return [
+            jax_out(
+                dequantize_linear(
+                    x,
+                    scale,
+                    zero_point,
+                    axis=int(attributes.get("axis", 1)),
+                    block_size=int(attributes.get("block_size", 0)),
+                )
+            )
+        ]
     if op == "DynamicQuantizeLinear":
         return [jax_out(value) for value in dynamic_quantize_linear(_float32_only(inputs[0], "x", op))]
     if op == "MatMulInteger":
@@ -1396,8 +1482,10 @@ def run_model(
         _check_node(onnx, index, node, attributes)
         for name in node.input:
             if name and name not in defined:
-                raise ValueError(f"{_node_label(index, node)} reads {name!r}, which no graph input, initializer or "
-                                 f"earlier node defines (graph.node must be in topological order)")
+                raise ValueError(
+                    f"{_node_label(index, node)} reads {name!r}, which no graph input, initializer or "
+                    f"earlier node defines (graph.node must be in topological order)"
+                )
         defined.update(name for name in node.output if name)
         plan.append((index, node, attributes))
     for value_info in graph.output:

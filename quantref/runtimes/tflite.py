@@ -11,7 +11,8 @@ $$
 and applied to an int32 accumulator by gemmlowp's fixed-point primitives:
 
 $$
-\\operatorname{SRDHM}(a, b) = \\Big\\lfloor \\frac{a b + 2^{30}}{2^{31}} \\Big\\rfloor\\ \\text{(ties towards } +\\infty\\text{)},
+\\operatorname{SRDHM}(a, b) = \\Big\\lfloor \\frac{a b + 2^{30}}{2^{31}} \\Big\\rfloor\\ \\text{(ties towards }
++\\infty\\text{)},
 \\qquad
 \\operatorname{RDBPOT}(x, e) = \\operatorname{round\\_half\\_away}(x / 2^e),
 \\operatorname{MBQM}(x) = \\operatorname{RDBPOT}\\big(\\operatorname{SRDHM}(x \\cdot 2^{\\max(\\text{shift}, 0)}, q_m),
@@ -176,10 +177,16 @@ def per_channel_multipliers(
     Raises:
       ValueError: if a scale is not positive and finite in float32.
     """
-    scales = [np.asarray(input_scale, np.float32), np.asarray(filter_scales, np.float32), np.asarray(output_scale, np.float32)]
+    scales = [
+        np.asarray(input_scale, np.float32),
+        np.asarray(filter_scales, np.float32),
+        np.asarray(output_scale, np.float32),
+    ]
     for name, value in zip(("input_scale", "filter_scales", "output_scale"), scales):
         if not np.all(np.isfinite(value) & (value > 0)):
-            raise ValueError(f"{name} must be positive and finite in float32, got {np.asarray(value).ravel()[:3].tolist()}")
+            raise ValueError(
+                f"{name} must be positive and finite in float32, got {np.asarray(value).ravel()[:3].tolist()}"
+            )
     if scales[0].ndim or scales[2].ndim or scales[1].ndim != 1:
         raise ValueError("input_scale and output_scale must be scalars and filter_scales 1-D")
     effective = scales[0].astype(np.float64) * scales[1].astype(np.float64) / scales[2].astype(np.float64)
@@ -464,7 +471,8 @@ def quantize(x: jax.Array | np.ndarray, scale: float, zero_point: int, dtype: Tf
       int8, uint8 or int16 array shaped like ``x``.
 
     Raises:
-      ValueError: for an unknown ``dtype``, a non-positive, non-finite or subnormal (< ~1.18e-38) scale, or a zero point outside the range.
+      ValueError: for an unknown ``dtype``, a non-positive, non-finite or subnormal (< ~1.18e-38) scale, or a zero
+        point outside the range.
       TypeError: for a non-float ``x``, a non-numeric ``scale`` or a non-int ``zero_point``.
     """
     fmt = _check_dtype(dtype)
@@ -525,19 +533,35 @@ def _check_bias(bias, channels: int) -> jax.Array:
     return bias
 
 
-def _requantize(acc, output_multiplier, output_shift, output_zero_point, activation_min, activation_max, single_rounding):
+def _requantize(
+    acc, output_multiplier, output_shift, output_zero_point, activation_min, activation_max, single_rounding
+):
     scaled = _mbqm(acc, output_multiplier, output_shift, single_rounding=single_rounding)
     return jnp.clip(scaled + output_zero_point, activation_min, activation_max).astype(jnp.int8)
 
 
-@functools.partial(jax.jit, static_argnames=("input_zero_point", "output_zero_point", "activation_min",
-                                             "activation_max", "single_rounding"))
-def _fully_connected(x, filters, bias, output_multiplier, output_shift, *, input_zero_point, output_zero_point,
-                     activation_min, activation_max, single_rounding):
+@functools.partial(
+    jax.jit,
+    static_argnames=("input_zero_point", "output_zero_point", "activation_min", "activation_max", "single_rounding"),
+)
+def _fully_connected(
+    x,
+    filters,
+    bias,
+    output_multiplier,
+    output_shift,
+    *,
+    input_zero_point,
+    output_zero_point,
+    activation_min,
+    activation_max,
+    single_rounding,
+):
     shifted = x.astype(jnp.int32) - input_zero_point
     acc = jnp.einsum("...d,od->...o", shifted, filters.astype(jnp.int32), preferred_element_type=jnp.int32) + bias
-    return _requantize(acc, output_multiplier, output_shift, output_zero_point, activation_min, activation_max,
-                       single_rounding)
+    return _requantize(
+        acc, output_multiplier, output_shift, output_zero_point, activation_min, activation_max, single_rounding
+    )
 
 
 def fully_connected(
@@ -557,7 +581,8 @@ def fully_connected(
 
     $$
     \\mathrm{acc}_{b,c} = \\sum_d w_{c,d}\\,(x_{b,d} - z_{in}) + \\mathrm{bias}_c \\ \\text{(int32)},\\qquad
-    y_{b,c} = \\operatorname{clamp}\\big(\\operatorname{MBQM}(\\mathrm{acc}_{b,c}, q_{m,c}, \\text{shift}_c) + z_{out},\\
+    y_{b,c} = \\operatorname{clamp}\\big(\\operatorname{MBQM}(\\mathrm{acc}_{b,c}, q_{m,c}, \\text{shift}_c) +
+    z_{out},\\
     a_{min}, a_{max}\\big).
     $$
 
@@ -598,9 +623,16 @@ def fully_connected(
     bias = _check_bias(bias, channels)
     _check_offsets(input_zero_point, output_zero_point, activation_min, activation_max)
     return _fully_connected(
-        x, filters, bias, output_multiplier, output_shift,
-        input_zero_point=int(input_zero_point), output_zero_point=int(output_zero_point),
-        activation_min=int(activation_min), activation_max=int(activation_max), single_rounding=bool(single_rounding),
+        x,
+        filters,
+        bias,
+        output_multiplier,
+        output_shift,
+        input_zero_point=int(input_zero_point),
+        output_zero_point=int(output_zero_point),
+        activation_min=int(activation_min),
+        activation_max=int(activation_max),
+        single_rounding=bool(single_rounding),
     )
 
 
@@ -622,19 +654,55 @@ def _same_padding(size: int, filter_size: int, stride: int, dilation: int) -> tu
     return total // 2, total - total // 2
 
 
-@functools.partial(jax.jit, static_argnames=("strides", "padding", "dilations", "groups", "input_zero_point",
-                                             "output_zero_point", "activation_min", "activation_max",
-                                             "single_rounding"))
-def _conv2d(x, filters, bias, output_multiplier, output_shift, *, strides, padding, dilations, groups,
-            input_zero_point, output_zero_point, activation_min, activation_max, single_rounding):
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "strides",
+        "padding",
+        "dilations",
+        "groups",
+        "input_zero_point",
+        "output_zero_point",
+        "activation_min",
+        "activation_max",
+        "single_rounding",
+    ),
+)
+def _conv2d(
+    x,
+    filters,
+    bias,
+    output_multiplier,
+    output_shift,
+    *,
+    strides,
+    padding,
+    dilations,
+    groups,
+    input_zero_point,
+    output_zero_point,
+    activation_min,
+    activation_max,
+    single_rounding,
+):
     # Out-of-bounds taps are skipped in TFLite, which is zero padding of (x - z_in).
     shifted = x.astype(jnp.int32) - input_zero_point
-    acc = jax.lax.conv_general_dilated(
-        shifted, filters.astype(jnp.int32), window_strides=strides, padding=padding, rhs_dilation=dilations,
-        dimension_numbers=("NHWC", "OHWI", "NHWC"), feature_group_count=groups, preferred_element_type=jnp.int32,
-    ) + bias
-    return _requantize(acc, output_multiplier, output_shift, output_zero_point, activation_min, activation_max,
-                       single_rounding)
+    acc = (
+        jax.lax.conv_general_dilated(
+            shifted,
+            filters.astype(jnp.int32),
+            window_strides=strides,
+            padding=padding,
+            rhs_dilation=dilations,
+            dimension_numbers=("NHWC", "OHWI", "NHWC"),
+            feature_group_count=groups,
+            preferred_element_type=jnp.int32,
+        )
+        + bias
+    )
+    return _requantize(
+        acc, output_multiplier, output_shift, output_zero_point, activation_min, activation_max, single_rounding
+    )
 
 
 def conv2d(
@@ -656,7 +724,8 @@ def conv2d(
     """TFLite's int8 per-channel ``Conv2D`` (``reference_integer_ops::ConvPerChannel``), NHWC.
 
     $$
-    \\mathrm{acc}_{n,y,x,c} = \\sum_{i,j,k} w_{c,i,j,k}\\,(x_{n,\\,y s_h + i d_h - p_t,\\,x s_w + j d_w - p_l,\\,k} - z_{in})
+    \\mathrm{acc}_{n,y,x,c} = \\sum_{i,j,k} w_{c,i,j,k}\\,(x_{n,\\,y s_h + i d_h - p_t,\\,x s_w + j d_w - p_l,\\,k} -
+    z_{in})
     + \\mathrm{bias}_c,
     $$
 
@@ -710,9 +779,7 @@ def conv2d(
     strides = _pair(strides, "strides")
     dilations = _pair(dilations, "dilations")
     if padding == "SAME":
-        pads = tuple(
-            _same_padding(x.shape[1 + i], filters.shape[1 + i], strides[i], dilations[i]) for i in range(2)
-        )
+        pads = tuple(_same_padding(x.shape[1 + i], filters.shape[1 + i], strides[i], dilations[i]) for i in range(2))
     elif padding == "VALID":
         pads = ((0, 0), (0, 0))
     elif (
@@ -732,8 +799,18 @@ def conv2d(
     bias = _check_bias(bias, channels)
     _check_offsets(input_zero_point, output_zero_point, activation_min, activation_max)
     return _conv2d(
-        x, filters, bias, output_multiplier, output_shift,
-        strides=strides, padding=pads, dilations=dilations, groups=in_channels // filter_depth,
-        input_zero_point=int(input_zero_point), output_zero_point=int(output_zero_point),
-        activation_min=int(activation_min), activation_max=int(activation_max), single_rounding=bool(single_rounding),
+        x,
+        filters,
+        bias,
+        output_multiplier,
+        output_shift,
+        strides=strides,
+        padding=pads,
+        dilations=dilations,
+        groups=in_channels // filter_depth,
+        input_zero_point=int(input_zero_point),
+        output_zero_point=int(output_zero_point),
+        activation_min=int(activation_min),
+        activation_max=int(activation_max),
+        single_rounding=bool(single_rounding),
     )

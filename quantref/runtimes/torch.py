@@ -40,7 +40,8 @@ the zero point or a tie sits right next to them, but do not rely on them).
 
 References:
   PyTorch ``aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp``,
-  ``aten/src/ATen/native/quantized/AffineQuantizerBase.cpp``, ``aten/src/ATen/native/quantized/FakeQuantPerTensorAffine.cpp``,
+  ``aten/src/ATen/native/quantized/AffineQuantizerBase.cpp``,
+  ``aten/src/ATen/native/quantized/FakeQuantPerTensorAffine.cpp``,
   ``torch/ao/quantization/observer.py``; fbgemm ``src/QuantUtilsAvx2.cc``.
   Dekker, "A floating-point technique for extending the available precision", Numer. Math. 18, 1971.
   Boldo & Melquiond, "Emulation of FMA and correctly rounded sums: proved algorithms using rounding to odd",
@@ -213,7 +214,9 @@ def _channel_params(x, scales, zero_points, axis):
     zero_points_arr = zero_points if isinstance(zero_points, jax.Array) else np.asarray(zero_points)
     for name, arr in (("scales", scales_arr), ("zero_points", zero_points_arr)):
         if arr.shape != (channels,):
-            raise ValueError(f"{name} must have shape ({channels},) for axis {axis} of x.shape {x.shape}, got {arr.shape}")
+            raise ValueError(
+                f"{name} must have shape ({channels},) for axis {axis} of x.shape {x.shape}, got {arr.shape}"
+            )
     if not np.issubdtype(zero_points_arr.dtype, np.integer):
         raise TypeError(f"zero_points must be an integer array, got dtype {zero_points_arr.dtype}")
     # Range-check before any int32 conversion (jnp.asarray would wrap int64 values silently).
@@ -266,7 +269,8 @@ def quantize_per_tensor(x: jax.Array | np.ndarray, scale: float, zero_point: int
     With $\\mathrm{inv} = f_{32}(1/f_{32}(s))$:
 
     $$
-    \\text{quint8, qint8:}\\quad q = \\operatorname{sat}\\big(\\mathrm{rne}(\\operatorname{fma}(x, \\mathrm{inv}, z))\\big),
+    \\text{quint8, qint8:}\\quad q = \\operatorname{sat}\\big(\\mathrm{rne}(\\operatorname{fma}(x, \\mathrm{inv},
+    z))\\big),
     \\qquad
     \\text{qint32:}\\quad q = \\operatorname{sat}\\big(\\mathrm{rne}(f_{32}(f_{32}(x\\cdot\\mathrm{inv}) + z))\\big).
     $$
@@ -348,7 +352,8 @@ def quantize_per_channel(
 
     Raises:
       ValueError: for an unknown ``dtype``, a bad ``axis``, ``scales``/``zero_points`` whose shape is not
-        ``(x.shape[axis],)``, non-positive, non-finite or subnormal (< ~1.18e-38) scales, or zero points outside the range of ``dtype``.
+        ``(x.shape[axis],)``, non-positive, non-finite or subnormal (< ~1.18e-38) scales, or zero points outside the
+        range of ``dtype``.
       TypeError: for a non-float ``x`` or non-integer ``zero_points``.
     """
     fmt = _check_qdtype(dtype)
@@ -441,7 +446,8 @@ def fake_quantize_per_channel_affine(
     """``torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis, quant_min, quant_max)`` on CPU.
 
     $$
-    q = \\operatorname{clamp}\\big(f_{32}(\\mathrm{rne}(f_{32}(x\\cdot\\mathrm{inv}_c)) + z_c),\\ q_{min},\\ q_{max}\\big),
+    q = \\operatorname{clamp}\\big(f_{32}(\\mathrm{rne}(f_{32}(x\\cdot\\mathrm{inv}_c)) + z_c),\\ q_{min},\\
+    q_{max}\\big),
     \\qquad y = f_{32}\\big((q - z_c)\\,s_c\\big)\\ \\text{(one rounding)}.
     $$
 
