@@ -68,8 +68,9 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from quantref import formats
-from quantref.affine import check_granularity, check_normal_float32, expand_param, is_concrete
+from quantref import _validate, formats
+from quantref._validate import INT32_MAX, INT32_MIN, check_granularity, check_normal_float32, is_concrete
+from quantref.affine import expand_param
 from quantref.affine import true_divide as _divide  # XLA rewrites x / constant as x * (1 / constant)
 from quantref.runtimes._x86 import float_to_int32
 
@@ -86,6 +87,7 @@ __all__ = [
     "conv_integer",
     "qlinear_matmul",
     "qlinear_conv",
+    "requantize",
     "SUPPORTED_OPS",
     "run_model",
 ]
@@ -680,6 +682,130 @@ def conv_integer(
 # QLinearMatMul / QLinearConv: int32 accumulation, then requantization
 
 
+def _round_small_to_int32(value: jax.Array) -> jax.Array:
+    """Round half to even to int32, exactly for $|v| \\le 2^{22}$.
+
+    Adding $1.5 \\cdot 2^{23}$ moves $v$ to where the float32 spacing is 1, so the addition itself rounds half to even
+    and leaves the integer in the low mantissa bits. XLA's CPU backend has lowered ``round`` to a scalar call; this is
+    one vector add and a bitcast.
+    """
+    magic = jnp.float32(1.5 * 2**23)
+    return jax.lax.bitcast_convert_type(value + magic, jnp.int32) - jax.lax.bitcast_convert_type(magic, jnp.int32)
+
+
+def _round_to_int32(value: jax.Array) -> jax.Array:
+    """Round half to even to int32, exactly for every float32 in $[-2^{31}, 2^{31}]$ (saturating at the ends).
+
+    Below $2^{23}$ adding and subtracting $\\pm 2^{23}$ rounds half to even (the spacing there is 1); from $2^{23}$ on,
+    every float32 is an integer already.
+    """
+    offset = jnp.where(value < 0, jnp.float32(-(2**23)), jnp.float32(2**23))
+    rounded = jnp.where(jnp.abs(value) < 2**23, (value + offset) - offset, value)
+    inside = jnp.where(rounded >= 2.0**31, 0.0, rounded).astype(jnp.int32)
+    return jnp.where(rounded >= 2.0**31, jnp.int32(INT32_MAX), inside)
+
+
+_SMALL = 2**22  # the bound below which _round_small_to_int32 is exact
+
+
+@functools.partial(jax.jit, static_argnames=("small",))
+def _requantize_float(acc, multiplier, zero_point, qmin, qmax, *, small: bool | None):
+    """MlasRequantizeOutput with output bounds ``[qmin, qmax]``; ``small``: whether ``qmin - z`` and ``qmax - z`` are
+    known to lie in ``[-2^22, 2^22]`` (True), known not to (False), or to be found out at run time (None)."""
+    zero_point = jnp.asarray(zero_point, jnp.int32)
+    low = jnp.asarray(qmin, jnp.int32) - zero_point
+    high = jnp.asarray(qmax, jnp.int32) - zero_point
+    # f32(acc) * M in float32 (one rounding each), clamped to [qmin - z, qmax - z], rounded half to even, and only
+    # then z added in int32: no multiply-add for XLA to contract. Clamping before the rounding is the same as after,
+    # for integer bounds.
+    scaled = acc.astype(jnp.float32) * multiplier
+
+    def fast(values):  # the bounds are exact in float32, and the clamped values small enough for the magic number
+        values = jnp.clip(values, low.astype(jnp.float32), high.astype(jnp.float32))
+        return _round_small_to_int32(values) + zero_point
+
+    def exact(values):  # bounds beyond 2^24 are not exact in float32: clamp in int32, where they are
+        values = jnp.clip(values, -(2.0**31), 2.0**31)
+        return jnp.clip(_round_to_int32(values), low, high) + zero_point
+
+    if small is None:
+        small_bounds = jnp.all((low >= -_SMALL) & (high <= _SMALL))
+        return jax.lax.cond(small_bounds, fast, exact, scaled)
+    return fast(scaled) if small else exact(scaled)
+
+
+def requantize(
+    acc: jax.Array | np.ndarray,
+    multiplier: jax.Array | np.ndarray | float,
+    zero_point: jax.Array | np.ndarray | int,
+    qmin: jax.Array | int,
+    qmax: jax.Array | int,
+) -> jax.Array:
+    """onnxruntime's requantization of int32 accumulators (MlasRequantizeOutput), as in QLinearConv/QLinearMatMul.
+
+    $$
+    y = \\operatorname{clamp}\\big(\\operatorname{rne}(f_{32}(f_{32}(\\text{acc}) \\cdot M)) + z,\\
+    q_{min},\\ q_{max}\\big)
+    $$
+
+    One float32 multiply, rounded half to even, *then* the zero point added in int32 (never a fused multiply-add).
+    The multiplier is $M = f_{32}(f_{32}(s_x s_w) / s_y)$, computed by the caller (per output channel or scalar).
+    The rounding is exact for every bound: with $|q_{min} - z|, |q_{max} - z| \\le 2^{22}$ (every 8- and 16-bit
+    grid) it is one vector add (a magic-number rounding), otherwise a slower exact path; with traced bounds the
+    choice is made at run time. Pass ``qmin = max(format qmin, zero_point)`` to apply a ReLU. Jit-compatible.
+
+    References:
+      onnxruntime ``core/mlas/lib/quantize.cpp`` (MlasRequantizeOutput), ``core/providers/cpu/quantization/
+      qlinearconv.cc``.
+
+    Args:
+      acc: int32 accumulators (any integer array whose values fit int32).
+      multiplier: float32 multiplier(s) broadcastable against ``acc`` (e.g. one per output channel, channels last);
+        float64 values are rounded to float32.
+      zero_point: int32 output zero point (scalar, or broadcastable against ``acc``).
+      qmin: lowest output code (traced values allowed).
+      qmax: highest output code (traced values allowed).
+
+    Returns:
+      int32 codes in ``[qmin, qmax]``, of the broadcast shape of ``acc`` and ``multiplier``.
+
+    Raises:
+      TypeError: for a non-integer ``acc``/``zero_point``/``qmin``/``qmax`` or a non-float ``multiplier``.
+      ValueError: (concrete values only) values outside int32, a multiplier that is not finite, > 0 and normal in
+        float32, ``qmin > qmax``, ``qmin - zero_point`` or ``qmax - zero_point`` outside int32, or shapes that
+        do not broadcast.
+    """
+    acc = _validate.int_array(acc, "acc")
+    multiplier = _validate.float_array(multiplier, "multiplier")
+    _validate.check_scale(multiplier, "multiplier")
+    multiplier = multiplier.astype(jnp.float32)
+    zero_point = _validate.int_array(zero_point, "zero_point")
+    qmin = _validate.int_array(qmin, "qmin")
+    qmax = _validate.int_array(qmax, "qmax")
+    try:
+        jnp.broadcast_shapes(acc.shape, multiplier.shape, zero_point.shape, qmin.shape, qmax.shape)
+    except ValueError as error:
+        raise ValueError(
+            f"acc {acc.shape}, multiplier {multiplier.shape}, zero_point {zero_point.shape}, qmin {qmin.shape} and "
+            f"qmax {qmax.shape} do not broadcast"
+        ) from error
+    small = _small_bounds(zero_point, qmin, qmax)
+    return _requantize_float(acc, multiplier, zero_point, qmin, qmax, small=small)
+
+
+def _small_bounds(zero_point: jax.Array, qmin: jax.Array, qmax: jax.Array) -> bool | None:
+    """For concrete bounds: check them and say whether the fast rounding is exact; None when traced."""
+    if not all(_validate.is_concrete(v) for v in (zero_point, qmin, qmax)):
+        return None
+    z, low, high = (np.asarray(v, np.int64) for v in (zero_point, qmin, qmax))
+    if np.any(low > high):
+        raise ValueError(f"qmin must be <= qmax, got qmin={low.tolist()} and qmax={high.tolist()}")
+    low, high = low - z, high - z
+    if np.any(low < INT32_MIN) or np.any(high > INT32_MAX):
+        raise ValueError("qmin - zero_point and qmax - zero_point must fit int32 (the bounds MLAS clamps to)")
+    return bool(np.all(low >= -_SMALL) and np.all(high <= _SMALL))
+
+
 def _requantize_reference_numpy(acc, multiplier, zero_point, qmin, qmax):
     acc, multiplier, zero_point = (np.asarray(value, np.float64) for value in (acc, multiplier, zero_point))
     total = acc * multiplier + zero_point
@@ -687,13 +813,9 @@ def _requantize_reference_numpy(acc, multiplier, zero_point, qmin, qmax):
 
 
 def _requantize(acc, multiplier, zero_point, *, qmin: int, qmax: int, flavor: str):
-    """``acc`` int32, ``multiplier`` float32 and ``zero_point`` int32, both broadcastable to ``acc``."""
+    """``acc`` int32, ``multiplier`` float32 and ``zero_point`` int32 (of an 8-bit output), broadcastable to ``acc``."""
     if flavor == "onnxruntime":
-        # MlasRequantizeOutput: f32(acc) * M in float32 (one rounding each), clamp to [qmin - z, qmax - z] in float,
-        # round half to even, then add z in int32.
-        scaled = acc.astype(jnp.float32) * multiplier
-        scaled = jnp.clip(scaled, (qmin - zero_point).astype(jnp.float32), (qmax - zero_point).astype(jnp.float32))
-        return jnp.round(scaled).astype(jnp.int32) + zero_point
+        return _requantize_float(acc, multiplier, zero_point, qmin, qmax, small=True)
     # Reference evaluator: float64 product, zero point added in float64 before rounding. XLA without x64 has no
     # float64, so this one step runs in numpy on the host.
     multiplier = jnp.broadcast_to(multiplier, acc.shape)

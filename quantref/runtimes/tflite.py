@@ -53,10 +53,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quantref import formats
-from quantref.affine import check_normal_float32, is_concrete
-from quantref.affine import true_divide as _divide
-from quantref.runtimes._x86 import float_to_int32  # XLA rewrites x / constant as x * (1 / constant)
+from quantref import _validate, formats
+from quantref._validate import INT32_MAX, INT32_MIN, check_normal_float32, is_concrete
+from quantref.affine import true_divide as _divide  # XLA rewrites x / constant as x * (1 / constant)
+from quantref.runtimes._x86 import float_to_int32
 
 __all__ = [
     "TfliteDtype",
@@ -66,6 +66,7 @@ __all__ = [
     "saturating_rounding_doubling_high_mul",
     "rounding_divide_by_pot",
     "multiply_by_quantized_multiplier",
+    "requantize",
     "quantize",
     "fully_connected",
     "conv2d",
@@ -73,7 +74,6 @@ __all__ = [
 
 TfliteDtype = Literal["int8", "uint8", "int16"]
 _DTYPES: dict[str, formats.IntFormat] = {"int8": formats.INT8, "uint8": formats.UINT8, "int16": formats.INT16}
-_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ def saturating_rounding_doubling_high_mul(a: jax.Array, b: jax.Array) -> jax.Arr
     magnitude = (hi << 1) | (lo >> 31)
     value = jax.lax.bitcast_convert_type(magnitude, jnp.int32)
     result = jnp.where(negative, -value, value)
-    return jnp.where((a == _INT32_MIN) & (b == _INT32_MIN), _INT32_MAX, result)
+    return jnp.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, result)
 
 
 def rounding_divide_by_pot(x: jax.Array, exponent: jax.Array | int) -> jax.Array:
@@ -348,7 +348,7 @@ def _check_int32_array(value, name: str) -> jax.Array:
     arr = value if isinstance(value, jax.Array) else np.asarray(value)
     if not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
-    if isinstance(arr, np.ndarray) and arr.size and (arr.min() < _INT32_MIN or arr.max() > _INT32_MAX):
+    if isinstance(arr, np.ndarray) and arr.size and (arr.min() < INT32_MIN or arr.max() > INT32_MAX):
         raise ValueError(f"{name} must fit int32, got values in [{arr.min()}, {arr.max()}]")
     return jnp.asarray(arr).astype(jnp.int32)
 
@@ -422,6 +422,79 @@ def multiply_by_quantized_multiplier(
             f"x {x.shape}, quantized_multiplier {quantized_multiplier.shape} and shift {shift.shape} do not broadcast"
         ) from err
     return _mbqm(x, quantized_multiplier, shift, single_rounding=bool(single_rounding))
+
+
+@functools.partial(jax.jit, static_argnames=("single_rounding",))
+def _requantize_fixed(acc, quantized_multiplier, shift, zero_point, qmin, qmax, *, single_rounding):
+    # The int32 add of the zero point wraps like the C++ (acc += output_offset), then the clamp.
+    scaled = _mbqm(acc, quantized_multiplier, shift, single_rounding=single_rounding)
+    return jnp.clip(scaled + zero_point, qmin, qmax)
+
+
+def requantize(
+    acc: jax.Array | np.ndarray,
+    quantized_multiplier: jax.Array | np.ndarray | int,
+    shift: jax.Array | np.ndarray | int,
+    zero_point: jax.Array | np.ndarray | int,
+    qmin: jax.Array | int,
+    qmax: jax.Array | int,
+    *,
+    single_rounding: bool = False,
+) -> jax.Array:
+    """TFLite's requantization of int32 accumulators to output codes, as its integer kernels end.
+
+    $$
+    y = \\operatorname{clamp}\\big(\\operatorname{MBQM}(\\text{acc}, q_m, \\text{shift}) + z,\\ q_{min},\\
+    q_{max}\\big)
+    $$
+
+    with :func:`multiply_by_quantized_multiplier` (MBQM), the zero point added in wrapping int32 arithmetic, then the
+    clamp to the activation range (``qmin = max(format qmin, z)`` applies a ReLU). Get ``quantized_multiplier`` and
+    ``shift`` from :func:`quantize_multiplier_array` or :func:`per_channel_multipliers`. Jit-compatible.
+
+    References:
+      TensorFlow ``tensorflow/lite/kernels/internal/reference/integer_ops/conv.h`` and ``fully_connected.h``
+      (the output stage), ``tensorflow/lite/kernels/internal/common.cc`` (``MultiplyByQuantizedMultiplier``).
+
+    Args:
+      acc: int32 accumulators (any integer array whose values fit int32).
+      quantized_multiplier: int32 (array) broadcastable against ``acc`` (e.g. one per output channel, channels
+        last); ``>= 0`` with ``single_rounding``.
+      shift: int (array) in ``-31..30``, broadcastable against ``acc``.
+      zero_point: the output zero point (int32 scalar or broadcastable array).
+      qmin: lowest output code (traced values allowed).
+      qmax: highest output code (traced values allowed).
+      single_rounding: use the ``TFLITE_SINGLE_ROUNDING`` formula for MBQM.
+
+    Returns:
+      int32 codes in ``[qmin, qmax]``, of the broadcast shape.
+
+    Raises:
+      TypeError: for non-integer arrays or a non-bool ``single_rounding``.
+      ValueError: (concrete values only) values outside int32, a shift outside ``-31..30``, a negative multiplier
+        with ``single_rounding``, ``qmin > qmax``, or shapes that do not broadcast.
+    """
+    acc = _validate.int_array(acc, "acc")
+    quantized_multiplier = _validate.int_array(quantized_multiplier, "quantized_multiplier")
+    shift = _validate.int_array(shift, "shift")
+    zero_point = _validate.int_array(zero_point, "zero_point")
+    qmin = _validate.int_array(qmin, "qmin")
+    qmax = _validate.int_array(qmax, "qmax")
+    single_rounding = _validate.check_bool(single_rounding, "single_rounding")
+    _check_multiplier_shift(quantized_multiplier, shift, single_rounding)
+    if is_concrete(qmin) and is_concrete(qmax) and np.any(np.asarray(qmin) > np.asarray(qmax)):
+        raise ValueError(
+            f"qmin must be <= qmax, got qmin={np.asarray(qmin).tolist()} and qmax={np.asarray(qmax).tolist()}"
+        )
+    shapes = (acc.shape, quantized_multiplier.shape, shift.shape, zero_point.shape, qmin.shape, qmax.shape)
+    try:
+        jnp.broadcast_shapes(*shapes)
+    except ValueError as error:
+        raise ValueError(
+            "acc, quantized_multiplier, shift, zero_point, qmin and qmax must broadcast, got shapes "
+            + ", ".join(str(shape) for shape in shapes)
+        ) from error
+    return _requantize_fixed(acc, quantized_multiplier, shift, zero_point, qmin, qmax, single_rounding=single_rounding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -536,8 +609,15 @@ def _check_bias(bias, channels: int) -> jax.Array:
 def _requantize(
     acc, output_multiplier, output_shift, output_zero_point, activation_min, activation_max, single_rounding
 ):
-    scaled = _mbqm(acc, output_multiplier, output_shift, single_rounding=single_rounding)
-    return jnp.clip(scaled + output_zero_point, activation_min, activation_max).astype(jnp.int8)
+    return _requantize_fixed(
+        acc,
+        output_multiplier,
+        output_shift,
+        output_zero_point,
+        activation_min,
+        activation_max,
+        single_rounding=single_rounding,
+    ).astype(jnp.int8)
 
 
 @functools.partial(

@@ -1,0 +1,303 @@
+"""Argument checks shared by the numerics (formats, rounding, affine, ranges) and the runtimes. Private.
+
+Every public function of quantref checks its arguments here, in Python, before anything is traced or converted,
+and raises ``TypeError`` (wrong kind of value) or ``ValueError`` (right kind, value outside the contract) with a
+message that names the parameter and says what is allowed. The checks are cheap: they look at dtypes and shapes,
+and at values only when the value is concrete (under ``jax.jit`` a traced value cannot be inspected and is not
+checked; the functions then follow their formulas literally).
+
+Two conversions need care, because they change values silently:
+
+- ``jnp.asarray`` of an int64/uint64 array (or numpy scalar) without ``jax_enable_x64`` wraps it to 32 bits
+  (``np.int64(2**32 + 3)`` becomes ``3``): integers are range-checked on the *original* array, before converting;
+- a float, complex or bool array where integers are wanted would be truncated, lose its imaginary part, or pass as
+  0/1: dtypes are checked before converting, never after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+_ROUNDING_MODES = ("half_to_even", "half_away_from_zero", "half_up", "floor", "ceil", "stochastic")
+
+
+def is_concrete(value: object) -> bool:
+    """Whether a value can be inspected now (a Python or numpy value, or a concrete JAX array, not a tracer).
+
+    Validation of values (not shapes) runs only on concrete values: under ``jax.jit`` they are not known yet.
+    """
+    return not isinstance(value, jax.core.Tracer)
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def as_array(value: object, name: str) -> np.ndarray | jax.Array:
+    """``value`` as an array without changing any value: a JAX array (or tracer) stays as it is, anything else goes
+    through ``np.asarray`` (which keeps int64 as int64).
+
+    Raises:
+      TypeError: for ``None``, strings and bytes, and anything numpy cannot make a numeric array of (ragged lists,
+        dicts, arbitrary objects), naming the parameter.
+    """
+    if isinstance(value, jax.Array):
+        return value
+    if value is None or isinstance(value, (str, bytes, dict, set)):
+        raise TypeError(f"{name} must be an array or a number, got {_type_name(value)} {value!r:.80}")
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        raise ValueError(f"{name} must fit int32 [{INT32_MIN}, {INT32_MAX}], got {value}")
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be an array or a number, got {_type_name(value)} ({error})") from error
+    if array.dtype.kind not in "biufc" and not _is_ml_dtype(array.dtype):
+        raise TypeError(f"{name} must be a numeric array, got {_type_name(value)} of dtype {array.dtype}")
+    return array
+
+
+def _is_ml_dtype(dtype: np.dtype) -> bool:
+    # ml_dtypes types (int4, float8_*, bfloat16) have numpy kind 'V'; they carry a registered type with a name.
+    return dtype.kind == "V" and dtype.names is None and dtype.type.__module__.startswith("ml_dtypes")
+
+
+def is_integer_dtype(dtype: Any) -> bool:
+    """Integer dtypes, ml_dtypes' int4/uint4/int2/uint2 included; not bool."""
+    return jnp.issubdtype(dtype, jnp.integer)
+
+
+def is_float_dtype(dtype: Any) -> bool:
+    """Real floating-point dtypes (float16/bfloat16/float32/float64 and float8); not complex."""
+    return jnp.issubdtype(dtype, jnp.floating)
+
+
+def check_fits_int32(array: np.ndarray | jax.Array, name: str) -> None:
+    """Reject values outside int32, looking at the original (possibly 64-bit) array before any conversion."""
+    if isinstance(array, jax.Array) or not array.size:
+        return  # a JAX array without x64 is at most 32 bits wide
+    if array.dtype.itemsize > 4 or array.dtype == np.uint32:
+        low, high = int(array.min()), int(array.max())
+        if low < INT32_MIN or high > INT32_MAX:
+            raise ValueError(
+                f"{name} must fit int32 [{INT32_MIN}, {INT32_MAX}], got values in [{low}, {high}] ({array.dtype}): "
+                "converting would wrap them silently"
+            )
+
+
+def int_array(value: object, name: str, *, dtype: Any = jnp.int32, error: type[Exception] = TypeError) -> jax.Array:
+    """An integer array, range-checked against int32 on the original values, converted to ``dtype``.
+
+    Raises:
+      TypeError: for non-arrays; ``error`` (default TypeError) for float, complex or bool arrays (which would be
+        truncated or pass as 0/1).
+      ValueError: for values outside int32.
+    """
+    array = as_array(value, name)
+    if not is_integer_dtype(array.dtype):
+        raise error(f"{name} must be an integer array, got dtype {array.dtype}")
+    check_fits_int32(array, name)
+    return jnp.asarray(array).astype(dtype)
+
+
+def float_array(value: object, name: str, *, error: type[Exception] = TypeError) -> jax.Array:
+    """A real floating-point array as a JAX array, dtype unchanged.
+
+    Raises:
+      TypeError: for non-arrays; ``error`` (default TypeError) for integer, bool or complex arrays.
+    """
+    array = as_array(value, name)
+    if not is_float_dtype(array.dtype):
+        raise error(f"{name} must be a real floating-point array, got dtype {array.dtype}")
+    return jnp.asarray(array)
+
+
+def real_array(value: object, name: str) -> jax.Array:
+    """A real (integer or floating-point) array, as float32; ints beyond float32's exact range are allowed.
+
+    Raises:
+      TypeError: for non-arrays, complex and bool arrays.
+    """
+    array = as_array(value, name)
+    if not (is_float_dtype(array.dtype) or is_integer_dtype(array.dtype)):
+        raise TypeError(f"{name} must be a real array (integers or floats), got dtype {array.dtype}")
+    if isinstance(array, np.ndarray) and array.dtype.kind in "iu":
+        array = array.astype(np.float64)  # exact for int32, and no wrap for wider integers
+    return jnp.asarray(array).astype(jnp.float32)
+
+
+def check_int(value: object, name: str, *, low: int | None = None, high: int | None = None) -> int:
+    """A Python or numpy integer (not a bool), optionally within ``[low, high]``, as a Python int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {_type_name(value)} {value!r:.80}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise ValueError(f"{name} must be an int in {bounds}, got {value}")
+    return value
+
+
+def check_bool(value: object, name: str) -> bool:
+    """A Python or numpy bool, as a Python bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {_type_name(value)} {value!r:.80}")
+    return bool(value)
+
+
+def check_real(value: object, name: str) -> float:
+    """A Python or numpy real number (int or float, not a bool), as a Python float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {_type_name(value)} {value!r:.80}")
+    return float(value)
+
+
+def check_choice(value: object, name: str, allowed: Sequence[str]) -> str:
+    """One of ``allowed`` (strings)."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r:.80}")
+    return value
+
+
+def check_normal_float32(values: np.ndarray, name: str) -> None:
+    """Reject values whose magnitude is below the smallest normal float32 (about 1.18e-38), naming the parameter.
+
+    JAX (XLA) on CPU flushes subnormal float32 values to zero, so a subnormal scale cannot give the answer a runtime
+    gives; quantref refuses such scales rather than return a silently different number.
+
+    Raises:
+      ValueError: if any value is subnormal (or zero).
+    """
+    values = np.asarray(values)
+    subnormal = np.abs(values) < _FLOAT32_TINY
+    if np.any(subnormal):
+        raise ValueError(
+            f"{name} must be >= {_FLOAT32_TINY:.6g} (the smallest normal float32): JAX flushes subnormal float32 to "
+            f"zero on CPU, so results would not match; got values such as {values[subnormal].ravel()[:3].tolist()}"
+        )
+
+
+def check_scale(scale: jax.Array, name: str = "scale", *, error: type[Exception] = TypeError) -> None:
+    """A float scale, finite, > 0 and normal in float32 everywhere (when concrete).
+
+    Raises:
+      ``error`` (default TypeError): for a non-float dtype.
+      ValueError: for a value that is not finite and > 0 in float32, or below the smallest normal float32.
+    """
+    if not is_float_dtype(scale.dtype):
+        raise error(f"{name} must be a floating-point array, got dtype {scale.dtype}")
+    if is_concrete(scale):
+        with np.errstate(over="ignore", under="ignore"):
+            values = np.asarray(scale).astype(np.float32)
+        good = np.isfinite(values) & (values > 0)
+        if not np.all(good):
+            raise ValueError(
+                f"{name} must be finite and > 0 everywhere (in float32), got values such as "
+                f"{np.asarray(scale)[~good].ravel()[:3].tolist()}"
+            )
+        check_normal_float32(values, name)
+
+
+def check_symmetric_divisor(symmetric_divisor: object) -> None:
+    """``"qmax"`` or ``"half_levels"`` (see :func:`quantref.affine.scale_zero_point`)."""
+    check_choice(symmetric_divisor, "symmetric_divisor", ("qmax", "half_levels"))
+
+
+def check_format(fmt: object, name: str = "fmt") -> Any:
+    """An :class:`quantref.formats.IntFormat`, returned unchanged.
+
+    Raises:
+      TypeError: for anything else, naming the parameter and how to build one.
+    """
+    from quantref.formats import IntFormat  # formats imports this module
+
+    if not isinstance(fmt, IntFormat):
+        raise TypeError(
+            f"{name} must be a quantref.formats.IntFormat (see formats.int_format), got {_type_name(fmt)} {fmt!r:.80}"
+        )
+    return fmt
+
+
+def is_prng_key(key: object) -> bool:
+    """A JAX PRNG key: a typed key array (``jax.random.key``) or a raw uint32 ``(..., 2)`` key (``PRNGKey``)."""
+    if isinstance(key, jax.Array):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            return True
+        return key.dtype == jnp.uint32 and key.ndim >= 1 and key.shape[-1] == 2
+    return isinstance(key, np.ndarray) and key.dtype == np.uint32 and key.ndim >= 1 and key.shape[-1] == 2
+
+
+def check_rounding(rounding: object, key: object) -> None:
+    """A rounding mode name (:data:`quantref.rounding.ROUNDING_MODES`) and, for ``"stochastic"``, a PRNG key.
+
+    Raises:
+      ValueError: for an unknown mode, or ``"stochastic"`` without a key.
+      TypeError: for ``"stochastic"`` with something that is not a single PRNG key.
+    """
+    check_choice(rounding, "rounding", _ROUNDING_MODES)
+    if rounding == "stochastic":
+        if key is None:
+            raise ValueError("rounding='stochastic' needs key=jax.random.key(seed)")
+        if not is_prng_key(key) or np.shape(key) not in ((), (2,)):
+            raise TypeError(
+                f"key must be one PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)) for "
+                f"rounding='stochastic', got {_type_name(key)} {key!r:.80}"
+            )
+
+
+def check_granularity(
+    x_shape: tuple[int, ...],
+    param_shape: tuple[int, ...],
+    axis: int | None,
+    block_size: int | None,
+    param_name: str = "scale",
+) -> int | None:
+    """Check that a quantization parameter's shape fits the granularity, and normalise the axis.
+
+    Args:
+      x_shape: shape of the tensor being quantized.
+      param_shape: shape of ``scale`` (or ``zero_point``).
+      axis: ``None`` for per-tensor, else the channel/group axis (negative allowed).
+      block_size: ``None`` for per-channel; a positive group size for per-group.
+      param_name: the parameter's name, for the error message.
+
+    Returns:
+      The axis as a non-negative int, or ``None`` for per-tensor.
+
+    Raises:
+      ValueError: naming the parameter when the axis is out of range, ``block_size`` is not a positive int or is
+        given without an axis, or the parameter's shape does not fit.
+    """
+    ndim = len(x_shape)
+    if axis is None:
+        if block_size is not None:
+            raise ValueError(f"block_size={block_size!r} needs an axis to group along; got axis=None")
+        if param_shape != ():
+            raise ValueError(f"per-tensor {param_name} (axis=None) must be a scalar, got shape {param_shape}")
+        return None
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
+        raise ValueError(f"axis must be None or an int in [{-ndim}, {ndim - 1}] for a {ndim}-d input, got {axis!r}")
+    axis = int(axis) % ndim
+    if block_size is None:
+        if param_shape != (x_shape[axis],):
+            raise ValueError(
+                f"per-channel {param_name} along axis {axis} must have shape ({x_shape[axis]},), got {param_shape}"
+            )
+        return axis
+    if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"block_size must be None or a positive int, got {block_size!r}")
+    groups = -(-x_shape[axis] // block_size)
+    expected = x_shape[:axis] + (groups,) + x_shape[axis + 1 :]
+    if param_shape != expected:
+        raise ValueError(
+            f"per-group {param_name} (axis={axis}, block_size={block_size}) must have shape {expected}, "
+            f"got {param_shape}"
+        )
+    return axis
