@@ -1,0 +1,606 @@
+"""Export of a quantized sequential CNN as a fully-integer ``.tflite`` file, and what LiteRT will compute from it.
+
+TFLite's int8 scheme (its quantization spec) is *not* uint8: activations are int8 with any zero point, weights are
+int8, symmetric (zero point 0) on the narrow grid $[-127, 127]$ with one scale per output channel, and biases are
+int32 with $s_{bias,c} = s_{in}\\, s_{w,c}$ and zero point 0. The graph written here, for ``io="float"``:
+
+```
+x float32 (N, H, W, C) ── QUANTIZE ── int8 ── CONV_2D (+ fused RELU) ── … ── MAX_POOL_2D ── RESHAPE (N, -1)
+   ── FULLY_CONNECTED ── int8 ── DEQUANTIZE ── float32
+```
+
+and for ``io="int8"`` the same without the QUANTIZE and DEQUANTIZE at the ends. A ReLU after a layer is fused into it:
+TFLite clamps the requantized output at $\\max(-128, z_{out})$, the code of real 0.
+
+LiteRT runs a file with one of three sets of kernels (``OpResolverType``), and on x86-64 they do not compute the same
+integers. Measured against ``ai-edge-litert`` (the tests), each is predicted here bit for bit:
+
+| kernels | LiteRT resolver | QUANTIZE (float → int8) | CONV_2D | FULLY_CONNECTED |
+| --- | --- | --- | --- | --- |
+| ``"reference"`` | ``BUILTIN_REF`` | half away, $x / s$ | gemmlowp | double |
+| ``"optimized"`` | ``BUILTIN_WITHOUT_DEFAULT_DELEGATES`` | half even, $x \\cdot (1/s)$ | ruy | ruy |
+| ``"xnnpack"`` | ``AUTO`` (the default XNNPACK delegate) | half even, $x \\cdot (1/s)$ | xnnpack | xnnpack |
+
+The requantizations (:func:`requantize`) all compute $\\operatorname{round}(\\mathrm{acc} \\cdot M_c)$ with
+$M_c = s_{in} s_{w,c} / s_{out}$, and differ in how they round: gemmlowp's fixed point
+(``MultiplyByQuantizedMultiplier``, two roundings, the second half away from zero), ruy's (two roundings, the second
+half up), float64 with one rounding half away (TFLite's newer reference fully-connected kernel), and XNNPACK's
+float32 — $M_c$ folded in float32, the int32 sum converted to float32, one rounding half to even, as onnxruntime
+does. Out of range, the two TFLite
+QUANTIZE kernels convert with x86's ``cvttss2si``/``cvtps2dq`` (NaN and $|v| \\ge 2^{31}$ give INT32_MIN, so
+$x = +10^{30}$ becomes $-128$), while XNNPACK clamps at $2^{15}-1$ first ($+10^{30} \\to 127$).
+
+:func:`predict` computes each kernel set's output from the same :class:`IntegerNetwork`.
+
+References:
+  LiteRT 8-bit quantization specification, https://ai.google.dev/edge/litert/models/quantization_spec
+  TensorFlow ``tensorflow/lite/kernels/internal/reference/integer_ops/conv.h``, ``fully_connected.h``,
+  ``reference/quantize.h``; XNNPACK ``src/operators/convolution-nhwc.c`` (``init_requantization_scale``),
+  ``src/qs8-qc8w-gemm`` (fp32 requantization), ``src/f32-qs8-vcvt``.
+  Jacob et al., "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference",
+  arXiv:1712.05877, 2017.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from quantref.export import _tflite_schema as schema
+from quantref.runtimes import tflite as tflite_ops
+from quantref.runtimes._x86 import float_to_int32
+
+__all__ = [
+    "Kernels",
+    "KERNELS",
+    "RESOLVERS",
+    "Quant",
+    "Conv2D",
+    "FullyConnected",
+    "MaxPool2D",
+    "Flatten",
+    "IntegerNetwork",
+    "model_bytes",
+    "Requantization",
+    "REQUANTIZATIONS",
+    "LAYER_REQUANTIZATION",
+    "quantize_input",
+    "requantize",
+    "predict",
+]
+
+Kernels = Literal["reference", "optimized", "xnnpack"]
+KERNELS: tuple[str, ...] = ("reference", "optimized", "xnnpack")
+#: The ``ai_edge_litert.interpreter.OpResolverType`` member that runs each kernel set.
+RESOLVERS: dict[str, str] = {
+    "reference": "BUILTIN_REF",
+    "optimized": "BUILTIN_WITHOUT_DEFAULT_DELEGATES",
+    "xnnpack": "AUTO",
+}
+_QMIN, _QMAX = -128, 127
+
+
+# --- the network, as TFLite sees it ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Quant:
+    """Per-tensor int8 parameters of an activation: float32 ``scale`` and ``zero_point`` in [-128, 127]."""
+
+    scale: float
+    zero_point: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv2D:
+    """An int8 convolution: HWIO int8 ``kernel`` codes, float32 ``kernel_scale`` ``(out,)`` or ``()``, int32 ``bias``.
+
+    ``output`` is the quantization of the layer's output (after the ReLU if ``relu``); ``padding`` is TFLite's
+    ``"SAME"`` (extra row/column at the bottom/right) or ``"VALID"``.
+    """
+
+    name: str
+    kernel: np.ndarray
+    kernel_scale: np.ndarray
+    bias: np.ndarray
+    output: Quant
+    strides: tuple[int, int] = (1, 1)
+    padding: Literal["SAME", "VALID"] = "SAME"
+    relu: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class FullyConnected:
+    """An int8 dense layer: ``(in, out)`` int8 ``kernel``, ``kernel_scale`` ``(out,)`` or ``()``, int32 ``bias``."""
+
+    name: str
+    kernel: np.ndarray
+    kernel_scale: np.ndarray
+    bias: np.ndarray
+    output: Quant
+    relu: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxPool2D:
+    """Max pooling on the codes (the quantizer is monotone, so the grid is unchanged)."""
+
+    name: str
+    window: tuple[int, int]
+    strides: tuple[int, int]
+    padding: Literal["SAME", "VALID"] = "VALID"
+
+
+@dataclasses.dataclass(frozen=True)
+class Flatten:
+    """``(N, H, W, C) -> (N, H·W·C)`` in NHWC order (a RESHAPE)."""
+
+    name: str
+
+
+Layer = Conv2D | FullyConnected | MaxPool2D | Flatten
+
+
+@dataclasses.dataclass(frozen=True)
+class IntegerNetwork:
+    """A sequential int8 network: the input's NHWC shape without the batch, its quantization, and the layers."""
+
+    input_shape: tuple[int, ...]
+    input: Quant
+    layers: tuple[Layer, ...]
+
+    @property
+    def output(self) -> Quant:
+        """The quantization of the network's output: the last conv or dense layer's."""
+        for layer in reversed(self.layers):
+            if isinstance(layer, (Conv2D, FullyConnected)):
+                return layer.output
+        return self.input
+
+
+# --- writing the flatbuffer --------------------------------------------------------------------------------------
+
+
+def model_bytes(network: IntegerNetwork, *, io: Literal["float", "int8"] = "float") -> bytes:
+    """The ``.tflite`` flatbuffer of an :class:`IntegerNetwork` (see the module docstring for the graph).
+
+    The batch dimension is dynamic (``shape_signature`` -1; the stored shape has batch 1): call the interpreter's
+    ``resize_tensor_input`` for larger batches.
+
+    Args:
+      network: the network; weights int8 on [-127, 127], biases int32, every scale positive float32.
+      io: ``"float"`` for float32 input and output (QUANTIZE and DEQUANTIZE in the graph), ``"int8"`` for int8
+        codes in and out.
+
+    Returns:
+      The file's bytes.
+
+    Raises:
+      ValueError: for an unknown ``io``, a layer of a type TFLite's integer path here does not cover, or parameters
+        of the wrong dtype, shape or range.
+    """
+    if io not in ("float", "int8"):
+        raise ValueError(f"io must be 'float' or 'int8', got {io!r}")
+    tensors: list[schema.Tensor] = []
+
+    def add(tensor: schema.Tensor) -> int:
+        tensors.append(tensor)
+        return len(tensors) - 1
+
+    def activation(name: str, shape: tuple[int, ...], quant: Quant | None) -> int:
+        dtype = "float32" if quant is None else "int8"
+        params = {} if quant is None else _quant_params(quant)
+        return add(schema.Tensor(name, (1, *shape), dtype, shape_signature=(-1, *shape), **params))
+
+    operators: list[schema.Operator] = []
+    shape = tuple(int(d) for d in network.input_shape)
+    quant = network.input
+    if io == "float":
+        graph_input = activation("x", shape, None)
+        current = activation("x_q", shape, quant)
+        operators.append(schema.Operator("QUANTIZE", (graph_input,), (current,), "QuantizeOptions"))
+    else:
+        graph_input = current = activation("x_q", shape, quant)
+    for layer in network.layers:
+        if isinstance(layer, Conv2D):
+            kernel, kernel_scale, bias = _check_weights(layer, in_features=shape[-1], rank=4)
+            shape = _conv_output_shape(shape, kernel.shape, layer.strides, layer.padding)
+            weights = _weight_tensors(layer, np.transpose(kernel, (3, 0, 1, 2)), kernel_scale, bias, quant)
+            out = activation(f"{layer.name}/output", shape, layer.output)
+            operators.append(
+                schema.Operator(
+                    "CONV_2D",
+                    (current, add(weights[0]), add(weights[1])),
+                    (out,),
+                    "Conv2DOptions",
+                    {
+                        "padding": schema.PADDINGS[layer.padding],
+                        "stride_w": layer.strides[1],
+                        "stride_h": layer.strides[0],
+                        "fused_activation_function": schema.ACTIVATIONS["RELU" if layer.relu else "NONE"],
+                        "dilation_w_factor": 1,
+                        "dilation_h_factor": 1,
+                    },
+                )
+            )
+            quant = layer.output
+        elif isinstance(layer, FullyConnected):
+            if len(shape) != 1:
+                raise ValueError(f"{layer.name}: a fully-connected layer needs a flat input, got shape {shape}")
+            kernel, kernel_scale, bias = _check_weights(layer, in_features=shape[0], rank=2)
+            shape = (kernel.shape[1],)
+            weights = _weight_tensors(layer, np.ascontiguousarray(kernel.T), kernel_scale, bias, quant)
+            out = activation(f"{layer.name}/output", shape, layer.output)
+            operators.append(
+                schema.Operator(
+                    "FULLY_CONNECTED",
+                    (current, add(weights[0]), add(weights[1])),
+                    (out,),
+                    "FullyConnectedOptions",
+                    {
+                        "fused_activation_function": schema.ACTIVATIONS["RELU" if layer.relu else "NONE"],
+                        "keep_num_dims": False,
+                    },
+                )
+            )
+            quant = layer.output
+        elif isinstance(layer, MaxPool2D):
+            shape = _pool_output_shape(shape, layer)
+            out = activation(f"{layer.name}/output", shape, quant)
+            operators.append(
+                schema.Operator(
+                    "MAX_POOL_2D",
+                    (current,),
+                    (out,),
+                    "Pool2DOptions",
+                    {
+                        "padding": schema.PADDINGS[layer.padding],
+                        "stride_w": layer.strides[1],
+                        "stride_h": layer.strides[0],
+                        "filter_width": layer.window[1],
+                        "filter_height": layer.window[0],
+                        "fused_activation_function": schema.ACTIVATIONS["NONE"],
+                    },
+                )
+            )
+        elif isinstance(layer, Flatten):
+            shape = (int(np.prod(shape)),)
+            new_shape = np.array([-1, shape[0]], np.int32)
+            shape_tensor = add(schema.Tensor(f"{layer.name}/shape", (2,), "int32", data=new_shape))
+            out = activation(f"{layer.name}/output", shape, quant)
+            operators.append(schema.Operator("RESHAPE", (current, shape_tensor), (out,), "ReshapeOptions"))
+        else:
+            raise ValueError(f"cannot write a layer of type {type(layer).__name__} to TFLite")
+        current = out
+    if io == "float":
+        graph_output = activation("output", shape, None)
+        operators.append(schema.Operator("DEQUANTIZE", (current,), (graph_output,), "DequantizeOptions"))
+    else:
+        graph_output = current
+    return schema.model_bytes(tensors, operators, [graph_input], [graph_output])
+
+
+def _quant_params(quant: Quant) -> dict[str, np.ndarray]:
+    scale = np.float32(quant.scale)
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"an activation scale must be positive and finite, got {quant.scale}")
+    if not _QMIN <= int(quant.zero_point) <= _QMAX:
+        raise ValueError(f"an int8 activation's zero point must lie in [-128, 127], got {quant.zero_point}")
+    return {"scale": np.array([scale]), "zero_point": np.array([int(quant.zero_point)], np.int64)}
+
+
+def _check_weights(layer, *, in_features: int, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    kernel = np.asarray(layer.kernel)
+    if kernel.dtype != np.int8 or kernel.ndim != rank:
+        raise ValueError(f"{layer.name}: kernel must be an int8 array of rank {rank}, got {kernel.dtype}{kernel.shape}")
+    if kernel.min(initial=0) < -127:
+        raise ValueError(f"{layer.name}: TFLite's weights are on [-127, 127], got a code {kernel.min()}")
+    if kernel.shape[-2] != in_features:
+        raise ValueError(f"{layer.name}: kernel expects {kernel.shape[-2]} input features, the input has {in_features}")
+    out_features = kernel.shape[-1]
+    kernel_scale = np.asarray(layer.kernel_scale, np.float32).reshape(-1)
+    if kernel_scale.size not in (1, out_features) or not np.all(np.isfinite(kernel_scale) & (kernel_scale > 0)):
+        raise ValueError(
+            f"{layer.name}: kernel_scale must be positive, one per output channel or one in all, got "
+            f"{kernel_scale.size} values for {out_features} channels"
+        )
+    bias = np.asarray(layer.bias)
+    if bias.dtype != np.int32 or bias.shape != (out_features,):
+        raise ValueError(f"{layer.name}: bias must be int32 of shape ({out_features},), got {bias.dtype}{bias.shape}")
+    return kernel, kernel_scale, bias
+
+
+def _weight_tensors(layer, kernel: np.ndarray, kernel_scale: np.ndarray, bias: np.ndarray, inp: Quant):
+    """The kernel (TFLite layout, output channels first) and bias tensors, quantized along axis 0."""
+    channels = kernel.shape[0]
+    zeros = np.zeros(kernel_scale.size, np.int64)
+    # TFLite checks s_bias against s_in · s_w (within a relative 1e-6) and takes both from the file.
+    bias_scale = (np.float64(np.float32(inp.scale)) * kernel_scale.astype(np.float64)).astype(np.float32)
+    return (
+        schema.Tensor(f"{layer.name}/kernel", kernel.shape, "int8", kernel, kernel_scale, zeros),
+        schema.Tensor(f"{layer.name}/bias", (channels,), "int32", bias, bias_scale, zeros),
+    )
+
+
+def _conv_output_shape(shape, kernel_shape, strides, padding) -> tuple[int, ...]:
+    if len(shape) != 3:
+        raise ValueError(f"a convolution needs an (H, W, C) input, got shape {shape}")
+    if padding not in schema.PADDINGS:
+        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    dims = []
+    for size, k, s in zip(shape[:2], kernel_shape[:2], strides):
+        dims.append(-(-size // s) if padding == "SAME" else (size - k) // s + 1)
+    if min(dims) < 1:
+        raise ValueError(f"the kernel {kernel_shape[:2]} does not fit the input {shape[:2]}")
+    return (*dims, kernel_shape[3])
+
+
+def _pool_output_shape(shape, layer: MaxPool2D) -> tuple[int, ...]:
+    if len(shape) != 3:
+        raise ValueError(f"{layer.name}: max pooling needs an (H, W, C) input, got shape {shape}")
+    if layer.padding not in schema.PADDINGS:
+        raise ValueError(f"{layer.name}: padding must be 'SAME' or 'VALID', got {layer.padding!r}")
+    dims = []
+    for size, k, s in zip(shape[:2], layer.window, layer.strides):
+        dims.append(-(-size // s) if layer.padding == "SAME" else (size - k) // s + 1)
+    return (*dims, shape[2])
+
+
+# --- what each kernel set computes ---------------------------------------------------------------------------------
+
+
+def quantize_input(x: np.ndarray, quant: Quant, kernels: Kernels = "reference") -> np.ndarray:
+    """TFLite's QUANTIZE of a float32 tensor to int8, as each kernel set computes it on x86-64.
+
+    $$
+    \\text{reference: } \\operatorname{round\\_half\\_away}(f_{32}(x / s)) + z, \\qquad
+    \\text{optimized, xnnpack: } \\operatorname{rne}(f_{32}(x \\cdot f_{32}(1 / s))) + z,
+    $$
+
+    saturated to int8. Out of int32 range (and NaN) the TFLite kernels' conversion gives INT32_MIN; XNNPACK clamps
+    the scaled value at $2^{15} - 1$ before converting, so it saturates large positive values (and NaN) to 127.
+
+    Args:
+      x: float array.
+      quant: the int8 tensor's parameters.
+      kernels: ``"reference"``, ``"optimized"`` or ``"xnnpack"``.
+
+    Returns:
+      int8 numpy array shaped like ``x``.
+
+    Raises:
+      ValueError: for unknown ``kernels``.
+    """
+    _check_kernels(kernels)
+    if kernels == "reference":
+        return np.asarray(tflite_ops.quantize(x, float(quant.scale), int(quant.zero_point), "int8"))
+    x = jnp.asarray(x, jnp.float32)
+    reciprocal = jnp.float32(np.float32(1) / np.float32(quant.scale))
+    scaled = x * reciprocal
+    if kernels == "xnnpack":
+        # min(NaN, c) is c in x86's minps with the NaN first, as XNNPACK calls it.
+        scaled = jnp.where(jnp.isnan(scaled), 32767.0, jnp.minimum(scaled, 32767.0))
+    codes = float_to_int32(jnp.round(scaled)) + jnp.int32(quant.zero_point)  # jnp.round is half to even
+    return np.asarray(jnp.clip(codes, _QMIN, _QMAX).astype(jnp.int8))
+
+
+Requantization = Literal["gemmlowp", "ruy", "double", "xnnpack"]
+REQUANTIZATIONS: tuple[str, ...] = ("gemmlowp", "ruy", "double", "xnnpack")
+#: Which requantization each kernel set applies to each layer type, as measured against LiteRT (see the tests).
+LAYER_REQUANTIZATION: dict[str, dict[str, str]] = {
+    "reference": {"conv": "gemmlowp", "fully_connected": "double"},
+    "optimized": {"conv": "ruy", "fully_connected": "ruy"},
+    "xnnpack": {"conv": "xnnpack", "fully_connected": "xnnpack"},
+}
+
+
+def requantize(
+    acc: np.ndarray,
+    requantization: Requantization,
+    input_scale: float,
+    kernel_scale: np.ndarray,
+    output_scale: float,
+    output_zero_point: int,
+    qmin: int = _QMIN,
+    qmax: int = _QMAX,
+) -> np.ndarray:
+    """Rescales int32 accumulators to int8 codes the way one of LiteRT's kernels does.
+
+    With $M_c = s_{in} s_{w,c} / s_{out}$ and, for the fixed-point methods, $(q_m, e)$ =
+    :func:`quantref.runtimes.tflite.quantize_multiplier` of $M_c$ (computed in double), $\\ell = \\max(e, 0)$,
+    $r = \\max(-e, 0)$:
+
+    - ``"gemmlowp"`` (TFLite's reference CONV_2D): :func:`quantref.runtimes.tflite.multiply_by_quantized_multiplier`
+      — a rounding doubling high multiply (ties towards $+\\infty$), then a rounding right shift by $r$ with ties
+      *away from zero*.
+    - ``"ruy"`` (the optimized CONV_2D and FULLY_CONNECTED, through ruy's x86 kernels): the same two steps, but the
+      right shift rounds ties *towards* $+\\infty$:
+      $h = \\lfloor (2^{\\ell} \\mathrm{acc} \\cdot q_m + 2^{30}) / 2^{31} \\rfloor$,
+      $y = \\lfloor (h + 2^{r-1}) / 2^{r} \\rfloor$. A negative value exactly halfway (e.g. $-3 \\cdot \\tfrac12$)
+      goes up (to $-1$), where gemmlowp's goes down (to $-2$).
+    - ``"double"`` (the reference FULLY_CONNECTED, TFLite's "requant in float" kernel): no fixed point at all,
+      $y = \\operatorname{round\\_half\\_away}\\big(\\mathrm{acc} \\cdot
+      ((\\text{double})s_{in} (\\text{double})s_{w,c} / (\\text{double})s_{out})\\big)$ in float64.
+    - ``"xnnpack"`` (the XNNPACK delegate): $M_c$ folded in *float32*,
+      $y = \\operatorname{rne}(f_{32}(f_{32}(\\mathrm{acc}) \\cdot f_{32}(f_{32}(s_{in} s_{w,c}) / s_{out})))$ — the
+      formula of onnxruntime's QLinearConv.
+
+    Then $\\operatorname{clamp}(y + z_{out}, q_{min}, q_{max})$. ``"double"`` and ``"xnnpack"`` round once, so they
+    differ from each other only within float rounding of a tie. ``"gemmlowp"`` and ``"ruy"`` round twice, and the
+    first rounding *makes* ties for the second: whenever $h < 0$ and its low $r$ bits are exactly $10\\ldots0$ —
+    about one negative accumulator in $2^r$ — gemmlowp's result is one below ruy's. With power-of-two scales
+    (exact ties everywhere) the four differ on up to half of all accumulators (see the tests).
+
+    References:
+      TensorFlow ``tensorflow/lite/kernels/internal/common.h`` (``MultiplyByQuantizedMultiplier``),
+      ``reference/integer_ops/conv.h``, ``reference/integer_ops/fully_connected.h``; ruy
+      ``ruy/kernel_avx2_fma.cc`` (``rounding_right_shift``); XNNPACK ``src/operators/convolution-nhwc.c``,
+      ``src/qs8-qc8w-gemm/gen/*-minmax-fp32-*.c``.
+
+    Args:
+      acc: int32 accumulators (bias included), output channels last.
+      requantization: one of :data:`REQUANTIZATIONS`.
+      input_scale: the layer input's scale.
+      kernel_scale: float32 weight scales, ``(out,)`` or a scalar.
+      output_scale: the output's scale.
+      output_zero_point: the output's zero point.
+      qmin: lowest code (``max(-128, z_out)`` for a fused ReLU).
+      qmax: highest code.
+
+    Returns:
+      int8 numpy array shaped like ``acc``.
+
+    Raises:
+      ValueError: for an unknown ``requantization``.
+    """
+    if requantization not in REQUANTIZATIONS:
+        raise ValueError(f"requantization must be one of {REQUANTIZATIONS}, got {requantization!r}")
+    acc = np.asarray(acc, np.int64)
+    kernel_scale = np.asarray(kernel_scale, np.float32)
+    if requantization == "xnnpack":
+        multiplier = np.float32(input_scale) * kernel_scale / np.float32(output_scale)  # float32, left to right
+        scaled = acc.astype(np.float32) * multiplier
+        low, high = qmin - int(output_zero_point), qmax - int(output_zero_point)
+        # Clamped before rounding (the same for integer bounds); np.rint is round half to even.
+        return (np.rint(np.clip(scaled, low, high)).astype(np.int64) + int(output_zero_point)).astype(np.int8)
+    if requantization == "double":
+        multiplier = np.float64(np.float32(input_scale)) * kernel_scale.astype(np.float64)
+        product = acc.astype(np.float64) * (multiplier / np.float64(np.float32(output_scale)))
+        truncated = np.trunc(product)
+        rounded = truncated + np.where(np.abs(product - truncated) >= 0.5, np.sign(product), 0.0)  # std::round
+        scaled = np.asarray(float_to_int32(jnp.asarray(rounded, jnp.float32)))
+        scaled = np.where(np.abs(rounded) < 2.0**31, rounded, scaled).astype(np.int64)
+    else:
+        quantized, shift = tflite_ops.per_channel_multipliers(
+            float(input_scale), np.broadcast_to(kernel_scale.reshape(-1), (acc.shape[-1],)), float(output_scale)
+        )
+        if requantization == "gemmlowp":
+            scaled = np.asarray(tflite_ops.multiply_by_quantized_multiplier(acc.astype(np.int32), quantized, shift))
+        else:
+            scaled = _ruy_multiply(acc, quantized.astype(np.int64), shift.astype(np.int64))
+    return np.clip(scaled.astype(np.int64) + int(output_zero_point), qmin, qmax).astype(np.int8)
+
+
+def _ruy_multiply(acc: np.ndarray, quantized_multiplier: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """ruy's fixed-point multiply, exactly, in int64 (|acc · 2^ℓ · q_m| < 2^62 for int32 accumulators)."""
+    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
+    # The left shift wraps in int32, as the C++ and ruy's vector code do.
+    shifted = ((acc << left) + 2**31) % 2**32 - 2**31
+    high = (shifted * quantized_multiplier + 2**30) >> 31
+    nudge = np.where(right > 0, np.left_shift(1, np.maximum(right - 1, 0)), 0)
+    return (high + nudge) >> right
+
+
+def predict(
+    network: IntegerNetwork,
+    x: np.ndarray,
+    *,
+    kernels: Kernels = "reference",
+    io: Literal["float", "int8"] = "float",
+) -> np.ndarray:
+    """The output LiteRT computes from :func:`model_bytes` of ``network`` with the given kernel set.
+
+    ``"reference"`` and ``"optimized"`` requantize with TFLite's fixed-point kernels
+    (:func:`quantref.runtimes.tflite.conv2d`, :func:`quantref.runtimes.tflite.fully_connected`); ``"xnnpack"``
+    accumulates the same int32 sums and requantizes with :func:`requantize_xnnpack`.
+
+    Args:
+      network: the network.
+      x: ``(N, *input_shape)`` float32 for ``io="float"``, int8 codes for ``io="int8"``.
+      kernels: ``"reference"``, ``"optimized"`` or ``"xnnpack"``.
+      io: as in :func:`model_bytes`.
+
+    Returns:
+      The output: float32 for ``io="float"`` (dequantized), int8 codes for ``io="int8"``.
+
+    Raises:
+      ValueError: for unknown ``kernels`` or ``io``, or an input of the wrong shape or dtype.
+    """
+    _check_kernels(kernels)
+    x = np.asarray(x)
+    if x.shape[1:] != tuple(network.input_shape):
+        raise ValueError(f"x must have shape (N, {', '.join(map(str, network.input_shape))}), got {x.shape}")
+    if io == "float":
+        codes = quantize_input(x, network.input, kernels)
+    elif io == "int8":
+        if x.dtype != np.int8:
+            raise ValueError(f"with io='int8' x must be int8 codes, got {x.dtype}")
+        codes = x
+    else:
+        raise ValueError(f"io must be 'float' or 'int8', got {io!r}")
+    quant = network.input
+    for layer in network.layers:
+        if isinstance(layer, (Conv2D, FullyConnected)):
+            codes = _layer(layer, codes, quant, kernels)
+            quant = layer.output
+        elif isinstance(layer, MaxPool2D):
+            window, strides = (1, *layer.window, 1), (1, *layer.strides, 1)
+            pooled = lax.reduce_window(jnp.asarray(codes), jnp.int8(_QMIN), lax.max, window, strides, layer.padding)
+            codes = np.asarray(pooled)
+        elif isinstance(layer, Flatten):
+            codes = codes.reshape(codes.shape[0], -1)
+        else:
+            raise ValueError(f"cannot run a layer of type {type(layer).__name__}")
+    if io == "int8":
+        return codes
+    # DEQUANTIZE: (q - z) · s, exact in double and rounded once to float32, as a float32 multiply is.
+    return ((codes.astype(np.int32) - int(quant.zero_point)) * np.float32(quant.scale)).astype(np.float32)
+
+
+def _layer(layer: Conv2D | FullyConnected, codes: np.ndarray, inp: Quant, kernels: str) -> np.ndarray:
+    out = layer.output
+    relu_min = max(_QMIN, int(out.zero_point)) if layer.relu else _QMIN
+    if isinstance(layer, Conv2D):
+        filters = np.transpose(np.asarray(layer.kernel), (3, 0, 1, 2))  # HWIO -> OHWI
+        kind = "conv"
+    else:
+        filters = np.ascontiguousarray(np.asarray(layer.kernel).T)  # (in, out) -> (out, in)
+        kind = "fully_connected"
+    requantization = LAYER_REQUANTIZATION[kernels][kind]
+    if requantization == "gemmlowp":
+        # quantref's model of TFLite's reference ConvPerChannel, end to end.
+        channels = filters.shape[0]
+        kernel_scale = np.broadcast_to(np.asarray(layer.kernel_scale, np.float32).reshape(-1), (channels,))
+        multiplier, shift = tflite_ops.per_channel_multipliers(float(inp.scale), kernel_scale, float(out.scale))
+        result = tflite_ops.conv2d(
+            codes,
+            filters,
+            layer.bias,
+            multiplier,
+            shift,
+            input_zero_point=int(inp.zero_point),
+            output_zero_point=int(out.zero_point),
+            strides=layer.strides,
+            padding=layer.padding,
+            activation_min=relu_min,
+            activation_max=_QMAX,
+        )
+        return np.asarray(result)
+    acc = _accumulate(layer, codes, filters, int(inp.zero_point))
+    return requantize(acc, requantization, inp.scale, layer.kernel_scale, out.scale, out.zero_point, relu_min, _QMAX)
+
+
+def _accumulate(layer, codes: np.ndarray, filters: np.ndarray, input_zero_point: int) -> np.ndarray:
+    """int32 sums of $w (x - z_{in})$ plus the bias; padding taps contribute nothing, as in every kernel set."""
+    shifted = jnp.asarray(codes, jnp.int32) - input_zero_point
+    if isinstance(layer, Conv2D):
+        acc = lax.conv_general_dilated(
+            shifted,
+            jnp.asarray(filters, jnp.int32),
+            layer.strides,
+            layer.padding,  # XLA's SAME is TFLite's: the odd extra row/column after
+            dimension_numbers=("NHWC", "OHWI", "NHWC"),
+            preferred_element_type=jnp.int32,
+        )
+    else:
+        acc = jnp.einsum("nd,od->no", shifted, jnp.asarray(filters, jnp.int32), preferred_element_type=jnp.int32)
+    return np.asarray(acc + jnp.asarray(layer.bias, jnp.int32))
+
+
+def _check_kernels(kernels: str) -> None:
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
