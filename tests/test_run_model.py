@@ -1,4 +1,4 @@
-"""quantref.runtimes.onnx.run_model against live onnxruntime (CPU EP), bit for bit, with graph optimisations on and off.
+"""quantref.runtimes.onnx_graph.run_model against live onnxruntime (CPU EP), bit for bit, optimisations on and off.
 
 Every comparison is exact: same dtype, same shape, same bytes. Models are the exported walkthrough CNN
 (quantref.export.onnx) and small graphs built here with onnx.helper.
@@ -19,7 +19,7 @@ ort = pytest.importorskip("onnxruntime", reason="run_model's cross-checks need t
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from quantref.export import onnx as export_onnx  # noqa: E402
-from quantref.runtimes.onnx import SUPPORTED_OPS, run_model  # noqa: E402
+from quantref.runtimes.onnx_graph import SUPPORTED_OPS, run_model  # noqa: E402
 
 LEVELS = {
     "disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -100,8 +100,9 @@ def make_model(nodes, inputs, outputs, initializers=(), opset=21):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return export_onnx.export_onnx(tmp_path_factory.mktemp("run_model"))
+def exported(tmp_path_factory, qmodel, folded, splits):
+    out_dir = tmp_path_factory.mktemp("run_model")
+    return export_onnx.export_onnx(qmodel, out_dir, test_x=splits.x_test, float_model=folded, force=True)
 
 
 def far_inputs():
@@ -125,9 +126,9 @@ def far_inputs():
 
 def test_exported_model_on_the_test_set(exported):
     x = np.load(exported["test_inputs"])["x"]
-    expected = np.load(exported["expected"])["logits"]
+    expected = np.load(exported["expected"])["output"]
     got = check_against_ort(str(exported["model"]), {"x": x}, "test set")
-    np.testing.assert_array_equal(got["logits"].view(np.uint32), expected.view(np.uint32))
+    np.testing.assert_array_equal(got["output"].view(np.uint32), expected.view(np.uint32))
 
 
 @pytest.mark.parametrize("name", list(far_inputs()))
@@ -532,8 +533,8 @@ def test_supported_ops_listed():
 def test_library_imports_without_onnx():
     code = (
         "import sys; sys.modules['onnx'] = None\n"
-        "import quantref.runtimes.onnx as qo\n"
-        "try:\n    qo.run_model('m.onnx', {})\nexcept ImportError:\n    print('needs onnx')\n"
+        "import quantref.runtimes.onnx_graph as qonnx_graph\n"
+        "try:\n    qonnx_graph.run_model('m.onnx', {})\nexcept ImportError:\n    print('needs onnx')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
