@@ -44,6 +44,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 import jax.numpy as jnp
@@ -52,7 +53,6 @@ from jax import lax
 
 from quantref.export import _tflite_schema as schema
 from quantref.runtimes import tflite as tflite_ops
-from quantref.runtimes._x86 import float_to_int32
 
 __all__ = [
     "Kernels",
@@ -70,6 +70,7 @@ __all__ = [
     "LAYER_REQUANTIZATION",
     "quantize_input",
     "requantize",
+    "dequantize_output",
     "predict",
 ]
 
@@ -358,11 +359,17 @@ def quantize_input(x: np.ndarray, quant: Quant, kernels: Kernels = "reference") 
 
     $$
     \\text{reference: } \\operatorname{round\\_half\\_away}(f_{32}(x / s)) + z, \\qquad
-    \\text{optimized, xnnpack: } \\operatorname{rne}(f_{32}(x \\cdot f_{32}(1 / s))) + z,
+    \\text{xnnpack: } \\operatorname{rne}(f_{32}(x \\cdot f_{32}(1 / s))) + z,
     $$
 
-    saturated to int8. Out of int32 range (and NaN) the TFLite kernels' conversion gives INT32_MIN; XNNPACK clamps
-    the scaled value at $2^{15} - 1$ before converting, so it saturates large positive values (and NaN) to 127.
+    saturated to int8. The optimized kernel is vector code (NEON intrinsics, run on x86 through NEON_2_SSE) over
+    blocks of 8 elements of the flattened tensor, computing the xnnpack formula, and a scalar loop over the last
+    ``size % 8`` elements computing $\\operatorname{round\\_half\\_away}(x / s)$ in *double* — so the same value can
+    quantize differently depending on where it sits in the tensor.
+
+    Out of int32 range (and NaN) TFLite's conversions give INT32_MIN, and adding the zero point wraps (so
+    $+10^{30}$ gives $-128$ for $z \\ge 0$ and $127$ for $z < 0$). XNNPACK clamps the scaled value at $2^{15} - 1$
+    before converting and saturates from there on: large values go to the right end, NaN to 127.
 
     Args:
       x: float array.
@@ -378,14 +385,34 @@ def quantize_input(x: np.ndarray, quant: Quant, kernels: Kernels = "reference") 
     _check_kernels(kernels)
     if kernels == "reference":
         return np.asarray(tflite_ops.quantize(x, float(quant.scale), int(quant.zero_point), "int8"))
-    x = jnp.asarray(x, jnp.float32)
-    reciprocal = jnp.float32(np.float32(1) / np.float32(quant.scale))
-    scaled = x * reciprocal
-    if kernels == "xnnpack":
-        # min(NaN, c) is c in x86's minps with the NaN first, as XNNPACK calls it.
-        scaled = jnp.where(jnp.isnan(scaled), 32767.0, jnp.minimum(scaled, 32767.0))
-    codes = float_to_int32(jnp.round(scaled)) + jnp.int32(quant.zero_point)  # jnp.round is half to even
-    return np.asarray(jnp.clip(codes, _QMIN, _QMAX).astype(jnp.int8))
+    x = np.asarray(x, np.float32)
+    scale, zero_point = np.float32(quant.scale), int(quant.zero_point)
+    with np.errstate(invalid="ignore", over="ignore"):
+        vector = np.rint(x * (np.float32(1) / scale))  # float32 product, rounded half to even
+        if kernels == "xnnpack":
+            # minps(v, 32767) (32767 for NaN), then int32 → int16 → int8 saturating packs around a saturating
+            # int16 add of the zero point: no wrap-around anywhere.
+            vector = np.where(np.isnan(vector), 32767.0, np.clip(vector, -32768.0, 32767.0))
+            return np.clip(vector.astype(np.int64) + zero_point, _QMIN, _QMAX).astype(np.int8)
+        quotient = x.astype(np.float64) / np.float64(scale)
+        truncated = np.trunc(quotient)
+        scalar = truncated + np.where(np.abs(quotient - truncated) >= 0.5, np.sign(quotient), 0.0)  # std::round
+    codes = np.where(_vector_lanes(x.shape), _x86_int32(vector), _x86_int32(scalar))
+    # An int32 add, wrapping like the C++ (INT32_MIN + z for out-of-range values).
+    codes = (codes + zero_point + 2**31) % 2**32 - 2**31
+    return np.clip(codes, _QMIN, _QMAX).astype(np.int8)
+
+
+def _vector_lanes(shape: tuple[int, ...]) -> np.ndarray:
+    """True for the elements TFLite's optimized QUANTIZE/DEQUANTIZE handle in 8-wide vector blocks."""
+    size = math.prod(shape)
+    return (np.arange(size) < size - size % 8).reshape(shape)
+
+
+def _x86_int32(values: np.ndarray) -> np.ndarray:
+    """``cvttss2si``/``cvtps2dq`` on integer-valued floats: NaN and values outside int32 give INT32_MIN (int64)."""
+    in_range = (values >= -(2.0**31)) & (values < 2.0**31)
+    return np.where(in_range, np.where(in_range, values, 0.0).astype(np.int64), -(2**31))
 
 
 Requantization = Literal["gemmlowp", "ruy", "double", "xnnpack"]
@@ -472,8 +499,7 @@ def requantize(
         product = acc.astype(np.float64) * (multiplier / np.float64(np.float32(output_scale)))
         truncated = np.trunc(product)
         rounded = truncated + np.where(np.abs(product - truncated) >= 0.5, np.sign(product), 0.0)  # std::round
-        scaled = np.asarray(float_to_int32(jnp.asarray(rounded, jnp.float32)))
-        scaled = np.where(np.abs(rounded) < 2.0**31, rounded, scaled).astype(np.int64)
+        scaled = _x86_int32(rounded)  # static_cast<int32_t>(double)
     else:
         quantized, shift = tflite_ops.per_channel_multipliers(
             float(input_scale), np.broadcast_to(kernel_scale.reshape(-1), (acc.shape[-1],)), float(output_scale)
@@ -547,8 +573,41 @@ def predict(
             raise ValueError(f"cannot run a layer of type {type(layer).__name__}")
     if io == "int8":
         return codes
-    # DEQUANTIZE: (q - z) · s, exact in double and rounded once to float32, as a float32 multiply is.
-    return ((codes.astype(np.int32) - int(quant.zero_point)) * np.float32(quant.scale)).astype(np.float32)
+    return dequantize_output(codes, quant, kernels)
+
+
+def dequantize_output(codes: np.ndarray, quant: Quant, kernels: Kernels = "reference") -> np.ndarray:
+    """TFLite's DEQUANTIZE of int8 codes to float32, as each kernel set computes it.
+
+    $$
+    \\text{reference, xnnpack: } f_{32}\\big((q - z) \\cdot s\\big), \\qquad
+    \\text{optimized: } f_{32}\\big(f_{32}(q \\cdot s) - f_{32}(z \\cdot s)\\big)
+    $$
+
+    The first is one rounding of an exact product; the optimized kernel's vector blocks (8 elements of the flattened
+    tensor at a time) round twice, so their result can be one float32 ulp away (e.g. $q = -9$, $z = 5$, $s = 0.1$
+    gives $-1.4000001$ instead of $-1.4$); its scalar loop over the last ``size % 8`` elements rounds once.
+
+    Args:
+      codes: int8 codes.
+      quant: their scale and zero point.
+      kernels: ``"reference"``, ``"optimized"`` or ``"xnnpack"``.
+
+    Returns:
+      float32 numpy array shaped like ``codes``.
+
+    Raises:
+      ValueError: for unknown ``kernels``.
+    """
+    _check_kernels(kernels)
+    scale = np.float32(quant.scale)
+    codes = np.asarray(codes).astype(np.int32)
+    # (q - z) · s is exact in float64 (an 8-bit times a 24-bit integer), so this rounds once, as float32 does.
+    once = ((codes - int(quant.zero_point)) * np.float64(scale)).astype(np.float32)
+    if kernels != "optimized":
+        return once
+    twice = codes.astype(np.float32) * scale - np.float32(int(quant.zero_point)) * scale
+    return np.where(_vector_lanes(codes.shape), twice, once).astype(np.float32)
 
 
 def _layer(layer: Conv2D | FullyConnected, codes: np.ndarray, inp: Quant, kernels: str) -> np.ndarray:

@@ -1,0 +1,311 @@
+"""The .tflite export against the live LiteRT interpreter: every kernel set predicted bit for bit.
+
+Hand-made integer networks (random int8 weights, chosen scales) are written with quantref's own flatbuffer writer,
+read back with the schema reader that ships with LiteRT, and run with the three op resolvers; the output of each
+must equal :func:`quantref.export.tflite.predict` for that kernel set with zero differing codes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+litert = pytest.importorskip(
+    "ai_edge_litert.interpreter", reason="ai-edge-litert is not installed (pip install 'quantref[litert]')"
+)
+schema_reader = pytest.importorskip("ai_edge_litert.schema_py_generated", reason="ai-edge-litert ships no schema")
+
+from quantref.export import tflite  # noqa: E402  (needs the optional flatbuffers package)
+
+
+def _run(model: bytes, x: np.ndarray, kernels: str) -> np.ndarray:
+    resolver = getattr(litert.OpResolverType, tflite.RESOLVERS[kernels])
+    interpreter = litert.Interpreter(model_content=model, experimental_op_resolver_type=resolver)
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def _mismatches(network: tflite.IntegerNetwork, x: np.ndarray, io: str = "float") -> dict[str, int]:
+    model = tflite.model_bytes(network, io=io)
+    return {
+        kernels: int(np.sum(_run(model, x, kernels) != tflite.predict(network, x, kernels=kernels, io=io)))
+        for kernels in tflite.KERNELS
+    }
+
+
+def _cnn(
+    seed: int,
+    *,
+    size: int = 8,
+    channels: int = 1,
+    per_channel: bool = True,
+    relu: bool = True,
+    padding: str = "SAME",
+    strides: tuple[int, int] = (1, 1),
+) -> tflite.IntegerNetwork:
+    """conv → conv → max-pool → flatten → dense, the walkthrough CNN's shape, with random int8 weights."""
+    rng = np.random.default_rng(seed)
+
+    def scales(n: int) -> np.ndarray:
+        return (rng.uniform(0.5, 2.0, n if per_channel else ()) * 0.01).astype(np.float32)
+
+    def kernel(shape) -> np.ndarray:
+        return rng.integers(-127, 128, shape).astype(np.int8)
+
+    def bias(n: int, high: int) -> np.ndarray:
+        return rng.integers(-high, high, n).astype(np.int32)
+
+    c1, c2 = 8, 16
+    after_conv1 = -(-size // strides[0]) if padding == "SAME" else (size - 3) // strides[0] + 1
+    flat = (after_conv1 // 2) ** 2 * c2
+    # Post-ReLU activations are calibrated on [0, max], so their zero point is -128; without ReLU any zero point.
+    layers = (
+        tflite.Conv2D(
+            "conv1",
+            kernel((3, 3, channels, c1)),
+            scales(c1),
+            bias(c1, 2000),
+            tflite.Quant(0.05, -128 if relu else 3),
+            strides,
+            padding,
+            relu,
+        ),  # fmt: skip
+        tflite.Conv2D(
+            "conv2",
+            kernel((3, 3, c1, c2)),
+            scales(c2),
+            bias(c2, 2000),
+            tflite.Quant(0.2, -128 if relu else -5),
+            (1, 1),
+            "SAME",
+            relu,
+        ),  # fmt: skip
+        tflite.MaxPool2D("pool", (2, 2), (2, 2)),
+        tflite.Flatten("flatten"),
+        tflite.FullyConnected("dense", kernel((flat, 10)), scales(10), bias(10, 5000), tflite.Quant(0.3, 7)),
+    )
+    return tflite.IntegerNetwork((size, size, channels), tflite.Quant(4 / 255, -100), layers)
+
+
+def _inputs(network: tflite.IntegerNetwork, n: int = 32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # Beyond the input's range [-0.1, 0.9] on both sides, so that the input quantizer saturates too.
+    return rng.uniform(-0.5, 1.5, (n, *network.input_shape)).astype(np.float32)
+
+
+# --- the file --------------------------------------------------------------------------------------------------
+
+
+def test_schema_reader_reads_back_what_was_written():
+    network = _cnn(0)
+    model = schema_reader.Model.GetRootAs(tflite.model_bytes(network), 0)
+    assert schema_reader.Model.ModelBufferHasIdentifier(tflite.model_bytes(network), 0)
+    assert model.Version() == 3 and model.SubgraphsLength() == 1
+    codes = [model.OperatorCodes(i).BuiltinCode() for i in range(model.OperatorCodesLength())]
+    op = schema_reader.BuiltinOperator
+    graph = model.Subgraphs(0)
+    ops = [codes[graph.Operators(i).OpcodeIndex()] for i in range(graph.OperatorsLength())]
+    assert ops == [
+        op.QUANTIZE, op.CONV_2D, op.CONV_2D, op.MAX_POOL_2D, op.RESHAPE, op.FULLY_CONNECTED, op.DEQUANTIZE
+    ]  # fmt: skip
+    tensors = {graph.Tensors(i).Name().decode(): graph.Tensors(i) for i in range(graph.TensorsLength())}
+    types = schema_reader.TensorType
+    assert tensors["x"].Type() == types.FLOAT32 and tensors["output"].Type() == types.FLOAT32
+    assert list(tensors["x"].ShapeSignatureAsNumpy()) == [-1, 8, 8, 1]
+
+    conv1 = network.layers[0]
+    kernel = tensors["conv1/kernel"]
+    assert kernel.Type() == types.INT8 and list(kernel.ShapeAsNumpy()) == [8, 3, 3, 1]  # OHWI
+    quantization = kernel.Quantization()
+    np.testing.assert_array_equal(quantization.ScaleAsNumpy(), conv1.kernel_scale)
+    np.testing.assert_array_equal(quantization.ZeroPointAsNumpy(), np.zeros(8))
+    assert quantization.QuantizedDimension() == 0
+    data = model.Buffers(kernel.Buffer()).DataAsNumpy()
+    np.testing.assert_array_equal(data.view(np.int8).reshape(8, 3, 3, 1), np.transpose(conv1.kernel, (3, 0, 1, 2)))
+    bias = tensors["conv1/bias"]
+    assert bias.Type() == types.INT32
+    np.testing.assert_array_equal(model.Buffers(bias.Buffer()).DataAsNumpy().view("<i4"), conv1.bias)
+    np.testing.assert_allclose(bias.Quantization().ScaleAsNumpy(), np.float32(4 / 255) * conv1.kernel_scale, rtol=1e-6)
+    assert tensors["conv1/output"].Quantization().ZeroPointAsNumpy()[0] == -128
+
+    conv_op = graph.Operators(1)
+    assert conv_op.BuiltinOptionsType() == schema_reader.BuiltinOptions.Conv2DOptions
+    options = schema_reader.Conv2DOptions()
+    options.Init(conv_op.BuiltinOptions().Bytes, conv_op.BuiltinOptions().Pos)
+    assert options.Padding() == schema_reader.Padding.SAME
+    assert options.FusedActivationFunction() == schema_reader.ActivationFunctionType.RELU
+    assert (options.StrideH(), options.StrideW()) == (1, 1)
+
+
+def test_constant_buffers_are_aligned():
+    model_bytes = tflite.model_bytes(_cnn(1))
+    model = schema_reader.Model.GetRootAs(model_bytes, 0)
+    for i in range(1, model.BuffersLength()):
+        buffer = model.Buffers(i)
+        start = buffer._tab.Vector(buffer._tab.Offset(4))
+        assert start % 16 == 0, f"buffer {i} starts at {start}"
+
+
+def test_loads_with_no_warnings(capfd):
+    network = _cnn(2)
+    for io in ("float", "int8"):
+        x = _inputs(network, 2)
+        if io == "int8":
+            x = tflite.quantize_input(x, network.input)
+        for kernels in tflite.KERNELS:
+            _run(tflite.model_bytes(network, io=io), x, kernels)
+    err = capfd.readouterr().err
+    problems = [line for line in err.splitlines() if line.strip() and not line.startswith("INFO:")]
+    assert problems == []
+
+
+def test_int8_io_has_int8_ends():
+    network = _cnn(3)
+    interpreter = litert.Interpreter(model_content=tflite.model_bytes(network, io="int8"))
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert inp["dtype"] == np.int8 and out["dtype"] == np.int8
+    assert inp["quantization"] == (np.float32(4 / 255), -100)
+    assert out["quantization"] == (np.float32(0.3), 7)
+
+
+# --- LiteRT computes what quantref predicts -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"per_channel": False},
+        {"relu": False},
+        {"relu": False, "padding": "VALID", "strides": (2, 2), "size": 9, "channels": 3},
+        {"strides": (2, 2), "size": 9},  # SAME with an odd total padding: the extra row goes at the bottom
+    ],
+    ids=["per-channel", "per-tensor", "no-relu", "valid-stride2", "same-stride2-odd"],
+)
+@pytest.mark.parametrize("io", ["float", "int8"])
+def test_every_kernel_set_is_predicted_bit_for_bit(config, io):
+    network = _cnn(10, **config)
+    x = _inputs(network)
+    if io == "int8":
+        x = tflite.quantize_input(x, network.input)
+    assert _mismatches(network, x, io) == dict.fromkeys(tflite.KERNELS, 0)
+
+
+def test_batch_of_one_and_adversarial_inputs():
+    network = _cnn(11)
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e30, -1e30, 1e6, -1e6, 3e38, -3e38, 2.0**31, 1e-40]
+    uniform = np.stack([np.full(network.input_shape, v, np.float32) for v in special])
+    mixed = np.resize(np.array(special, np.float32), (7, *network.input_shape))
+    for x in (uniform, mixed, uniform[:1], mixed[:1]):
+        assert _mismatches(network, x) == dict.fromkeys(tflite.KERNELS, 0)
+
+
+@pytest.mark.parametrize("zero_point", [5, -5])
+def test_quantize_kernels_out_of_range(zero_point):
+    """QUANTIZE alone: ties, NaN, ±Inf and huge values, which is where the three kernel sets part."""
+    scale = np.float32(0.1)
+    ties = (np.arange(-20, 20) + 0.5) * np.float64(scale)
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e30, -1e30, 1e6, -1e6]
+    x = np.concatenate([ties, np.nextafter(ties.astype(np.float32), np.float32(np.inf)), special]).astype(np.float32)
+    network = tflite.IntegerNetwork((x.size,), tflite.Quant(float(scale), zero_point), ())
+    assert _mismatches(network, x[None], "float") == dict.fromkeys(tflite.KERNELS, 0)
+    outputs = {k: tflite.predict(network, x[None], kernels=k) for k in tflite.KERNELS}
+    assert np.any(outputs["reference"] != outputs["optimized"])  # ties: half away vs half to even
+    assert np.any(outputs["optimized"] != outputs["xnnpack"])  # out of range: wrap vs saturate
+
+
+@pytest.mark.parametrize("size", [1, 7, 8, 9, 17, 40])
+def test_optimized_quantize_and_dequantize_depend_on_the_position(size):
+    """The optimized kernels' 8-wide vector blocks and their scalar tail round differently (both predicted)."""
+    scale = np.float32(0.1)
+    ties = ((np.arange(-20, 20) + 0.5) * np.float64(scale)).astype(np.float32)
+    x = np.resize(ties, size)[None]
+    network = tflite.IntegerNetwork((size,), tflite.Quant(float(scale), 5), ())
+    assert _mismatches(network, x, "float") == dict.fromkeys(tflite.KERNELS, 0)
+
+
+@pytest.mark.parametrize("multiplier", [0.5, 0.25, 1 / 3])
+@pytest.mark.parametrize("layer", ["conv", "dense"])
+def test_requantization_at_exact_ties(layer, multiplier):
+    """acc · M lands exactly on (or, after gemmlowp's first rounding, exactly at) a tie for many accumulators."""
+    x = np.arange(-128, 128, dtype=np.int8)
+    weights = np.array([1, -1], np.int8)
+    kernel_scale = np.array([multiplier], np.float32)
+    bias = np.array([0, 1], np.int32)
+    output = tflite.Quant(1.0, -2)
+    if layer == "conv":
+        layers = (tflite.Conv2D("c", weights.reshape(1, 1, 1, 2), kernel_scale, bias, output, padding="VALID"),)
+        network, x = tflite.IntegerNetwork((1, 1, 1), tflite.Quant(1.0, 3), layers), x.reshape(-1, 1, 1, 1)
+    else:
+        layers = (tflite.FullyConnected("d", weights.reshape(1, 2), kernel_scale, bias, output),)
+        network, x = tflite.IntegerNetwork((1,), tflite.Quant(1.0, 3), layers), x.reshape(-1, 1)
+    assert _mismatches(network, x, "int8") == dict.fromkeys(tflite.KERNELS, 0)
+    outputs = [tflite.predict(network, x, kernels=k, io="int8") for k in tflite.KERNELS]
+    assert sum(np.any(a != b) for i, a in enumerate(outputs) for b in outputs[i + 1 :]) >= 2
+
+
+def test_requantizations_differ_where_documented():
+    acc = np.array([[-3, -1, 1, 3]], np.int32).T  # times 0.5: -1.5, -0.5, 0.5, 1.5
+    results = {m: tflite.requantize(acc, m, 1.0, np.float32(0.5), 1.0, 0).ravel() for m in tflite.REQUANTIZATIONS}
+    assert results["gemmlowp"].tolist() == [-1, 0, 1, 2]  # the high multiply's ties go up, no shift after it
+    assert results["ruy"].tolist() == [-1, 0, 1, 2]
+    assert results["double"].tolist() == [-2, -1, 1, 2]  # std::round: half away from zero
+    assert results["xnnpack"].tolist() == [-2, 0, 0, 2]  # half to even
+    acc = np.array([[-3, -1, 1, 3]], np.int32).T  # times 0.25: the second (shift) rounding ties
+    results = {m: tflite.requantize(acc * 2, m, 1.0, np.float32(0.25), 1.0, 0).ravel() for m in ("gemmlowp", "ruy")}
+    assert results["gemmlowp"].tolist() == [-2, -1, 1, 2] and results["ruy"].tolist() == [-1, 0, 1, 2]
+
+
+# --- bad input --------------------------------------------------------------------------------------------------
+
+
+def _dense(**changes) -> tflite.IntegerNetwork:
+    fields = dict(
+        name="d",
+        kernel=np.ones((4, 2), np.int8),
+        kernel_scale=np.float32(0.1),
+        bias=np.zeros(2, np.int32),
+        output=tflite.Quant(0.1, 0),
+    )
+    fields.update(changes)
+    return tflite.IntegerNetwork((4,), tflite.Quant(0.1, 0), (tflite.FullyConnected(**fields),))
+
+
+@pytest.mark.parametrize(
+    ("network", "message"),
+    [
+        (_dense(kernel=np.full((4, 2), -128, np.int8)), r"\[-127, 127\]"),
+        (_dense(kernel=np.ones((4, 2), np.int32)), "int8"),
+        (_dense(kernel=np.ones((3, 2), np.int8)), "input features"),
+        (_dense(bias=np.zeros(2, np.int64)), "int32"),
+        (_dense(kernel_scale=np.float32(-1)), "positive"),
+        (_dense(kernel_scale=np.ones(3, np.float32)), "one per output channel"),
+        (_dense(output=tflite.Quant(0.1, 200)), "zero point"),
+        (_dense(output=tflite.Quant(0.0, 0)), "positive"),
+        (tflite.IntegerNetwork((4,), tflite.Quant(0.1, 0), ("relu",)), "cannot write"),
+    ],
+)
+def test_bad_networks_are_refused(network, message):
+    with pytest.raises(ValueError, match=message):
+        tflite.model_bytes(network)
+
+
+def test_bad_arguments_are_refused():
+    network = _dense()
+    with pytest.raises(ValueError, match="io"):
+        tflite.model_bytes(network, io="uint8")
+    with pytest.raises(ValueError, match="kernels"):
+        tflite.predict(network, np.zeros((1, 4), np.float32), kernels="gpu")
+    with pytest.raises(ValueError, match="shape"):
+        tflite.predict(network, np.zeros((1, 5), np.float32))
+    with pytest.raises(ValueError, match="int8"):
+        tflite.predict(network, np.zeros((1, 4), np.float32), io="int8")
+    with pytest.raises(ValueError, match="requantization"):
+        tflite.requantize(np.zeros((1, 2), np.int32), "tflite", 1.0, np.ones(2, np.float32), 1.0, 0)
+    assert math.isclose(network.output.scale, 0.1)
