@@ -179,7 +179,7 @@ def test_manifest_documents_and_covers_the_cases(written, manifest):
     }
     quantize = [c for c in manifest["cases"] if c["operator"] == "onnx.QuantizeLinear"]
     output_types = {c["outputs"][0]["dtype"] for c in quantize}
-    assert output_types == set(vectors._BIT_PATTERN_TYPES) | {"int8", "uint8", "int16", "uint16"}
+    assert output_types == set(vectors.encoding.BIT_PATTERN_TYPES) | {"int8", "uint8", "int16", "uint16"}
     for name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz"):
         assert {c["attributes"]["saturate"] for c in quantize if c["outputs"][0]["dtype"] == name} == {0, 1}
     assert {c["runtime"] for c in manifest["cases"]} == set(vectors.RUNTIMES)
@@ -189,7 +189,9 @@ def test_manifest_documents_and_covers_the_cases(written, manifest):
             names = {info.filename for info in archive.infolist()}
         assert names == {f"{spec['name']}.npy" for spec in case["inputs"] + case["outputs"]}
         for spec in case["inputs"] + case["outputs"]:
-            assert spec["storage"] == ("uint8" if spec["dtype"] in vectors._BIT_PATTERN_TYPES else spec["dtype"])
+            assert spec["storage"] == (
+                "uint8" if spec["dtype"] in vectors.encoding.BIT_PATTERN_TYPES else spec["dtype"]
+            )
 
 
 def test_stored_arrays_are_plain_numpy_and_decode_to_the_true_dtypes(written, manifest):
@@ -220,7 +222,7 @@ ONNX_OPSET = {
 def _onnx_attributes(entry, helper):
     attributes = dict(entry["attributes"])
     if "output_dtype" in attributes:
-        dtype = vectors._BIT_PATTERN_TYPES[attributes["output_dtype"]]
+        dtype = vectors.encoding.BIT_PATTERN_TYPES[attributes["output_dtype"]]
         attributes["output_dtype"] = helper.np_dtype_to_tensor_dtype(dtype)
     return attributes
 
@@ -239,13 +241,15 @@ def test_stored_onnx_vectors_match_live_onnxruntime_and_reference_evaluator(writ
         op = entry["operator"].split(".", 1)[1]
         inputs, expected = vectors.load_case(out, entry)
         typed = [spec["dtype"] for spec in entry["outputs" if op == "QuantizeLinear" else "inputs"]]
-        opset = max(opset_for(np.dtype(vectors._BIT_PATTERN_TYPES.get(t, t))) for t in typed)
+        opset = max(opset_for(np.dtype(vectors.encoding.BIT_PATTERN_TYPES.get(t, t))) for t in typed)
         runner = run_ref if entry["runtime"] == "onnx-reference" else run_ort
         # onnxruntime's Python API cannot feed sub-byte or float8 arrays: those become initializers, like the
         # parameters after the first input.
-        names = [name for i, name in enumerate(inputs) if i or inputs[name].dtype.name in vectors._BIT_PATTERN_TYPES]
+        names = [
+            name for i, name in enumerate(inputs) if i or inputs[name].dtype.name in vectors.encoding.BIT_PATTERN_TYPES
+        ]
         outputs = [
-            (spec["name"], np.dtype(vectors._BIT_PATTERN_TYPES.get(spec["dtype"], spec["dtype"])))
+            (spec["name"], np.dtype(vectors.encoding.BIT_PATTERN_TYPES.get(spec["dtype"], spec["dtype"])))
             for spec in entry["outputs"]
         ]
         actual = runner(
@@ -317,7 +321,7 @@ def test_stored_torch_vectors_match_live_torch(written, manifest):
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
     from quantref.export import onnx as export_onnx
 
-    def refuse(out_dir, force=False):
+    def refuse(*args, **kwargs):
         raise ValueError("OUT_DIR is not empty;\n  use --force")
 
     monkeypatch.setattr(export_onnx, "export_onnx", refuse)
@@ -367,11 +371,15 @@ def test_an_unreadable_results_file_fails_its_case_only(written, tmp_path, capsy
 
 def test_force_replaces_only_what_vectors_wrote(tmp_path):
     out = tmp_path / "vectors"
-    entry = vectors.build_cases()[:3]
-    vectors.write_vectors(out, cases=entry)
-    (out / "cases" / "stale.npz").write_bytes(b"from an older version")
+    cases = vectors.build_cases()[:5]
+    vectors.write_vectors(out, cases=cases)  # an "older version" with two more cases
+    (out / "cases" / "mine.npz").write_bytes(b"the user's, though it looks like a case")
     (out / "cases" / "notes.txt").write_text("the user's")
     (out / "README").write_text("the user's too")
-    vectors.write_vectors(out, force=True, cases=entry)
-    assert sorted(p.name for p in (out / "cases").iterdir()) == sorted([f"{c.id}.npz" for c in entry] + ["notes.txt"])
+    vectors.write_vectors(out, force=True, cases=cases[:3])
+    expected = sorted([f"{c.id}.npz" for c in cases[:3]] + ["mine.npz", "notes.txt"])
+    assert sorted(p.name for p in (out / "cases").iterdir()) == expected
     assert (out / "README").read_text() == "the user's too"
+    assert (out / "cases" / "mine.npz").read_bytes() == b"the user's, though it looks like a case"
+    assert [entry["id"] for entry in vectors.load_manifest(out)["cases"]] == [c.id for c in cases[:3]]
+    assert not list(tmp_path.glob(".quantref-*")), "no staging directory left behind"
