@@ -119,11 +119,19 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Quantize the walkthrough model and write it, its float twin, test inputs and expected outputs as ONNX."""
+    from quantref import _files, data, nn, ptq, train
     from quantref.export import onnx as export_onnx
 
     try:
-        paths = export_onnx.export_onnx(args.out_dir, force=args.force)
-    except ValueError as error:
+        # Before the minutes of work: the output directory must be usable.
+        _files.check_output_dir(args.out_dir, force=args.force)
+        splits = data.load_splits()
+        folded = nn.fold_batch_norm(train.load_or_train(progress=False), splits.x_calib[:1])
+        qmodel = ptq.quantize_model(folded, splits.x_calib, observer=args.observer)
+        paths = export_onnx.export_onnx(
+            qmodel, args.out_dir, test_x=splits.x_test, test_y=splits.y_test, float_model=folded, force=args.force
+        )
+    except (ValueError, TypeError) as error:
         raise CommandError(str(error)) from error
     for name, path in paths.items():
         print(f"{name:>12}: {path} ({Path(path).stat().st_size:,} bytes)")
@@ -198,7 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write the quantized model for a runtime, e.g. `export onnx OUT_DIR`")
     export.add_argument("format", choices=["onnx"])
     export.add_argument("out_dir")
-    export.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR")
+    export.add_argument(
+        "--force", action="store_true", help="replace quantref's files in a non-empty OUT_DIR (other files are kept)"
+    )
+    export.add_argument("--observer", default="min_max", help="calibration method for the activations")
     export.set_defaults(func=cmd_export)
 
     vectors = commands.add_parser("vectors", help="write test vectors for other backends into OUT_DIR")

@@ -1,4 +1,5 @@
-"""Integer-only inference: the quantized CNN run on integer tensors, as a deployed int8 runtime runs it.
+"""Integer-only inference: a quantized chain of conv/dense layers run on integer tensors, as a deployed int8 runtime
+runs it.
 
 Every stored tensor is an integer code; only the scales are real numbers, and they are folded, before inference,
 into one multiplier per output channel. For a layer with input codes $x$ (zero point $z_x$), weight codes $w$
@@ -10,8 +11,13 @@ y_c = \\operatorname{clamp}\\big(\\operatorname{round}(M_c\\, \\text{acc}_c) + z
 M_c = \\frac{s_x\\, s_{w,c}}{s_y} .
 $$
 
-ReLU costs nothing: real 0 is code $z_y$, so the clamp's lower end is $\\ell = \\max(q_{min}, z_y)$.
-Max-pooling commutes with the (monotone) quantizer, so it runs on the codes.
+The clamp's lower end is $\\ell = q_{min}$, except for a layer followed by a ReLU: real 0 is code $z_y$, so there
+$\\ell = \\max(q_{min}, z_y)$ and the ReLU costs nothing. Max-pooling commutes with the (monotone) quantizer, so
+it runs on the codes, and so does flattening.
+
+The network is read from the quantized model's trace (:class:`quantref.nn.Trace`): any chain of conv (any strides,
+zero padding, dilation, groups), dense, ReLU, max-pool and flatten steps, NHWC. Anything else — a residual add,
+average pooling, a BatchNorm left unfolded — is refused with an error naming the step and the layer before it.
 
 The products are int8 × int8 → int32 (``lax.conv_general_dilated`` / ``lax.dot_general`` with
 ``preferred_element_type=jnp.int32``), the fast path of XLA's CPU backend. uint8 activations are shifted to int8
@@ -52,6 +58,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal, NamedTuple
 
 import jax
@@ -59,8 +66,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from quantref import affine, correction, formats
-from quantref.ptq import LAYER_ACTIVATIONS, QuantizedModel
+from quantref import affine, formats, nn
+from quantref.ptq import QuantizedModel
+from quantref.runtimes import onnx as qonnx
 from quantref.runtimes import tflite
 
 __all__ = [
@@ -79,6 +87,177 @@ Requantization = Literal["onnxruntime", "tflite"]
 REQUANTIZATIONS: tuple[str, ...] = ("onnxruntime", "tflite")
 
 
+# --- the network ------------------------------------------------------------------------------------------------
+
+
+class IntegerOutput(NamedTuple):
+    """What :func:`integer_forward` returns.
+
+    Attributes:
+      output_q: the network output's integer codes, in the activation format's storage dtype (uint8 or int8).
+      scale: float32 scalar, the output's scale.
+      zero_point: int32 scalar, the output's zero point.
+      output: float32, $(\\text{output\\_q} - z) \\cdot s$ (ONNX DequantizeLinear).
+      codes: the integer codes of every stored activation: ``"<path>.input"`` for each layer (after any max-pool
+        and flatten before it) and ``"<path>.output"`` for the last layer (after any ReLU, pool or flatten after
+        it).
+    """
+
+    output_q: jax.Array
+    scale: jax.Array
+    zero_point: jax.Array
+    output: jax.Array
+    codes: dict[str, jax.Array]
+
+
+def integer_forward(qmodel: QuantizedModel, rescale: Multipliers, x: jax.Array | np.ndarray) -> IntegerOutput:
+    """Runs a quantized chain of layers on integers only: quantize the input, then int8 products, int32 sums,
+    rescales.
+
+    $$
+    x_q = \\operatorname{sat}(\\operatorname{rne}(x / s_x) + z_x) \\to
+    \\big[\\text{conv/dense} \\to \\text{requant}(+\\text{ReLU}) \\to \\text{max-pool/flatten}\\big]^{*} \\to
+    (y_q - z)\\, s
+    $$
+
+    The input quantization is ONNX QuantizeLinear (NaN → $q_{min}$, ±Inf saturate); everything between it and
+    the final dequantization is integer arithmetic plus, in ``"onnxruntime"`` mode, one float32 multiply per
+    output. Jit-compiled; ``rescale`` picks the requantization (see the module docstring).
+
+    References:
+      Jacob et al., arXiv:1712.05877, 2017, sec. 2.
+      Nagel et al., arXiv:2106.08295, 2021, sec. 2.3.
+
+    Args:
+      qmodel: the quantized model from :func:`quantref.ptq.quantize_model` (weights of up to 8 bits), of a model
+        that is a chain of conv / dense / ReLU / max-pool / flatten steps with every layer quantized.
+      rescale: :func:`multipliers` of ``qmodel``, for the runtime to follow.
+      x: float inputs shaped like the model's input ``(N, ...)``.
+
+    Returns:
+      The :class:`IntegerOutput`.
+
+    Raises:
+      ValueError: if the model is not such a chain (naming the first step that is not), if ``x`` is not a float
+        array of the model's input shape, or ``rescale`` is not a :class:`Multipliers`.
+    """
+    steps = chain(qmodel)
+    expected = steps[0].param("input_shape")
+    x_array = np.asarray(x) if not isinstance(x, jax.Array) else x
+    if not jnp.issubdtype(x_array.dtype, jnp.floating) or tuple(x_array.shape[1:]) != expected:
+        raise ValueError(
+            f"x must be float inputs of shape (N, {', '.join(map(str, expected))}), got "
+            f"{x_array.dtype}{tuple(x_array.shape)}"
+        )
+    if not isinstance(rescale, Multipliers) or set(rescale.layers) != set(qmodel.layers):
+        raise ValueError("rescale must be the Multipliers from integer.multipliers(qmodel) of this qmodel")
+    return _integer_forward(qmodel, rescale, jnp.asarray(x_array, jnp.float32))
+
+
+def chain(qmodel: QuantizedModel) -> tuple[nn.Step, ...]:
+    """The quantized model's steps, checked to be a chain that integer inference and export can run.
+
+    Raises:
+      ValueError: naming the first step (and the layer before it) that is not conv / dense / ReLU / max-pool /
+        flatten, a branch, or a layer left unquantized.
+    """
+    if not isinstance(qmodel, QuantizedModel):
+        raise TypeError(f"qmodel must be a quantref.ptq.QuantizedModel, got {type(qmodel).__name__}")
+    steps = qmodel.network.sequential()
+    unquantized = [step.path for step in steps if step.kind in ("conv", "dense") and step.path not in qmodel.layers]
+    if unquantized:
+        raise ValueError(f"layers {unquantized} are not quantized; integer inference needs every layer quantized")
+    if steps[0].kind not in ("conv", "dense"):
+        raise ValueError(f"the model must start with a conv or dense layer, not {steps[0].kind}")
+    return steps
+
+
+@jax.jit
+def _integer_forward(qmodel: QuantizedModel, rescale: Multipliers, x: jax.Array) -> IntegerOutput:
+    fmt = qmodel.activation_format
+    storage = fmt.storage_dtype
+    steps = qmodel.network.steps
+    first = steps[0].path
+    codes: dict[str, jax.Array] = {}
+    quant = qmodel.activations[f"{first}.input"]
+    value = affine.quantize(x, quant.scale, quant.zero_point, fmt).astype(storage)
+    for index, step in enumerate(steps):
+        if step.kind in ("conv", "dense"):
+            codes[f"{step.path}.input"] = value
+            layer = qmodel.layers[step.path]
+            input_zero_point = qmodel.activations[f"{step.path}.input"].zero_point
+            out = qmodel.output_activation(step.path)
+            acc = _ACCUMULATORS[step.kind](value, input_zero_point, fmt, layer, step)
+            # ReLU: real 0 is the code zero_point, so clamp there; only where a ReLU follows before the next layer.
+            lowest = jnp.maximum(fmt.qmin, out.zero_point) if _relu_follows(steps, index) else fmt.qmin
+            value = requantize(acc, rescale.layers[step.path], out.zero_point, lowest, fmt.qmax).astype(storage)
+        else:
+            value = _CODE_STEPS[step.kind](value, step, fmt)
+    last = [step.path for step in steps if step.path][-1]
+    out = qmodel.output_activation(last)
+    codes[f"{last}.output"] = value
+    output = (value.astype(jnp.int32) - out.zero_point).astype(jnp.float32) * out.scale
+    return IntegerOutput(value, out.scale, out.zero_point, output, codes)
+
+
+def _relu_follows(steps: tuple[nn.Step, ...], index: int) -> bool:
+    for step in steps[index + 1 :]:
+        if step.kind in ("conv", "dense"):
+            return False
+        if step.kind == "relu":
+            return True
+    return False
+
+
+def _int8_operand(codes: jax.Array, fmt: formats.IntFormat) -> tuple[jax.Array, int]:
+    """int8 codes for the product, and the offset to add back: unsigned codes are shifted down by 128 (exact)."""
+    if fmt.signed:
+        return codes.astype(jnp.int8), 0
+    return (codes.astype(jnp.int32) - 128).astype(jnp.int8), 128
+
+
+def _conv_accumulator(codes, zero_point, fmt, layer, step):
+    x, offset = _int8_operand(codes, fmt)
+
+    def conv(operand: jax.Array) -> jax.Array:
+        return lax.conv_general_dilated(
+            operand,
+            layer.kernel,
+            step.param("strides"),
+            step.param("padding"),
+            rhs_dilation=step.param("dilation"),
+            feature_group_count=step.param("groups"),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            preferred_element_type=jnp.int32,
+        )
+
+    # The sum of the taps that land inside the input, per output position: the zero-point cross term (zero padding
+    # is padding by z_x in code space, i.e. by real zero).
+    tap_sums = conv(jnp.ones((1,) + x.shape[1:], jnp.int8))
+    return conv(x) + (offset - zero_point) * tap_sums + layer.bias
+
+
+def _dense_accumulator(codes, zero_point, fmt, layer, step):
+    x, offset = _int8_operand(codes, fmt)
+    acc = lax.dot_general(x, layer.kernel, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+    return acc + (offset - zero_point) * jnp.sum(layer.kernel, axis=0, dtype=jnp.int32) + layer.bias
+
+
+def _max_pool(codes, step, fmt):
+    window = (1, *step.param("window"), 1)
+    strides = (1, *step.param("strides"), 1)
+    padding = ((0, 0), *step.param("padding"), (0, 0))
+    return lax.reduce_window(codes, jnp.array(fmt.qmin, codes.dtype), lax.max, window, strides, padding)
+
+
+_ACCUMULATORS = {"conv": _conv_accumulator, "dense": _dense_accumulator}
+_CODE_STEPS = {
+    "relu": lambda codes, step, fmt: codes,  # applied by the clamp of the layer before
+    "max_pool": _max_pool,
+    "flatten": lambda codes, step, fmt: codes.reshape(codes.shape[0], -1),
+}
+
+
 # --- requantization ---------------------------------------------------------------------------------------------
 
 
@@ -95,12 +274,18 @@ class FixedPointMultiplier(NamedTuple):
     shift: jax.Array
 
 
-class Multipliers(NamedTuple):
-    """The rescale of each layer, from :func:`multipliers`; its type chooses the requantization."""
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Multipliers:
+    """The rescale of each layer, from :func:`multipliers` (a pytree).
 
-    conv1: FloatMultiplier | FixedPointMultiplier
-    conv2: FloatMultiplier | FixedPointMultiplier
-    dense: FloatMultiplier | FixedPointMultiplier
+    Attributes:
+      layers: ``{path: FloatMultiplier | FixedPointMultiplier}``; the type chooses the requantization.
+      requantization: ``"onnxruntime"`` or ``"tflite"`` (static).
+    """
+
+    layers: dict[str, FloatMultiplier | FixedPointMultiplier]
+    requantization: str = dataclasses.field(metadata={"static": True})
 
 
 def multipliers(qmodel: QuantizedModel, requantization: Requantization = "onnxruntime") -> Multipliers:
@@ -108,65 +293,56 @@ def multipliers(qmodel: QuantizedModel, requantization: Requantization = "onnxru
 
     $$
     \\text{onnxruntime: } M_c = f_{32}\\big(f_{32}(s_x\\, s_{w,c}) / s_y\\big), \\qquad
-    \\text{tflite: } (q_{m,c}, e_c) = \\text{quantize\\_multiplier}\\big((s_x\\, s_{w,c}) / s_y \\text{ in
-    float64}\\big)
+    \\text{tflite: } (q_{m,c}, e_c) = \\text{quantize\\_multiplier}\\big((s_x\\, s_{w,c}) / s_y
+    \\text{ in float64}\\big)
     $$
 
     Args:
-      qmodel: the quantized model (concrete arrays, not traced).
+      qmodel: the quantized model (concrete arrays, not traced) of a chain of layers.
       requantization: ``"onnxruntime"`` or ``"tflite"``.
 
     Returns:
       The :class:`Multipliers`, per output channel (or scalar for per-tensor weights).
 
     Raises:
-      ValueError: for an unknown ``requantization``.
+      ValueError: for an unknown ``requantization`` or a model that is not a chain of layers.
     """
     if requantization not in REQUANTIZATIONS:
         raise ValueError(f"requantization must be one of {REQUANTIZATIONS}, got {requantization!r}")
-    result = {}
-    for name in LAYER_ACTIVATIONS:
-        inp, out = qmodel.layer_activations(name)
-        layer = getattr(qmodel, name)
+    chain(qmodel)
+    result: dict[str, FloatMultiplier | FixedPointMultiplier] = {}
+    for path, layer in qmodel.layers.items():
+        input_scale = qmodel.activations[f"{path}.input"].scale
+        output_scale = qmodel.output_activation(path).scale
         if requantization == "onnxruntime":
             # numpy float32 arithmetic rounds each operation to float32, in this order, as the C++ does.
-            product = np.float32(inp.scale) * np.asarray(layer.kernel_scale, np.float32)
-            result[name] = FloatMultiplier(jnp.asarray(product / np.float32(out.scale), jnp.float32))
+            product = np.float32(input_scale) * np.asarray(layer.kernel_scale, np.float32)
+            result[path] = FloatMultiplier(jnp.asarray(product / np.float32(output_scale), jnp.float32))
         else:
-            real = np.float64(np.float32(inp.scale)) * np.asarray(layer.kernel_scale, np.float64)
-            quantized, shift = tflite.quantize_multiplier_array(real / np.float64(np.float32(out.scale)))
-            result[name] = FixedPointMultiplier(jnp.asarray(quantized), jnp.asarray(shift))
-    return Multipliers(**result)
-
-
-def _round_small_to_int32(value: jax.Array) -> jax.Array:
-    """Round half to even to int32, for $|v| < 2^{22}$ (here: clamped requantized values).
-
-    Adding $1.5 \\cdot 2^{23}$ moves $v$ to where the float32 spacing is 1, so the addition itself rounds half to even
-    and leaves the integer in the low mantissa bits. XLA's CPU backend lowers ``round`` to a scalar call; this is
-    one vector add and a bitcast, and profiling showed it was most of the cost of requantization.
-    """
-    magic = jnp.float32(1.5 * 2**23)
-    return lax.bitcast_convert_type(value + magic, jnp.int32) - lax.bitcast_convert_type(magic, jnp.int32)
+            real = np.float64(np.float32(input_scale)) * np.asarray(layer.kernel_scale, np.float64)
+            quantized, shift = tflite.quantize_multiplier_array(real / np.float64(np.float32(output_scale)))
+            result[path] = FixedPointMultiplier(jnp.asarray(quantized), jnp.asarray(shift))
+    return Multipliers(result, requantization)
 
 
 def requantize(
     acc: jax.Array,
     multiplier: FloatMultiplier | FixedPointMultiplier,
     zero_point: jax.Array,
-    qmin: int,
+    qmin: int | jax.Array,
     qmax: int,
 ) -> jax.Array:
-    """Rescales int32 accumulators to output codes, clamped to ``[qmin, qmax]``.
+    """Rescales int32 accumulators to output codes, clamped to ``[qmin, qmax]``, as the runtime does.
 
     $$
-    \\text{onnxruntime: } y = \\operatorname{clamp}\\big(\\operatorname{rne}(f_{32}(f_{32}(\\text{acc}) \\cdot M)) +
-    z_y\\big),
-    \\qquad
+    \\text{onnxruntime: } y = \\operatorname{clamp}\\big(\\operatorname{rne}(f_{32}(f_{32}(\\text{acc}) \\cdot M))
+    + z_y\\big), \\qquad
     \\text{tflite: } y = \\operatorname{clamp}\\big(\\text{MBQM}(\\text{acc}, q_m, e) + z_y\\big)
     $$
 
-    Pass ``qmin = max(format qmin, zero_point)`` to apply a ReLU.
+    The multiplier's type picks the runtime; the arithmetic is the oracle's own
+    (:func:`quantref.runtimes.onnx.requantize`, :func:`quantref.runtimes.tflite.requantize`). Pass
+    ``qmin = max(format qmin, zero_point)`` to apply a ReLU.
 
     Args:
       acc: int32 accumulators, output channels last.
@@ -178,122 +354,12 @@ def requantize(
     Returns:
       int32 codes in ``[qmin, qmax]``.
     """
-    zero_point = jnp.asarray(zero_point, jnp.int32)
-    if isinstance(multiplier, FloatMultiplier):
-        # The product is rounded to float32 and then to an integer before the zero point is added: no multiply-add
-        # for XLA to contract. Clamping before the rounding is the same as after, for integer bounds.
-        scaled = acc.astype(jnp.float32) * multiplier.multiplier
-        scaled = jnp.clip(scaled, (qmin - zero_point).astype(jnp.float32), (qmax - zero_point).astype(jnp.float32))
-        return _round_small_to_int32(scaled) + zero_point
-    scaled = tflite.multiply_by_quantized_multiplier(acc, multiplier.quantized_multiplier, multiplier.shift)
-    return jnp.clip(scaled + zero_point, qmin, qmax)
+    return _REQUANTIZE[type(multiplier)](acc, multiplier, zero_point, qmin, qmax)
 
 
-# --- the network ------------------------------------------------------------------------------------------------
-
-
-class IntegerOutput(NamedTuple):
-    """What :func:`integer_forward` returns.
-
-    Attributes:
-      logits_q: integer logit codes ``(N, 10)`` in the activation format's storage dtype (uint8 or int8).
-      scale: float32 scalar, the logits' scale.
-      zero_point: int32 scalar, the logits' zero point.
-      logits: float32 ``(N, 10)``, $(\\text{logits\\_q} - z) \\cdot s$ (ONNX DequantizeLinear).
-      codes: the integer codes of every stored activation, keyed as
-        :data:`quantref.correction.ACTIVATION_POINTS` (``"pool.input"`` is before pooling).
-    """
-
-    logits_q: jax.Array
-    scale: jax.Array
-    zero_point: jax.Array
-    logits: jax.Array
-    codes: dict[str, jax.Array]
-
-
-def _int8_operand(codes: jax.Array, fmt: formats.IntFormat) -> tuple[jax.Array, int]:
-    """int8 codes for the product, and the offset to add back: unsigned codes are shifted down by 128 (exact)."""
-    if fmt.signed:
-        return codes.astype(jnp.int8), 0
-    return (codes.astype(jnp.int32) - 128).astype(jnp.int8), 128
-
-
-def _conv_accumulator(codes, zero_point, fmt, kernel, bias):
-    x, offset = _int8_operand(codes, fmt)
-    acc = lax.conv_general_dilated(
-        x, kernel, (1, 1), "SAME", dimension_numbers=correction.CONV_DIMENSIONS, preferred_element_type=jnp.int32
-    )
-    # The sum of the taps that land inside the image, per output position: the zero-point cross term.
-    inside = jnp.ones((1,) + x.shape[1:], jnp.int8)
-    tap_sums = lax.conv_general_dilated(
-        inside, kernel, (1, 1), "SAME", dimension_numbers=correction.CONV_DIMENSIONS, preferred_element_type=jnp.int32
-    )
-    return acc + (offset - zero_point) * tap_sums + bias
-
-
-def _dense_accumulator(codes, zero_point, fmt, kernel, bias):
-    x, offset = _int8_operand(codes, fmt)
-    acc = lax.dot_general(x, kernel, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
-    return acc + (offset - zero_point) * jnp.sum(kernel, axis=0, dtype=jnp.int32) + bias
-
-
-@jax.jit
-def _integer_forward(qmodel: QuantizedModel, rescale: Multipliers, x: jax.Array) -> IntegerOutput:
-    fmt = qmodel.activation_format
-    storage = fmt.storage_dtype
-    codes = {}
-    x = codes["conv1.input"] = affine.quantize(x, qmodel.input.scale, qmodel.input.zero_point, fmt)
-    for name in ("conv1", "conv2"):
-        inp, out = qmodel.layer_activations(name)
-        point = LAYER_ACTIVATIONS[name][1]
-        layer = getattr(qmodel, name)
-        acc = _conv_accumulator(x, inp.zero_point, fmt, layer.kernel, layer.bias)
-        # ReLU: real 0 is the code zero_point, so clamp there.
-        relu_min = jnp.maximum(fmt.qmin, out.zero_point)
-        x = codes[point] = requantize(acc, getattr(rescale, name), out.zero_point, relu_min, fmt.qmax).astype(storage)
-    x = lax.reduce_window(x, jnp.array(fmt.qmin, storage), lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-    x = x.reshape(x.shape[0], -1)
-    acc = _dense_accumulator(x, qmodel.conv2_output.zero_point, fmt, qmodel.dense.kernel, qmodel.dense.bias)
-    logits_q = requantize(acc, rescale.dense, qmodel.logits.zero_point, fmt.qmin, fmt.qmax).astype(storage)
-    codes["logits"] = logits_q
-    logits = (logits_q.astype(jnp.int32) - qmodel.logits.zero_point).astype(jnp.float32) * qmodel.logits.scale
-    return IntegerOutput(logits_q, qmodel.logits.scale, qmodel.logits.zero_point, logits, codes)
-
-
-def integer_forward(qmodel: QuantizedModel, rescale: Multipliers, x: jax.Array | np.ndarray) -> IntegerOutput:
-    """Runs the quantized CNN on integers only: quantize the input, then int8 products, int32 sums, rescales.
-
-    $$
-    x_q = \\operatorname{sat}(\\operatorname{rne}(x / s_x) + z_x) \\to
-    \\text{conv1} \\to \\text{requant+ReLU} \\to \\text{conv2} \\to \\text{requant+ReLU} \\to
-    \\text{max-pool} \\to \\text{dense} \\to \\text{requant} \\to (\\text{logits}_q - z)\\, s
-    $$
-
-    The input quantization is ONNX QuantizeLinear (NaN → $q_{min}$, ±Inf saturate); everything between it and
-    the final dequantization is integer arithmetic plus, in ``"onnxruntime"`` mode, one float32 multiply per
-    output. Jit-compiled; ``rescale`` picks the requantization (see the module docstring).
-
-    References:
-      Jacob et al., arXiv:1712.05877, 2017, sec. 2.
-      Nagel et al., arXiv:2106.08295, 2021, sec. 2.3.
-
-    Args:
-      qmodel: the quantized model from :func:`quantref.ptq.quantize_model` (weights of up to 8 bits).
-      rescale: :func:`multipliers` of ``qmodel``, for the runtime to follow.
-      x: float32 images ``(N, 8, 8, 1)``, preprocessed as :func:`quantref.data.preprocess`.
-
-    Returns:
-      The :class:`IntegerOutput`.
-
-    Raises:
-      ValueError: if ``x`` is not a float array of shape ``(N, 8, 8, 1)``, or ``rescale`` is not a
-        :class:`Multipliers`.
-    """
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating) or x.ndim != 4 or x.shape[1:] != (8, 8, 1):
-        raise ValueError(f"x must be float images of shape (N, 8, 8, 1), got {x.dtype}{x.shape}")
-    if not isinstance(rescale, Multipliers):
-        raise ValueError(
-            f"rescale must be the Multipliers from integer.multipliers(qmodel), got {type(rescale).__name__}"
-        )
-    return _integer_forward(qmodel, rescale, x.astype(jnp.float32))
+_REQUANTIZE = {
+    FloatMultiplier: lambda acc, m, z, qmin, qmax: qonnx.requantize(acc, m.multiplier, z, qmin, qmax),
+    FixedPointMultiplier: lambda acc, m, z, qmin, qmax: tflite.requantize(
+        acc, m.quantized_multiplier, m.shift, z, qmin, qmax
+    ),
+}

@@ -12,8 +12,9 @@ Layers, in order (NHWC; shapes for one 8×8×1 image)::
 
 10,026 parameters, plus 96 batch-norm running statistics.
 
-Every layer that quantization touches (conv1, conv2, dense) is an attribute of that name, so a chapter reads
-``model.conv1.kernel`` directly. BatchNorm follows each conv, as in the networks that BN folding is for.
+Every layer is an attribute, and its name is its NNX path (``conv1``, ``bn1``, ``conv2``, ``bn2``, ``dense``), the
+name :mod:`quantref.nn` and every later step use; a chapter reads ``model.conv1.kernel`` directly. BatchNorm follows
+each conv, as in the networks that BN folding (:func:`quantref.nn.fold_batch_norm`) is for.
 
 The model runs in one of two modes, chosen per call: ``train=False`` (the default) normalizes with the running
 statistics and is a pure, deterministic function of the input; ``train=True`` normalizes with the batch's
@@ -74,8 +75,11 @@ class DigitsCNN(nnx.Module):
         Returns:
           Logits, shape ``(N, 10)``.
         """
-        logits, _ = forward_with_activations(self, x, train=train)
-        return logits
+        use_running_average = not train
+        x = nnx.relu(self.bn1(self.conv1(x), use_running_average=use_running_average))
+        x = nnx.relu(self.bn2(self.conv2(x), use_running_average=use_running_average))
+        x = nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+        return self.dense(x.reshape(x.shape[0], -1))
 
 
 def forward_with_activations(

@@ -1,22 +1,25 @@
-"""Post-training quantization (PTQ) of the walkthrough CNN: calibrate, quantize weights and biases, simulate.
+"""Post-training quantization (PTQ) of any NNX model of conv and dense layers: calibrate, quantize, simulate.
 
-The recipe (Nagel et al.'s "standard PTQ pipeline", sec. 4.1, and TFLite's int8 spec):
+The recipe (Nagel et al.'s "standard PTQ pipeline", sec. 4.1, and TFLite's int8 spec), on a model whose BatchNorms
+are already folded (:func:`quantref.nn.fold_batch_norm`):
 
-1. fold batch norm into the convolutions (:func:`quantref.correction.fold_batch_norm`);
-2. run the float network on the calibration split and estimate, with any observer of :mod:`quantref.ranges`, the
-   range of every activation that the integer network stores (:data:`quantref.correction.ACTIVATION_POINTS`: the
-   input, the two post-ReLU feature maps, the logits) — per tensor, asymmetric, int8 or uint8;
-3. quantize each weight tensor symmetrically on the narrow grid $[-(2^{b-1}-1), 2^{b-1}-1]$, one scale per output
+1. run the float model on the calibration split and estimate, with any observer of :mod:`quantref.ranges`, the
+   range of every layer's input (``"<path>.input"``) and of every output layer's output (``"<path>.output"``) —
+   per tensor, asymmetric, int8 or uint8. For a chain of layers these are exactly the tensors an integer-only
+   network stores: the input, each post-ReLU feature map (max-pooling keeps the grid), the logits;
+2. quantize each weight tensor symmetrically on the narrow grid $[-(2^{b-1}-1), 2^{b-1}-1]$, one scale per output
    channel (or per tensor), $s_w = \\max|W_c| / (2^{b-1}-1)$, zero point 0;
-4. quantize each bias to int32 with the scale of the accumulator it is added to, zero point 0:
+3. quantize each bias to int32 with the scale of the accumulator it is added to, zero point 0:
 
 $$
 s_{bias,c} = s_{in}\\, s_{w,c}, \\qquad b_q = \\operatorname{rne}(b / s_{bias}) .
 $$
 
-The result is a :class:`QuantizedModel`: integer weights and biases, float32 scales and integer zero points — all
-an integer-only runtime needs (:mod:`quantref.integer`, :mod:`quantref.export.onnx`). :func:`fake_quant_forward`
-simulates it in float ("fake quantization"); :func:`accuracy_table` compares bit widths, granularities and
+The result is a :class:`QuantizedModel` keyed by layer path: integer weights and biases, float32 scales, integer
+zero points, and the model's traced structure — all an integer-only runtime needs (:mod:`quantref.integer`,
+:mod:`quantref.export.onnx`). :func:`fake_quant_model` swaps drop-in fake-quant layers
+(:class:`quantref.nn.QuantLayer`) into the float model to simulate it ("fake quantization"); this works for any
+model of conv and dense layers, residual or not. :func:`accuracy_table` compares bit widths, granularities and
 calibration methods.
 
 References:
@@ -29,25 +32,27 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from quantref import affine, correction, formats, ranges
+from quantref import affine, formats, nn, ranges
+from quantref._validate import INT32_MAX
 
 __all__ = [
     "LayerQuant",
     "ActivationQuant",
     "QuantizedModel",
+    "FakeQuant",
     "OBSERVER_NAMES",
-    "LAYER_ACTIVATIONS",
     "weight_format",
     "activation_format",
     "calibrate_activations",
     "quantize_model",
-    "dequantize_params",
+    "fake_quant_model",
     "fake_quant_forward",
     "accuracy",
     "accuracy_table",
@@ -55,23 +60,17 @@ __all__ = [
 
 #: The observers of :mod:`quantref.ranges` that :func:`quantize_model` accepts by name.
 OBSERVER_NAMES = tuple(ranges.OBSERVERS)
-_LAYERS = ("conv1", "conv2", "dense")
-# Each layer's input and output, named as in correction.ACTIVATION_POINTS: the one place the chain is written down.
-LAYER_ACTIVATIONS = {
-    "conv1": ("conv1.input", "conv2.input"),
-    "conv2": ("conv2.input", "pool.input"),
-    "dense": ("pool.input", "logits"),
-}
-_INT32_MAX = 2**31 - 1
 
 
 class LayerQuant(NamedTuple):
     """One quantized conv or dense layer.
 
     Attributes:
-      kernel: integer weight codes, int8 storage (HWIO for a conv, ``(in, out)`` for the dense layer), zero point 0.
+      kernel: integer weight codes, int8 storage, the layer's kernel layout (HWIO for a conv, ``(in, out)`` for a
+        dense layer), zero point 0.
       kernel_scale: float32, ``(out,)`` per output channel or ``()`` per tensor.
-      bias: int32 codes, ``(out,)``, with scale ``input_scale * kernel_scale`` and zero point 0.
+      bias: int32 codes, ``(out,)``, with scale ``input_scale * kernel_scale`` and zero point 0 (zeros for a layer
+        without a bias).
     """
 
     kernel: jax.Array
@@ -89,42 +88,73 @@ class ActivationQuant(NamedTuple):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class QuantizedModel:
-    """The quantized CNN: integer weights and biases, scales and zero points (a pytree; formats are static).
+    """A quantized network, keyed by layer path (a pytree; formats and structure are static).
 
     Attributes:
-      conv1: conv1's quantized kernel and bias (batch norm folded in).
-      conv2: conv2's.
-      dense: the dense layer's.
-      input: the network input's activation parameters (``conv1.input``).
-      conv1_output: conv1's output after ReLU (``conv2.input``).
-      conv2_output: conv2's output after ReLU (``pool.input``; max-pooling keeps the grid, so also the dense input).
-      logits: the dense layer's output.
+      layers: ``{path: LayerQuant}`` (:meth:`layer_order` gives the execution order).
+      activations: ``{name: ActivationQuant}`` for ``"<path>.input"`` of every layer and ``"<path>.output"`` of the
+        output layers (those whose result the model returns without another layer in between).
+      network: the model's :class:`quantref.nn.Trace` (what integer inference and export run).
       weight_format: the weights' grid (narrow, signed).
       activation_format: the activations' grid (int8 or uint8, or fewer bits).
     """
 
-    conv1: LayerQuant
-    conv2: LayerQuant
-    dense: LayerQuant
-    input: ActivationQuant
-    conv1_output: ActivationQuant
-    conv2_output: ActivationQuant
-    logits: ActivationQuant
+    layers: dict[str, LayerQuant]
+    activations: dict[str, ActivationQuant]
+    network: nn.Trace = dataclasses.field(metadata={"static": True})
     weight_format: formats.IntFormat = dataclasses.field(metadata={"static": True})
     activation_format: formats.IntFormat = dataclasses.field(metadata={"static": True})
 
-    def activation(self, point: str) -> ActivationQuant:
-        """The parameters of an activation named as in :data:`quantref.correction.ACTIVATION_POINTS`."""
-        return {
-            "conv1.input": self.input,
-            "conv2.input": self.conv1_output,
-            "pool.input": self.conv2_output,
-            "logits": self.logits,
-        }[point]
+    def output_activation(self, path: str) -> ActivationQuant:
+        """The grid a layer's output is requantized to, in a chain of layers: the next layer's input grid (ReLU,
+        max-pool and flatten keep it), or the layer's own output grid if it is an output layer."""
+        return self.activations[self.output_name(path)]
 
-    def layer_activations(self, name: str) -> tuple[ActivationQuant, ActivationQuant]:
-        """The parameters of a layer's input and output activations, for ``name`` in ``conv1``, ``conv2``, ``dense``."""
-        return tuple(self.activation(point) for point in LAYER_ACTIVATIONS[name])
+    def output_name(self, path: str) -> str:
+        """The name of the grid :meth:`output_activation` returns (``"<next>.input"`` or ``"<path>.output"``)."""
+        if f"{path}.output" in self.activations:
+            return f"{path}.output"
+        paths = self.layer_order()
+        index = paths.index(path)
+        if index + 1 >= len(paths):
+            raise ValueError(f"layer {path!r} has no output grid")
+        return f"{paths[index + 1]}.input"
+
+    def layer_order(self) -> list[str]:
+        """The quantized layers' paths in execution order (``layers`` itself is sorted by key once it has passed
+        through a JAX transformation)."""
+        return [path for path in self.network.layer_steps() if path in self.layers]
+
+
+class FakeQuant(nnx.Module):
+    """A static fake quantizer: $\\hat x = s\\,(\\operatorname{clamp}(\\mathrm{rne}(x/s) + z, q_{min}, q_{max}) - z)$.
+
+    Attributes:
+      scale: float32, scalar or per channel along ``axis``.
+      zero_point: int32, same shape as ``scale``.
+      fmt: the integer grid (static).
+      axis: the channel axis for per-channel parameters, else ``None`` (static).
+    """
+
+    def __init__(self, scale: jax.Array, zero_point: jax.Array, fmt: formats.IntFormat, axis: int | None = None):
+        self.scale = nnx.Variable(jnp.asarray(scale, jnp.float32))
+        self.zero_point = nnx.Variable(jnp.asarray(zero_point, jnp.int32))
+        self.fmt = fmt
+        self.axis = axis
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return affine.fake_quant(x, self.scale[...], self.zero_point[...], self.fmt, axis=self.axis)
+
+
+class _BiasQuant(nnx.Module):
+    """Rounds a bias to its int32 grid ($s_{in}s_w$) and back, saturating at $\\pm(2^{31}-1)$."""
+
+    def __init__(self, scale: jax.Array):
+        self.scale = nnx.Variable(jnp.asarray(scale, jnp.float32))
+
+    def __call__(self, bias: jax.Array) -> jax.Array:
+        scale = self.scale[...]
+        return jnp.clip(jnp.round(bias / scale), -INT32_MAX, INT32_MAX) * scale
 
 
 def _check_bits(bits: int, name: str) -> int:
@@ -174,46 +204,92 @@ def _observer(observer: str | ranges.Observer, fmt: formats.IntFormat) -> ranges
     return ranges.observer_from_name(observer, **kwargs)
 
 
-_float_forward = jax.jit(correction.folded_forward)
+def _check_batch(x: Any, name: str) -> np.ndarray:
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be a float array of inputs, got {type(x).__name__}")
+    array = np.asarray(x)
+    if not np.issubdtype(array.dtype, np.floating) or array.ndim < 2 or len(array) == 0:
+        raise ValueError(f"{name} must be a non-empty float array (N, ...), got {array.dtype}{array.shape}")
+    return array.astype(np.float32)
+
+
+def _batches(x: np.ndarray, batch_size: int) -> list[jax.Array]:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return [jnp.asarray(x[start : start + batch_size]) for start in range(0, len(x), int(batch_size))]
+
+
+def _jit_capture(model: nnx.Module, select: Any = None, skip: Any = None):
+    """``capture`` of ``model``, jit-compiled once for the model's structure."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def run(state: nnx.State, x: jax.Array):
+        return nn.capture(nnx.merge(graphdef, state), x, select=select, skip=skip)
+
+    return lambda x: run(state, x)
+
+
+def _layer_order(model: nnx.Module, network: nn.Trace, select: Any, skip: Any) -> list[str]:
+    chosen = nn.find_layers(model, select, skip)
+    order = [path for path in network.layer_steps() if path in chosen]
+    if not order:
+        raise ValueError("the model has no conv or dense layer to quantize (check select/skip)")
+    return order
+
+
+def _check_folded(network: nn.Trace) -> None:
+    for step in network.steps:
+        if step.kind == "batch_norm" and step.inputs and step.inputs[0] > 0:
+            producer = network.steps[step.inputs[0] - 1]
+            if producer.kind in ("conv", "dense"):
+                raise ValueError(
+                    f"BatchNorm {step.path!r} follows layer {producer.path!r}: fold it first with "
+                    "quantref.nn.fold_batch_norm(model, x), as a deployed network does"
+                )
 
 
 def calibrate_activations(
-    params: correction.FoldedCNN,
+    model: nnx.Module,
     calibration_x: np.ndarray,
     *,
     observer: str | ranges.Observer = "min_max",
     fmt: formats.IntFormat = formats.UINT8,
     batch_size: int = 50,
+    select: str | Sequence[str] | None = None,
+    skip: str | Sequence[str] | None = None,
 ) -> dict[str, tuple[jax.Array, jax.Array]]:
-    """Estimates the range of every stored activation on float activations of the calibration split.
+    """Estimates the range of each selected layer's input, and of each output layer's output, on float activations.
 
     Args:
-      params: the folded float network.
-      calibration_x: float32 images ``(N, 8, 8, 1)``; use the calibration split only.
+      model: the float model (BatchNorms folded).
+      calibration_x: float32 inputs ``(N, ...)``; use the calibration split only.
       observer: an observer name from :data:`OBSERVER_NAMES` (``mse`` and ``entropy`` are built for ``fmt``), or
         a :class:`quantref.ranges.Observer` (per tensor, ``axis=None``).
       fmt: the activation grid, for the observers that need it.
-      batch_size: images per calibration batch.
+      batch_size: inputs per calibration batch.
+      select: path patterns of the layers to quantize (:func:`quantref.nn.find_layers`).
+      skip: path patterns of layers to leave in float.
 
     Returns:
-      ``{point: (min_val, max_val)}`` for each point of :data:`quantref.correction.ACTIVATION_POINTS`.
+      ``{name: (min_val, max_val)}`` for ``"<path>.input"`` of every selected layer and ``"<path>.output"`` of the
+      selected output layers.
 
     Raises:
-      ValueError: for an unknown observer name, an empty ``calibration_x`` or a ``batch_size`` below 1.
+      ValueError: for an unknown observer name, an empty or non-float ``calibration_x`` or a ``batch_size`` below 1.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    calibration_x = np.asarray(calibration_x, np.float32)
-    if calibration_x.ndim != 4 or len(calibration_x) == 0:
-        raise ValueError(f"calibration_x must be a non-empty (N, 8, 8, 1) array, got shape {calibration_x.shape}")
+    calibration_x = _check_batch(calibration_x, "calibration_x")
+    batches = _batches(calibration_x, batch_size)
     obs = _observer(observer, fmt)
-    recorded = [
-        _float_forward(params, jnp.asarray(calibration_x[start : start + batch_size]))[1]
-        for start in range(0, len(calibration_x), batch_size)
+    network = nn.trace(model, batches[0])
+    order = _layer_order(model, network, select, skip)
+    names = [f"{path}.input" for path in order] + [
+        f"{path}.output" for path in network.output_layers() if path in order
     ]
+    run = _jit_capture(model, select, skip)
+    recorded = [run(batch)[1] for batch in batches]
     return {
-        point: ranges.calibrate(obs, [activations[point] for activations in recorded], progress=False)
-        for point in correction.ACTIVATION_POINTS
+        name: ranges.calibrate(obs, [activations[name] for activations in recorded], progress=False) for name in names
     }
 
 
@@ -229,11 +305,11 @@ def _quantize_bias(bias: jax.Array, scale: np.ndarray) -> jax.Array:
     codes = np.round(np.asarray(bias, np.float32) / scale)
     # Clip in float64: in float32, 2**31 - 1 rounds up to 2**31, which the int32 cast would wrap to -2**31 (a dead
     # channel, all-zero weights with a bias, has a tiny bias scale and hits this).
-    return jnp.asarray(np.clip(codes.astype(np.float64), -_INT32_MAX, _INT32_MAX).astype(np.int32))
+    return jnp.asarray(np.clip(codes.astype(np.float64), -INT32_MAX, INT32_MAX).astype(np.int32))
 
 
 def quantize_model(
-    params: correction.FoldedCNN,
+    model: nnx.Module,
     calibration_x: np.ndarray,
     *,
     weight_bits: int = 8,
@@ -242,8 +318,10 @@ def quantize_model(
     observer: str | ranges.Observer = "min_max",
     activation_signed: bool = False,
     activation_ranges: dict[str, tuple[jax.Array, jax.Array]] | None = None,
+    select: str | Sequence[str] | None = None,
+    skip: str | Sequence[str] | None = None,
 ) -> QuantizedModel:
-    """Quantizes the folded CNN: symmetric narrow-range weights, asymmetric activations, int32 biases.
+    """Quantizes a model's conv and dense layers: symmetric narrow-range weights, asymmetric activations, int32 biases.
 
     $$
     s_{w,c} = \\frac{\\max |W_c|}{2^{b_w-1}-1}, \\qquad
@@ -251,103 +329,124 @@ def quantize_model(
     b_{q,c} = \\operatorname{rne}\\!\\Big(\\frac{b_c}{f_{32}(s_{in}\\, s_{w,c})}\\Big)
     $$
 
-    where $s_{in}$ is the scale of the layer's input activation (for the dense layer, conv2's post-ReLU scale:
-    max-pooling does not change the grid).
+    where $s_{in}$ is the scale of the layer's input activation.
 
     References:
       Jacob et al., arXiv:1712.05877, 2017, sec. 2.4.
       Nagel et al., arXiv:2106.08295, 2021, sec. 4.1.
 
     Args:
-      params: the folded float network (:func:`quantref.correction.fold_batch_norm`).
-      calibration_x: calibration images ``(N, 8, 8, 1)``.
+      model: the float NNX model, BatchNorms folded (:func:`quantref.nn.fold_batch_norm`).
+      calibration_x: calibration inputs ``(N, ...)``.
       weight_bits: weight bits, 2..8.
       activation_bits: activation bits, 2..8.
       per_channel: one weight scale per output channel if True, else one per tensor.
       observer: the calibration method, see :func:`calibrate_activations`.
       activation_signed: int activations if True, uint (the onnxruntime default, u8s8) if False.
-      activation_ranges: ranges already computed by :func:`calibrate_activations` for this ``observer`` and
-        activation format (skips calibration); ``None`` calibrates.
+      activation_ranges: ranges already computed by :func:`calibrate_activations` for this ``observer``, activation
+        format and selection (skips calibration); ``None`` calibrates.
+      select: path patterns of the layers to quantize (:func:`quantref.nn.find_layers`); ``None`` quantizes all.
+      skip: path patterns of layers to leave in float.
 
     Returns:
       The :class:`QuantizedModel`.
 
     Raises:
-      ValueError: naming the parameter, for bit widths outside 2..8, an unknown observer, or bad ``calibration_x``.
+      ValueError: naming the parameter, for bit widths outside 2..8, an unknown observer, bad ``calibration_x``,
+        ``activation_ranges`` missing a name, or a BatchNorm left unfolded after a layer.
+      TypeError: if ``model`` is not an NNX module.
     """
     w_fmt = weight_format(weight_bits)
     a_fmt = activation_format(activation_bits, activation_signed)
+    calibration_x = _check_batch(calibration_x, "calibration_x")
+    network = nn.trace(model, calibration_x[:1])
+    _check_folded(network)
+    order = _layer_order(model, network, select, skip)
     if activation_ranges is None:
-        activation_ranges = calibrate_activations(params, calibration_x, observer=observer, fmt=a_fmt)
-    acts = {}
-    for point, (min_val, max_val) in activation_ranges.items():
-        scale, zero_point = affine.scale_zero_point(min_val, max_val, a_fmt)
-        acts[point] = ActivationQuant(scale.astype(jnp.float32), zero_point.astype(jnp.int32))
+        activation_ranges = calibrate_activations(
+            model, calibration_x, observer=observer, fmt=a_fmt, select=select, skip=skip
+        )
+    needed = [f"{path}.input" for path in order] + [f"{p}.output" for p in network.output_layers() if p in order]
+    missing = [name for name in needed if name not in activation_ranges]
+    if missing:
+        raise ValueError(f"activation_ranges lacks {missing}; it must hold {needed}")
+    activations = {}
+    for name in needed:
+        scale, zero_point = affine.scale_zero_point(*activation_ranges[name], a_fmt)
+        activations[name] = ActivationQuant(scale.astype(jnp.float32), zero_point.astype(jnp.int32))
     layers = {}
-    for name in _LAYERS:
-        codes, scale = _quantize_kernel(getattr(params, f"{name}_kernel"), w_fmt, per_channel)
-        input_scale = acts[LAYER_ACTIVATIONS[name][0]].scale
+    for path in order:
+        layer = nn.get_module(model, path)
+        layer = layer.layer if isinstance(layer, nn.QuantLayer) else layer
+        codes, scale = _quantize_kernel(layer.kernel[...], w_fmt, per_channel)
+        input_scale = activations[f"{path}.input"].scale
         bias_scale = np.float32(input_scale) * np.asarray(scale, np.float32)  # f32(s_in * s_w)
-        layers[name] = LayerQuant(codes, scale, _quantize_bias(getattr(params, f"{name}_bias"), bias_scale))
-    return QuantizedModel(
-        **layers,
-        input=acts["conv1.input"],
-        conv1_output=acts["conv2.input"],
-        conv2_output=acts["pool.input"],
-        logits=acts["logits"],
-        weight_format=w_fmt,
-        activation_format=a_fmt,
-    )
+        bias = layer.bias[...] if layer.bias is not None else jnp.zeros(codes.shape[-1], jnp.float32)
+        layers[path] = LayerQuant(codes, scale, _quantize_bias(bias, bias_scale))
+    return QuantizedModel(layers, activations, network, w_fmt, a_fmt)
 
 
-def dequantize_params(qmodel: QuantizedModel) -> correction.FoldedCNN:
-    """The float network whose weights and biases are the quantized ones, dequantized ($\\hat W = s_w W_q$).
+def fake_quant_model(model: nnx.Module, qmodel: QuantizedModel) -> nnx.Module:
+    """A copy of the float model with each quantized layer swapped for a fake-quant :class:`quantref.nn.QuantLayer`.
 
-    Args:
-      qmodel: the quantized model.
-
-    Returns:
-      Folded float32 parameters on the quantization grids.
-    """
-    values = {}
-    for name in _LAYERS:
-        layer = getattr(qmodel, name)
-        input_scale = qmodel.layer_activations(name)[0].scale
-        values[f"{name}_kernel"] = layer.kernel.astype(jnp.float32) * layer.kernel_scale
-        values[f"{name}_bias"] = layer.bias.astype(jnp.float32) * (input_scale * layer.kernel_scale)
-    return correction.FoldedCNN(**values)
-
-
-@jax.jit
-def fake_quant_forward(qmodel: QuantizedModel, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Simulates the quantized network in float32: dequantized weights, fake-quantized activations.
-
-    $$
-    \\hat a = s_a\\big(\\operatorname{clamp}(\\operatorname{rne}(a / s_a) + z_a, q_{min}, q_{max}) - z_a\\big)
-    $$
-
-    at every point of :data:`quantref.correction.ACTIVATION_POINTS`; convolutions and the dense product run in
-    float32 on the dequantized values. This is what training-time ("simulated") quantization computes; an integer
-    runtime differs from it by float rounding in the accumulation and by how it rescales (see
-    :mod:`quantref.integer`).
+    Each layer's input is fake-quantized on its activation grid, its kernel on the weight grid with the quantized
+    model's scales, its bias on its int32 grid; output layers also fake-quantize their output. The result computes
+    in float32 what the integer network computes with integers, up to float rounding in the accumulation and the
+    rescale (see :mod:`quantref.integer`). Any model works, including those that integer inference refuses
+    (residual adds, average pooling): what is not a layer stays float.
 
     References:
       Jacob et al., arXiv:1712.05877, 2017, sec. 3.
 
     Args:
-      qmodel: the quantized model.
-      x: float32 images ``(N, 8, 8, 1)``.
+      model: the float model that ``qmodel`` was quantized from.
+      qmodel: its :class:`QuantizedModel`.
 
     Returns:
-      ``(logits, activations)`` as :func:`quantref.correction.folded_forward`; logits are on the logits' grid.
+      The fake-quant model; call it as the original.
     """
-    fmt = qmodel.activation_format
+    a_fmt = qmodel.activation_format
 
-    def hook(point: str, value: jax.Array) -> jax.Array:
-        quant = qmodel.activation(point)
-        return affine.fake_quant(value, quant.scale, quant.zero_point, fmt)
+    def activation(name: str) -> FakeQuant | None:
+        quant = qmodel.activations.get(name)
+        return None if quant is None else FakeQuant(quant.scale, quant.zero_point, a_fmt)
 
-    return correction.folded_forward(dequantize_params(qmodel), x, activation_fn=hook)
+    def wrap(path: str, layer: nnx.Module) -> nn.QuantLayer | None:
+        if path not in qmodel.layers:
+            return None
+        quant = qmodel.layers[path]
+        inner = layer.layer if isinstance(layer, nn.QuantLayer) else layer
+        axis = None if quant.kernel_scale.ndim == 0 else inner.kernel.ndim - 1
+        bias_scale = qmodel.activations[f"{path}.input"].scale * quant.kernel_scale
+        return nn.QuantLayer(
+            inner,
+            weight_quantizer=FakeQuant(
+                quant.kernel_scale, jnp.zeros_like(quant.kernel_scale, jnp.int32), qmodel.weight_format, axis
+            ),
+            input_quantizer=activation(f"{path}.input"),
+            output_quantizer=activation(f"{path}.output"),
+            bias_quantizer=_BiasQuant(bias_scale) if inner.bias is not None else None,
+        )
+
+    return nn.swap_layers(model, wrap)
+
+
+def fake_quant_forward(
+    model: nnx.Module, qmodel: QuantizedModel, x: jax.Array | np.ndarray
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Runs :func:`fake_quant_model` on ``x`` (jit-compiled) and records every layer's input and output.
+
+    Args:
+      model: the float model.
+      qmodel: its quantization.
+      x: a batch of inputs.
+
+    Returns:
+      ``(output, activations)`` as :func:`quantref.nn.capture`: ``"<path>.input"`` holds the fake-quantized input,
+      ``"<path>.output"`` the layer's output (fake-quantized for output layers).
+    """
+    x = _check_batch(x, "x")
+    return _jit_capture(fake_quant_model(model, qmodel))(jnp.asarray(x))
 
 
 def accuracy(logits: jax.Array | np.ndarray, labels: np.ndarray) -> float:
@@ -364,7 +463,7 @@ def accuracy(logits: jax.Array | np.ndarray, labels: np.ndarray) -> float:
 
 
 def accuracy_table(
-    params: correction.FoldedCNN,
+    model: nnx.Module,
     calibration_x: np.ndarray,
     test_x: np.ndarray,
     test_y: np.ndarray,
@@ -378,9 +477,9 @@ def accuracy_table(
     The first row is the float network. Activation ranges are calibrated once per (observer, activation bits).
 
     Args:
-      params: the folded float network.
-      calibration_x: calibration images.
-      test_x: test images.
+      model: the float model, BatchNorms folded.
+      calibration_x: calibration inputs.
+      test_x: test inputs.
       test_y: test labels.
       bit_widths: ``(weight_bits, activation_bits)`` pairs, e.g. ``(8, 8)`` for W8A8.
       observers: calibration methods, names from :data:`OBSERVER_NAMES`.
@@ -391,8 +490,8 @@ def accuracy_table(
       ``{"config": "W8A8", "weights": "per-channel", "observer": "min_max", "accuracy": 0.99}``; the float row has
       ``config="float32"``.
     """
-    test_x = jnp.asarray(test_x, jnp.float32)
-    float_logits, _ = _float_forward(params, test_x)
+    test_x = jnp.asarray(_check_batch(test_x, "test_x"))
+    float_logits, _ = _jit_capture(model)(test_x)
     rows: list[dict[str, object]] = [
         {"config": "float32", "weights": "-", "observer": "-", "accuracy": accuracy(float_logits, test_y)}
     ]
@@ -403,9 +502,9 @@ def accuracy_table(
                 key = (observer, activation_bits)
                 if key not in calibrated:
                     fmt = activation_format(activation_bits, activation_signed)
-                    calibrated[key] = calibrate_activations(params, calibration_x, observer=observer, fmt=fmt)
+                    calibrated[key] = calibrate_activations(model, calibration_x, observer=observer, fmt=fmt)
                 qmodel = quantize_model(
-                    params,
+                    model,
                     calibration_x,
                     weight_bits=weight_bits,
                     activation_bits=activation_bits,
@@ -413,7 +512,7 @@ def accuracy_table(
                     activation_signed=activation_signed,
                     activation_ranges=calibrated[key],
                 )
-                logits, _ = fake_quant_forward(qmodel, test_x)
+                logits, _ = fake_quant_forward(model, qmodel, test_x)
                 rows.append(
                     {
                         "config": f"W{weight_bits}A{activation_bits}",

@@ -1,9 +1,9 @@
-"""Fixtures shared by the tests of the quantized walkthrough model (ptq, integer): the data splits, the float model
-with batch norm folded, and its W8A8 quantization, each built once per test module."""
+"""Fixtures shared by the tests of the quantized walkthrough model (nn, ptq, integer, export): the data splits, the
+trained model, the model with BatchNorm folded, and its W8A8 quantization, each built once per test module."""
 
 import pytest
 
-from quantref import correction, data, ptq, train
+from quantref import data, nn, ptq, train
 
 
 @pytest.fixture(scope="module")
@@ -12,10 +12,15 @@ def splits():
 
 
 @pytest.fixture(scope="module")
-def params():
-    return correction.fold_batch_norm(train.load_or_train(progress=False))
+def model():
+    return train.load_or_train(progress=False)
 
 
 @pytest.fixture(scope="module")
-def qmodel(params, splits):
-    return ptq.quantize_model(params, splits.x_calib)
+def folded(model, splits):
+    return nn.fold_batch_norm(model, splits.x_calib[:1])
+
+
+@pytest.fixture(scope="module")
+def qmodel(folded, splits):
+    return ptq.quantize_model(folded, splits.x_calib)

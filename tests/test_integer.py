@@ -56,22 +56,19 @@ def _requant_np(acc, rescale, zero_point, qmin, qmax):
 
 
 def _integer_forward_np(qmodel, rescale, x):
-    fmt = qmodel.activation_format
-    q = lambda a: (np.asarray(a.scale, np.float32), int(a.zero_point))  # noqa: E731
-    scale, zp = q(qmodel.input)
+    """The digits CNN's integer path in numpy int64, written out by hand (conv1, conv2, pool, dense)."""
+    fmt, acts, layers = qmodel.activation_format, qmodel.activations, qmodel.layers
+    scale, zp = np.asarray(acts["conv1.input"].scale, np.float32), int(acts["conv1.input"].zero_point)
     codes = np.clip(np.rint(np.asarray(x, np.float32) / scale) + zp, fmt.qmin, fmt.qmax)
-    for name, inp, out in (
-        ("conv1", qmodel.input, qmodel.conv1_output),
-        ("conv2", qmodel.conv1_output, qmodel.conv2_output),
-    ):
-        layer = getattr(qmodel, name)
-        acc = _conv_np(codes, inp.zero_point, layer.kernel, layer.bias)
-        codes = _requant_np(acc, getattr(rescale, name), out.zero_point, max(fmt.qmin, int(out.zero_point)), fmt.qmax)
+    for path, inp, out in (("conv1", "conv1.input", "conv2.input"), ("conv2", "conv2.input", "dense.input")):
+        acc = _conv_np(codes, acts[inp].zero_point, layers[path].kernel, layers[path].bias)
+        out_zp = int(acts[out].zero_point)
+        codes = _requant_np(acc, rescale.layers[path], out_zp, max(fmt.qmin, out_zp), fmt.qmax)
     n = codes.shape[0]
     pooled = codes.reshape(n, 4, 2, 4, 2, 32).max(axis=(2, 4)).reshape(n, -1)
-    acc = (pooled - int(qmodel.conv2_output.zero_point)) @ np.asarray(qmodel.dense.kernel, np.int64)
-    acc = acc + np.asarray(qmodel.dense.bias, np.int64)
-    return _requant_np(acc, rescale.dense, qmodel.logits.zero_point, fmt.qmin, fmt.qmax)
+    acc = (pooled - int(acts["dense.input"].zero_point)) @ np.asarray(layers["dense"].kernel, np.int64)
+    acc = acc + np.asarray(layers["dense"].bias, np.int64)
+    return _requant_np(acc, rescale.layers["dense"], acts["dense.output"].zero_point, fmt.qmin, fmt.qmax)
 
 
 # --- fixed-point primitives --------------------------------------------------------------------------------------
@@ -160,36 +157,39 @@ def _far_inputs(count=16):
 
 @pytest.mark.parametrize("requantization", integer.REQUANTIZATIONS)
 @pytest.mark.parametrize("signed", [False, True])
-def test_integer_forward_equals_numpy_int64_reference(params, splits, qmodel, requantization, signed):
+def test_integer_forward_equals_numpy_int64_reference(folded, splits, qmodel, requantization, signed):
     if signed:
-        qmodel = ptq.quantize_model(params, splits.x_calib, activation_signed=True)
+        qmodel = ptq.quantize_model(folded, splits.x_calib, activation_signed=True)
     rescale = integer.multipliers(qmodel, requantization)
     x = np.concatenate([splits.x_test[:64], _far_inputs()])
     out = integer.integer_forward(qmodel, rescale, x)
-    assert out.logits_q.dtype == (jnp.int8 if signed else jnp.uint8)
-    np.testing.assert_array_equal(np.asarray(out.logits_q), _integer_forward_np(qmodel, rescale, x))
-    dequantized = (np.asarray(out.logits_q).astype(np.int32) - int(out.zero_point)).astype(np.float32) * np.float32(
+    assert out.output_q.dtype == (jnp.int8 if signed else jnp.uint8)
+    np.testing.assert_array_equal(np.asarray(out.output_q), _integer_forward_np(qmodel, rescale, x))
+    dequantized = (np.asarray(out.output_q).astype(np.int32) - int(out.zero_point)).astype(np.float32) * np.float32(
         out.scale
     )
-    np.testing.assert_array_equal(np.asarray(out.logits), dequantized)
+    np.testing.assert_array_equal(np.asarray(out.output), dequantized)
 
 
 @pytest.mark.parametrize("requantization", integer.REQUANTIZATIONS)
-def test_integer_forward_is_close_to_fake_quant(qmodel, splits, requantization):
+def test_integer_forward_is_close_to_fake_quant(qmodel, folded, splits, requantization):
     out = integer.integer_forward(qmodel, integer.multipliers(qmodel, requantization), splits.x_test)
-    fake, _ = ptq.fake_quant_forward(qmodel, jnp.asarray(splits.x_test))
-    fake_codes = np.round(np.asarray(fake) / float(qmodel.logits.scale)) + int(qmodel.logits.zero_point)
-    difference = np.abs(np.asarray(out.logits_q).astype(np.int64) - fake_codes)
+    fake, _ = ptq.fake_quant_forward(folded, qmodel, splits.x_test)
+    logits = qmodel.activations["dense.output"]
+    fake_codes = np.round(np.asarray(fake) / float(logits.scale)) + int(logits.zero_point)
+    difference = np.abs(np.asarray(out.output_q).astype(np.int64) - fake_codes)
     assert difference.max() <= 2  # LSBs of the logits
-    agreement = np.mean(np.argmax(out.logits, axis=1) == np.argmax(fake, axis=1))
+    agreement = np.mean(np.argmax(out.output, axis=1) == np.argmax(fake, axis=1))
     assert agreement >= 0.99
-    assert ptq.accuracy(out.logits, splits.y_test) >= ptq.accuracy(fake, splits.y_test) - 0.005
+    assert ptq.accuracy(out.output, splits.y_test) >= ptq.accuracy(fake, splits.y_test) - 0.005
 
 
-def test_relu_is_the_clamp(qmodel, splits):
+def test_relu_is_the_clamp_only_where_a_relu_follows(qmodel, splits):
     out = integer.integer_forward(qmodel, integer.multipliers(qmodel), splits.x_test[:16])
-    for point in ("conv2.input", "pool.input"):
-        assert int(np.asarray(out.codes[point]).min()) >= int(qmodel.activation(point).zero_point)
+    for name in ("conv2.input", "dense.input"):
+        assert int(np.asarray(out.codes[name]).min()) >= int(qmodel.activations[name].zero_point)
+    # The logits layer has no ReLU: its codes go below its zero point.
+    assert int(np.asarray(out.codes["dense.output"]).min()) < int(qmodel.activations["dense.output"].zero_point)
 
 
 def test_bad_arguments(qmodel):
@@ -199,3 +199,5 @@ def test_bad_arguments(qmodel):
         integer.integer_forward(qmodel, integer.multipliers(qmodel), np.zeros((2, 8, 8), np.float32))
     with pytest.raises(ValueError, match="rescale"):
         integer.integer_forward(qmodel, None, np.zeros((2, 8, 8, 1), np.float32))
+    with pytest.raises(TypeError, match="qmodel"):
+        integer.multipliers({"conv1": None})

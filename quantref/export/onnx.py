@@ -1,27 +1,31 @@
-"""Export of the quantized walkthrough CNN to ONNX, as a graph that onnxruntime runs with integers only.
+"""Export of a quantized chain of layers to ONNX, as a graph that onnxruntime runs with integers only.
 
-The quantized graph (standard ``ai.onnx`` domain, opset 13, "QOperator" format):
+The graph (standard ``ai.onnx`` domain, opset 13, "QOperator" format) follows the quantized model's trace
+(:func:`quantref.integer.chain`): for the walkthrough CNN
 
 ```
 x float32 (N, 8, 8, 1) NHWC ── QuantizeLinear ── uint8 ── Transpose → NCHW
    ── QLinearConv conv1 3×3 pad 1 (int8 weights per output channel, int32 bias)   ReLU = the clamp at y_zero_point
    ── QLinearConv conv2 3×3 pad 1                                                  ReLU = the clamp at y_zero_point
    ── MaxPool 2×2 (on uint8)
-   ── QLinearConv dense as a 4×4 valid convolution → (N, 10, 1, 1) ── Flatten ── DequantizeLinear ── logits float32
+   ── QLinearConv dense as a 4×4 valid convolution → (N, 10, 1, 1) ── Flatten ── DequantizeLinear ── output float32
 ```
+
+and for a multi-layer perceptron, QuantizeLinear ── Reshape to (N, F, 1, 1) ── one 1×1 QLinearConv per dense layer ──
+Flatten ── DequantizeLinear. Tensors carry the pipeline's names (``conv2.input``, ``dense.kernel``, ...).
 
 Three choices, and why:
 
-- **The input is the test split's tensor as it is**: float32 ``(N, 8, 8, 1)`` NHWC, ``pixels / 16``
-  (:func:`quantref.data.preprocess`); the graph quantizes it and transposes the uint8 codes to NCHW itself.
+- **The input is the model's input as it is**: float32, NHWC for a convolutional network; the graph quantizes it
+  and transposes the codes to NCHW itself.
 - **ReLU has no node.** ONNX has no Relu on uint8, and QLinearConv has no fused activation. But each post-ReLU
   range is calibrated on non-negative data, so its zero point is the grid's bottom code ($z_y = 0$ for uint8):
   the requantization's saturation at 0 *is* the ReLU, exactly. The export checks this and refuses otherwise.
-- **The dense layer is a QLinearConv**, a 4×4 kernel over the pooled 4×4×32 map (weight ``[o, c, h, w] =
-  W[(h·4 + w)·32 + c, o]``, the NHWC flatten order). QLinearMatMul would do the product but has no bias input: the
-  bias would have to be added after dequantization, in float, which is no longer integer-only (and the standard
-  domain has no QLinearAdd or QGemm). A convolution takes the int32 bias into its accumulator, like conv1 and
-  conv2.
+- **A dense layer is a QLinearConv**: after a flattened $H \\times W \\times C$ map, an $H \\times W$ kernel over it
+  (weight ``[o, c, h, w] = W[(h·W + w)·C + c, o]``, the NHWC flatten order); after another dense layer or on a
+  vector input, a 1×1 kernel. QLinearMatMul would do the product but has no bias input: the bias would have to be
+  added after dequantization, in float, which is no longer integer-only (and the standard domain has no QLinearAdd
+  or QGemm). A convolution takes the int32 bias into its accumulator.
 
 onnxruntime computes each QLinearConv as :mod:`quantref.integer` does in ``"onnxruntime"`` mode, so
 ``expected.npz`` — quantref's prediction, written beside the model — equals onnxruntime's output bit for bit, with
@@ -38,204 +42,292 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import onnx
+from flax import nnx
 from onnx import TensorProto, helper, numpy_helper
 
-from quantref import correction, data, integer, ptq, train
+from quantref import _files, integer, nn, ptq
 
 __all__ = ["OPSET", "quantized_model_proto", "float_model_proto", "export_onnx"]
 
 OPSET = 13
-_POOLED = (4, 4, 32)  # the dense layer's input map, (H, W, C)
 
 
-def _dense_as_conv(kernel: np.ndarray) -> np.ndarray:
-    """(512, 10) dense kernel in NHWC flatten order → (10, 32, 4, 4) OIHW convolution kernel."""
-    height, width, channels = _POOLED
-    return np.transpose(kernel.reshape(height, width, channels, -1), (3, 2, 0, 1))
+def export_onnx(
+    qmodel: ptq.QuantizedModel,
+    out_dir: str | Path,
+    *,
+    test_x: np.ndarray,
+    test_y: np.ndarray | None = None,
+    float_model: nnx.Module | None = None,
+    force: bool = False,
+) -> dict[str, Path]:
+    """Writes a quantized model for onnxruntime, with the inputs and quantref's prediction of its outputs.
 
+    Writes into ``out_dir`` (atomically: an interrupted export leaves the old files or the new ones, never a mix):
 
-def _oihw(kernel: np.ndarray) -> np.ndarray:
-    return np.transpose(kernel, (3, 2, 0, 1))
+    - ``model.onnx``: the int8 graph of :func:`quantized_model_proto`;
+    - ``float.onnx``: the float graph of :func:`float_model_proto`, if ``float_model`` is given;
+    - ``test_inputs.npz``: ``x``, the inputs as fed to the models (float32), and ``y``, their labels if given;
+    - ``expected.npz``: ``output``, quantref's prediction of ``model.onnx``'s output on ``x`` —
+      :func:`quantref.integer.integer_forward` in ``"onnxruntime"`` mode, dequantized.
 
+    Args:
+      qmodel: the quantized model (:func:`quantref.ptq.quantize_model`), a chain of layers with 8-bit weights and
+        activations.
+      out_dir: the directory; created if missing.
+      test_x: float32 inputs shaped like the model's input.
+      test_y: their labels, or ``None``.
+      float_model: the float model (BatchNorm folded) that ``qmodel`` quantizes, to write ``float.onnx``.
+      force: replace quantref's files in a non-empty ``out_dir`` (other files there are kept).
 
-def _graph(nodes, initializers, name: str, output_dtype: int = TensorProto.FLOAT) -> onnx.ModelProto:
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 1])]
-    outputs = [helper.make_tensor_value_info("logits", output_dtype, ["N", 10])]
-    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="quantref")
-    onnx.checker.check_model(model)
-    return model
+    Returns:
+      The paths written, keyed ``"model"``, ``"float"`` (if written), ``"test_inputs"``, ``"expected"``.
+
+    Raises:
+      ValueError: if ``out_dir`` is a file, is not empty and ``force`` is False, or cannot be written; or if
+        ``qmodel`` cannot be exported (see :func:`quantized_model_proto`).
+    """
+    target = _files.check_output_dir(out_dir, force=force)
+    model_proto = quantized_model_proto(qmodel)
+    float_proto = float_model_proto(float_model, qmodel) if float_model is not None else None
+    expected = integer.integer_forward(qmodel, integer.multipliers(qmodel, "onnxruntime"), test_x)
+    inputs = {"x": np.asarray(test_x, np.float32)}
+    if test_y is not None:
+        inputs["y"] = np.asarray(test_y)
+    files: dict[str, Callable[[Path], None]] = {
+        "model.onnx": lambda path: onnx.save(model_proto, path),
+        "test_inputs.npz": lambda path: _files.save_npz(path, inputs),
+        "expected.npz": lambda path: _files.save_npz(path, {"output": np.asarray(expected.output)}),
+    }
+    if float_proto is not None:
+        files["float.onnx"] = lambda path: onnx.save(float_proto, path)
+    written = _files.write_files(target, files)
+    return {name.split(".")[0]: path for name, path in written.items()}
 
 
 def quantized_model_proto(qmodel: ptq.QuantizedModel) -> onnx.ModelProto:
-    """The int8 QOperator ONNX graph of a quantized CNN (see the module docstring).
+    """The int8 QOperator ONNX graph of a quantized chain of layers (see the module docstring).
 
     Args:
       qmodel: a model from :func:`quantref.ptq.quantize_model` with 8-bit weights, uint8 or int8 activations, and
         post-ReLU zero points at the grid's bottom (any range calibrated on post-ReLU data has them).
 
     Returns:
-      The checked ``onnx.ModelProto``; input ``x`` float32 ``(N, 8, 8, 1)``, output ``logits`` float32 ``(N, 10)``.
+      The checked ``onnx.ModelProto``; input ``x`` float32, output ``output`` float32.
 
     Raises:
-      ValueError: if the weights are not 8-bit, the activations are not 8-bit, or a post-ReLU zero point is not
-        the grid's bottom code (the ReLU would then need a node of its own).
+      ValueError: if the model is not a chain of conv/dense/ReLU/max-pool/flatten layers (naming the first step
+        that is not), the weights or activations are not 8-bit, a post-ReLU zero point is not the grid's bottom code
+        (the ReLU would then need a node of its own), or a dense layer's input is neither a vector nor a flattened
+        map.
     """
+    steps = integer.chain(qmodel)
     fmt = qmodel.activation_format
     if qmodel.weight_format.bits != 8 or fmt.bits != 8:
         raise ValueError(
             f"qmodel must have 8-bit weights and activations for QLinearConv, got weights "
             f"{qmodel.weight_format.name} and activations {fmt.name}"
         )
-    for name in ("conv1_output", "conv2_output"):
-        zero_point = int(getattr(qmodel, name).zero_point)
-        if zero_point != fmt.qmin:
-            raise ValueError(
-                f"qmodel.{name}.zero_point must be {fmt.qmin} (the bottom of {fmt.name}) so that saturation is the "
-                f"ReLU, got {zero_point}; calibrate it on post-ReLU activations"
-            )
     act_dtype = np.dtype(fmt.storage_dtype)
-    tensors: list[onnx.TensorProto] = []
+    graph = _GraphBuilder()
 
-    def constant(name: str, value, dtype) -> str:
-        tensors.append(numpy_helper.from_array(np.asarray(value, dtype), name))
-        return name
-
-    def activation(prefix: str, quant: ptq.ActivationQuant) -> list[str]:
+    def activation(name: str, quant: ptq.ActivationQuant) -> list[str]:
         return [
-            constant(f"{prefix}_scale", quant.scale, np.float32),
-            constant(f"{prefix}_zp", quant.zero_point, act_dtype),
-        ]
-
-    def weights(name: str, kernel: np.ndarray) -> list[str]:
-        layer = getattr(qmodel, name)
-        scale = np.asarray(layer.kernel_scale, np.float32)
-        return [
-            constant(f"{name}_w", kernel, np.int8),
-            constant(f"{name}_w_scale", scale, np.float32),
-            weight_zero_point,
+            graph.constant(f"{name}.scale", quant.scale, np.float32),
+            graph.constant(f"{name}.zero_point", quant.zero_point, act_dtype),
         ]
 
     # Symmetric weights: one scalar zero point 0 serves every layer and channel (smaller file, same meaning).
-    weight_zero_point = constant("w_zp", 0, np.int8)
-    x_q = activation("x", qmodel.input)
-    a1 = activation("a1", qmodel.conv1_output)
-    a2 = activation("a2", qmodel.conv2_output)
-    out = activation("y", qmodel.logits)
-    kernels = {
-        "conv1": _oihw(np.asarray(qmodel.conv1.kernel)),
-        "conv2": _oihw(np.asarray(qmodel.conv2.kernel)),
-        "dense": _dense_as_conv(np.asarray(qmodel.dense.kernel)),
-    }
-    bias = {name: constant(f"{name}_b", getattr(qmodel, name).bias, np.int32) for name in kernels}
-    nodes = [
-        helper.make_node("QuantizeLinear", ["x", *x_q], ["x_q"]),
-        helper.make_node("Transpose", ["x_q"], ["x_nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node(
-            "QLinearConv",
-            ["x_nchw", *x_q, *weights("conv1", kernels["conv1"]), *a1, bias["conv1"]],
-            ["a1"],
-            kernel_shape=[3, 3],
-            pads=[1, 1, 1, 1],
-        ),
-        helper.make_node(
-            "QLinearConv",
-            ["a1", *a1, *weights("conv2", kernels["conv2"]), *a2, bias["conv2"]],
-            ["a2"],
-            kernel_shape=[3, 3],
-            pads=[1, 1, 1, 1],
-        ),
-        helper.make_node("MaxPool", ["a2"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node(
-            "QLinearConv",
-            ["pooled", *a2, *weights("dense", kernels["dense"]), *out, bias["dense"]],
-            ["y_q"],
-            kernel_shape=[4, 4],
-        ),
-        helper.make_node("Flatten", ["y_q"], ["y_flat"], axis=1),
-        helper.make_node("DequantizeLinear", ["y_flat", *out], ["logits"]),
-    ]
-    return _graph(nodes, tensors, "quantref_digits_cnn_int8")
+    weight_zero_point = graph.constant("kernel.zero_point", 0, np.int8)
+
+    def layer_node(step: nn.Step, value: str, layout: tuple, index: int) -> tuple[str, tuple]:
+        layer = qmodel.layers[step.path]
+        out = qmodel.output_activation(step.path)
+        if _relu_follows(steps, index) and int(out.zero_point) != fmt.qmin:
+            raise ValueError(
+                f"the zero point of {step.path}'s output must be {fmt.qmin} (the bottom of {fmt.name}) so that "
+                f"saturation is the ReLU, got {int(out.zero_point)}; calibrate it on post-ReLU activations"
+            )
+        kernel, attributes, layout = _conv_form(step, np.asarray(layer.kernel), layout)
+        inputs = [
+            value,
+            *activation(f"{step.path}.input", qmodel.activations[f"{step.path}.input"]),
+            graph.constant(f"{step.path}.kernel", kernel, np.int8),
+            graph.constant(f"{step.path}.kernel_scale", layer.kernel_scale, np.float32),
+            weight_zero_point,
+            *activation(qmodel.output_name(step.path), out),
+            graph.constant(f"{step.path}.bias", layer.bias, np.int32),
+        ]
+        return graph.node("QLinearConv", inputs, f"{step.path}.output", **attributes), layout
+
+    first = steps[0].path
+    value = graph.node("QuantizeLinear", ["x", *activation(f"{first}.input", qmodel.activations[f"{first}.input"])])
+    value, layout = _to_nchw(graph, value, steps[0].param("input_shape"))
+    for index, step in enumerate(steps):
+        if step.kind in ("conv", "dense"):
+            value, layout = layer_node(step, value, layout, index)
+        else:
+            value, layout = _STEP_NODES[step.kind](graph, step, value, layout)
+    last = [step.path for step in steps if step.path][-1]
+    value, output_shape = _from_nchw(graph, value, layout)
+    out = qmodel.output_activation(last)
+    graph.node("DequantizeLinear", [value, *activation(qmodel.output_name(last), out)], "output")
+    return graph.model("quantref_int8", steps[0].param("input_shape"), output_shape)
 
 
-def float_model_proto(params: correction.FoldedCNN) -> onnx.ModelProto:
-    """The float32 ONNX graph of the folded CNN, laid out as :func:`quantized_model_proto` (Conv for QLinearConv).
+def float_model_proto(float_model: nnx.Module, qmodel: ptq.QuantizedModel) -> onnx.ModelProto:
+    """The float32 ONNX graph of the folded float model, laid out as :func:`quantized_model_proto` (Conv for
+    QLinearConv, explicit Relu nodes).
 
     Args:
-      params: folded float parameters from :func:`quantref.correction.fold_batch_norm`.
+      float_model: the float model (BatchNorm folded) that ``qmodel`` quantizes.
+      qmodel: its quantization, for the network's structure.
 
     Returns:
       The checked ``onnx.ModelProto``, same input and output as the quantized graph.
     """
-    tensors = [
-        numpy_helper.from_array(np.asarray(value, np.float32), name)
-        for name, value in (
-            ("conv1_w", _oihw(np.asarray(params.conv1_kernel))),
-            ("conv1_b", params.conv1_bias),
-            ("conv2_w", _oihw(np.asarray(params.conv2_kernel))),
-            ("conv2_b", params.conv2_bias),
-            ("dense_w", _dense_as_conv(np.asarray(params.dense_kernel))),
-            ("dense_b", params.dense_bias),
-        )
-    ]
-    nodes = [
-        helper.make_node("Transpose", ["x"], ["x_nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Conv", ["x_nchw", "conv1_w", "conv1_b"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["a1"]),
-        helper.make_node("Conv", ["a1", "conv2_w", "conv2_b"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c2"], ["a2"]),
-        helper.make_node("MaxPool", ["a2"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("Conv", ["pooled", "dense_w", "dense_b"], ["y"], kernel_shape=[4, 4]),
-        helper.make_node("Flatten", ["y"], ["logits"], axis=1),
-    ]
-    return _graph(nodes, tensors, "quantref_digits_cnn_float")
+    steps = integer.chain(qmodel)
+    graph = _GraphBuilder()
+    value, layout = _to_nchw(graph, "x", steps[0].param("input_shape"))
+    for step in steps:
+        if step.kind in ("conv", "dense"):
+            layer = nn.get_module(float_model, step.path)
+            layer = layer.layer if isinstance(layer, nn.QuantLayer) else layer
+            kernel, attributes, layout = _conv_form(step, np.asarray(layer.kernel[...]), layout)
+            bias = layer.bias[...] if layer.bias is not None else jnp.zeros(kernel.shape[0])
+            inputs = [
+                value,
+                graph.constant(f"{step.path}.kernel", kernel, np.float32),
+                graph.constant(f"{step.path}.bias", bias, np.float32),
+            ]
+            value = graph.node("Conv", inputs, f"{step.path}.output", **attributes)
+        elif step.kind == "relu":
+            value = graph.node("Relu", [value])
+        else:
+            value, layout = _STEP_NODES[step.kind](graph, step, value, layout)
+    value, output_shape = _from_nchw(graph, value, layout)
+    graph.node("Identity", [value], "output")
+    return graph.model("quantref_float", steps[0].param("input_shape"), output_shape)
 
 
-def export_onnx(out_dir: str | Path, *, force: bool = False, observer: str = "min_max") -> dict[str, Path]:
-    """Trains (or loads) the walkthrough CNN, quantizes it W8A8 per channel, and writes it for onnxruntime.
+# --- layouts: ("map", (H, W, C)) is an NCHW tensor; ("flat", (H, W, C)) the same map standing for its NHWC
+# flattening (no node: the next dense layer's kernel is laid out for it); ("vector", (F,)) is (N, F, 1, 1).
 
-    Writes into ``out_dir``:
 
-    - ``model.onnx``: the int8 graph of :func:`quantized_model_proto`;
-    - ``float.onnx``: the float graph of :func:`float_model_proto` (batch norm folded);
-    - ``test_inputs.npz``: ``x``, the test split as fed to both models (float32 NHWC), and ``y``, its labels;
-    - ``expected.npz``: ``logits``, quantref's prediction of ``model.onnx``'s output on ``x`` —
-      :func:`quantref.integer.integer_forward` in ``"onnxruntime"`` mode, dequantized.
+def _to_nchw(graph: _GraphBuilder, value: str, input_shape: tuple) -> tuple[str, tuple]:
+    if len(input_shape) == 3:
+        return graph.node("Transpose", [value], perm=[0, 3, 1, 2]), ("map", tuple(input_shape))
+    if len(input_shape) == 1:
+        shape = graph.constant(f"{value}.shape", [0, input_shape[0], 1, 1], np.int64)
+        return graph.node("Reshape", [value, shape]), ("vector", tuple(input_shape))
+    raise ValueError(f"export supports NHWC image inputs or (N, features) vectors, got input shape {input_shape}")
 
-    Args:
-      out_dir: the directory; created if missing.
-      force: overwrite the files of a non-empty ``out_dir`` if True.
-      observer: calibration method for the activations, a name from :data:`quantref.ptq.OBSERVER_NAMES`.
 
-    Returns:
-      The paths written, keyed ``"model"``, ``"float"``, ``"test_inputs"``, ``"expected"``.
+def _from_nchw(graph: _GraphBuilder, value: str, layout: tuple) -> tuple[str, list[int]]:
+    """Back to the model's layout: NHWC for a map, (N, features) otherwise; returns the value and its shape."""
+    kind, shape = layout
+    if kind == "map":
+        return graph.node("Transpose", [value], perm=[0, 2, 3, 1]), list(shape)
+    if kind == "flat":
+        value = graph.node("Transpose", [value], perm=[0, 2, 3, 1])
+    return graph.node("Flatten", [value], axis=1), [int(np.prod(shape))]
 
-    Raises:
-      ValueError: if ``out_dir`` is an existing non-empty directory and ``force`` is False, or is a file.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"out_dir must be a directory, got the file {out_dir}")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ValueError(f"out_dir {out_dir} is not empty; pass force=True (--force) to overwrite its files")
-    splits = data.load_splits()
-    params = correction.fold_batch_norm(train.load_or_train(progress=False))
-    qmodel = ptq.quantize_model(params, splits.x_calib, observer=observer)
-    expected = integer.integer_forward(qmodel, integer.multipliers(qmodel, "onnxruntime"), jnp.asarray(splits.x_test))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "model": out_dir / "model.onnx",
-        "float": out_dir / "float.onnx",
-        "test_inputs": out_dir / "test_inputs.npz",
-        "expected": out_dir / "expected.npz",
-    }
-    onnx.save(quantized_model_proto(qmodel), paths["model"])
-    onnx.save(float_model_proto(params), paths["float"])
-    np.savez(paths["test_inputs"], x=splits.x_test, y=splits.y_test)
-    np.savez(paths["expected"], logits=np.asarray(expected.logits))
-    return paths
+
+def _conv_form(step: nn.Step, kernel: np.ndarray, layout: tuple) -> tuple[np.ndarray, dict, tuple]:
+    """A layer's kernel as an OIHW convolution kernel, its QLinearConv/Conv attributes and the layout it produces."""
+    kind, shape = layout
+    if step.kind == "conv":
+        if kind != "map":
+            raise ValueError(f"conv layer {step.path!r} must see an image map, not a {kind} input")
+        padding = step.param("padding")
+        attributes = {
+            "kernel_shape": list(kernel.shape[:2]),
+            "pads": [padding[0][0], padding[1][0], padding[0][1], padding[1][1]],
+            "strides": list(step.param("strides")),
+            "dilations": list(step.param("dilation")),
+            "group": step.param("groups"),
+        }
+        height, width, _ = shape
+        out_h = _conv_size(height, kernel.shape[0], step, 0)
+        out_w = _conv_size(width, kernel.shape[1], step, 1)
+        return np.transpose(kernel, (3, 2, 0, 1)), attributes, ("map", (out_h, out_w, kernel.shape[-1]))
+    if kind == "flat":
+        height, width, channels = shape
+        oihw = np.transpose(kernel.reshape(height, width, channels, -1), (3, 2, 0, 1))
+        return oihw, {"kernel_shape": [height, width]}, ("vector", (kernel.shape[-1],))
+    if kind == "vector" and step.param("input_shape") == shape:
+        return kernel.T[:, :, None, None], {"kernel_shape": [1, 1]}, ("vector", (kernel.shape[-1],))
+    raise ValueError(f"dense layer {step.path!r} must see a vector or a flattened map, got input {step.params}")
+
+
+def _conv_size(size: int, kernel: int, step: nn.Step, axis: int) -> int:
+    low, high = step.param("padding")[axis]
+    dilated = (kernel - 1) * step.param("dilation")[axis] + 1
+    return (size + low + high - dilated) // step.param("strides")[axis] + 1
+
+
+def _max_pool_node(graph: _GraphBuilder, step: nn.Step, value: str, layout: tuple) -> tuple[str, tuple]:
+    kind, (height, width, channels) = layout
+    if kind != "map":
+        raise ValueError(f"max-pooling must see an image map, not a {kind}")
+    window, strides, padding = step.param("window"), step.param("strides"), step.param("padding")
+    out_h = (height + sum(padding[0]) - window[0]) // strides[0] + 1
+    out_w = (width + sum(padding[1]) - window[1]) // strides[1] + 1
+    pads = [padding[0][0], padding[1][0], padding[0][1], padding[1][1]]
+    node = graph.node("MaxPool", [value], kernel_shape=list(window), strides=list(strides), pads=pads)
+    return node, ("map", (out_h, out_w, channels))
+
+
+def _flatten_node(graph: _GraphBuilder, step: nn.Step, value: str, layout: tuple) -> tuple[str, tuple]:
+    kind, shape = layout
+    return value, (("flat", shape) if kind == "map" else layout)
+
+
+_STEP_NODES = {
+    "relu": lambda graph, step, value, layout: (value, layout),  # the requantization's clamp
+    "max_pool": _max_pool_node,
+    "flatten": _flatten_node,
+}
+
+
+def _relu_follows(steps: tuple[nn.Step, ...], index: int) -> bool:
+    for step in steps[index + 1 :]:
+        if step.kind in ("conv", "dense"):
+            return False
+        if step.kind == "relu":
+            return True
+    return False
+
+
+class _GraphBuilder:
+    """Collects initializers and nodes; names each node's output unless told."""
+
+    def __init__(self):
+        self.tensors: list[onnx.TensorProto] = []
+        self.nodes: list[onnx.NodeProto] = []
+        self.names: set[str] = set()
+
+    def constant(self, name: str, value, dtype) -> str:
+        if name not in self.names:
+            self.tensors.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+            self.names.add(name)
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str | None = None, **attributes) -> str:
+        output = output or f"{op.lower()}_{len(self.nodes)}"
+        self.nodes.append(helper.make_node(op, inputs, [output], **attributes))
+        return output
+
+    def model(self, name: str, input_shape: tuple, output_shape: list[int]) -> onnx.ModelProto:
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *input_shape])]
+        outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", *output_shape])]
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, initializer=self.tensors)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="quantref")
+        onnx.checker.check_model(model)
+        return model
