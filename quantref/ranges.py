@@ -798,7 +798,9 @@ def _kl_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(terms).all(axis=1), terms.sum(axis=1), np.inf)
 
 
-def _entropy_threshold_bins(magnitude_counts: np.ndarray, num_quantized_bins: int) -> np.ndarray:
+def _entropy_threshold_bins(
+    magnitude_counts: np.ndarray, num_quantized_bins: int, smooth_zero_bin: bool = True, min_bins: int = 128
+) -> np.ndarray:
     """Per row, the number of magnitude bins ``i`` to keep that minimises KL(P_i || Q_i) (TensorRT's loop)."""
     rows, num_bins = magnitude_counts.shape
     counts = magnitude_counts.astype(np.float64)
@@ -806,14 +808,14 @@ def _entropy_threshold_bins(magnitude_counts: np.ndarray, num_quantized_bins: in
     # Bin 0 holds the exact zeros of ReLU outputs and zero padding. Left as it is, that spike dominates the
     # divergence (every level that merges it spreads its mass thin) and drives the search to the smallest
     # candidate; like NVIDIA's pytorch-quantization entropy calibrator, replace it by its neighbour's count.
-    if num_bins > 1:
+    if smooth_zero_bin and num_bins > 1:
         counts[:, 0] = counts[:, 1]
     # Keeping more bins than the data occupies clips nothing; the smallest such i is the min-max candidate.
     stop = np.maximum(occupied, num_quantized_bins)
     best_bins, best_kl = stop.copy(), np.full(rows, np.inf)
     # Like TensorRT and pytorch-quantization, never search below 128 bins (1/16 of the default histogram): with few
     # levels (4-bit) the smallest candidates clip almost everything, yet can score a low divergence on sparse data.
-    for i in range(min(max(num_quantized_bins, 128), num_bins), int(stop.max()) + 1):
+    for i in range(min(max(num_quantized_bins, min_bins), num_bins), int(stop.max()) + 1):
         inside = counts[:, :i]
         reference = inside.copy()
         reference[:, -1] += counts[:, i:].sum(axis=1)  # P: the clipped distribution, outliers in the last bin
@@ -835,6 +837,8 @@ def entropy(
     axis: int | None = None,
     block_size: int | None = None,
     num_bins: int = 2048,
+    smooth_zero_bin: bool = True,
+    min_bins: int = 128,
 ) -> Observer:
     """KL-divergence ("entropy") calibration, TensorRT's method, from a streaming histogram of $|x|$.
 
@@ -882,6 +886,9 @@ def entropy(
       axis: ``None`` for per-tensor, else the channel axis.
       block_size: must be ``None``: per-group histograms are not supported (the argument exists to say so).
       num_bins: bins per sign, a power of two, at least ``num_quantized_bins``.
+      smooth_zero_bin: give the first magnitude bin its neighbour's count (the zero-spike safeguard); ``False``
+        only to measure what the safeguard does.
+      min_bins: the smallest candidate tried (the 128-bin floor); lower it only to measure what the floor does.
 
     Returns:
       An :class:`Observer` whose state is a :class:`HistogramState`.
@@ -901,10 +908,14 @@ def entropy(
         or not 1 <= num_quantized_bins <= num_bins
     ):
         raise ValueError(f"num_quantized_bins must be an int in [1, num_bins={num_bins}], got {num_quantized_bins!r}")
+    if isinstance(min_bins, bool) or not isinstance(min_bins, (int, np.integer)) or min_bins < 1:
+        raise ValueError(f"min_bins must be a positive int, got {min_bins!r}")
+    smooth_zero_bin = bool(smooth_zero_bin)
 
     def result(state: HistogramState) -> tuple[jax.Array, jax.Array]:
         hist = _histogram(state)
-        threshold = _entropy_threshold_bins(hist.magnitude_counts(), int(num_quantized_bins)) * hist.width
+        bins = _entropy_threshold_bins(hist.magnitude_counts(), int(num_quantized_bins), smooth_zero_bin, min_bins)
+        threshold = bins * hist.width
         return hist.finish(np.maximum(hist.min_val, -threshold), np.minimum(hist.max_val, threshold))
 
     return _histogram_observer(axis, block_size, num_bins, result)
