@@ -23,7 +23,8 @@ import numpy as np
 
 __all__ = ["OPERATORS", "TENSOR_TYPES", "ACTIVATIONS", "PADDINGS", "Tensor", "Operator", "model_bytes"]
 
-# BuiltinOperator code and the operator version a converter writes for int8 tensors (op_version.cc).
+# BuiltinOperator code and the operator version a converter writes for int8 tensors (op_version.cc); float32
+# operators are version 1.
 OPERATORS: dict[str, tuple[int, int]] = {
     "CONV_2D": (3, 3),
     "DEQUANTIZE": (6, 2),
@@ -105,13 +106,22 @@ class Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class Operator:
-    """One operator: a key of :data:`OPERATORS`, tensor indices in and out, and its builtin options by name."""
+    """One operator: a key of :data:`OPERATORS`, tensor indices in and out, its builtin options by name, and its
+    version (``None``: the int8 version of :data:`OPERATORS`)."""
 
     opcode: str
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     options_type: str | None = None
     options: dict[str, int] = dataclasses.field(default_factory=dict)
+    version: int | None = None
+
+    @property
+    def code(self) -> tuple[str, int]:
+        """The (operator, version) pair that names its entry in the model's operator codes."""
+        if self.opcode not in OPERATORS:
+            raise ValueError(f"unknown operator {self.opcode!r}; known: {sorted(OPERATORS)}")
+        return self.opcode, OPERATORS[self.opcode][1] if self.version is None else self.version
 
 
 def model_bytes(
@@ -139,7 +149,7 @@ def model_bytes(
         shape and type.
     """
     builder = flatbuffers.Builder(1024)
-    opcodes = sorted({op.opcode for op in operators}, key=lambda name: OPERATORS[name][0])
+    opcodes = sorted({op.code for op in operators}, key=lambda code: (OPERATORS[code[0]][0], code[1]))
     # Buffer 0 is the empty sentinel; each constant gets a buffer of its own.
     buffer_data: list[bytes | None] = [None]
     tensor_offsets = []
@@ -149,7 +159,7 @@ def model_bytes(
             buffer_index = len(buffer_data)
             buffer_data.append(_constant_bytes(tensor))
         tensor_offsets.append(_tensor(builder, tensor, buffer_index))
-    operator_offsets = [_operator(builder, op, opcodes.index(op.opcode)) for op in operators]
+    operator_offsets = [_operator(builder, op, opcodes.index(op.code)) for op in operators]
     subgraph = _table(
         builder,
         [
@@ -161,8 +171,8 @@ def model_bytes(
         ],
     )
     codes = []
-    for name in opcodes:
-        code, version = OPERATORS[name]
+    for name, version in opcodes:
+        code = OPERATORS[name][0]
         # deprecated_builtin_code (int8) holds codes below 127; builtin_code (int32) holds every code.
         codes.append(_table(builder, [(0, "int8", min(code, 127)), (2, "int32", version), (3, "int32", code)]))
     buffers = []
@@ -222,8 +232,6 @@ def _tensor(builder: flatbuffers.Builder, tensor: Tensor, buffer_index: int) -> 
 
 
 def _operator(builder: flatbuffers.Builder, op: Operator, opcode_index: int) -> int:
-    if op.opcode not in OPERATORS:
-        raise ValueError(f"unknown operator {op.opcode!r}; known: {sorted(OPERATORS)}")
     fields = [
         (0, "uint32", opcode_index),
         (1, "offset", builder.CreateNumpyVector(np.asarray(op.inputs, np.int32))),

@@ -30,7 +30,7 @@ does. Out of range, the two TFLite
 QUANTIZE kernels convert with x86's ``cvttss2si``/``cvtps2dq`` (NaN and $|v| \\ge 2^{31}$ give INT32_MIN, so
 $x = +10^{30}$ becomes $-128$), while XNNPACK clamps at $2^{15}-1$ first ($+10^{30} \\to 127$).
 
-:func:`predict` computes each kernel set's output from the same :class:`IntegerNetwork`.
+:func:`predict` computes each kernel set's output from the same :class:`Network`.
 
 References:
   LiteRT 8-bit quantization specification, https://ai.google.dev/edge/litert/models/quantization_spec
@@ -45,12 +45,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax import lax
 
+from quantref import _files, integer, nn, ptq
 from quantref.export import _tflite_schema as schema
 from quantref.runtimes import tflite as tflite_ops
 
@@ -63,7 +67,7 @@ __all__ = [
     "FullyConnected",
     "MaxPool2D",
     "Flatten",
-    "IntegerNetwork",
+    "Network",
     "model_bytes",
     "Requantization",
     "REQUANTIZATIONS",
@@ -72,6 +76,9 @@ __all__ = [
     "requantize",
     "dequantize_output",
     "predict",
+    "export_tflite",
+    "network_from_qmodel",
+    "float_network",
 ]
 
 Kernels = Literal["reference", "optimized", "xnnpack"]
@@ -98,17 +105,18 @@ class Quant:
 
 @dataclasses.dataclass(frozen=True)
 class Conv2D:
-    """An int8 convolution: HWIO int8 ``kernel`` codes, float32 ``kernel_scale`` ``(out,)`` or ``()``, int32 ``bias``.
+    """A convolution: HWIO int8 ``kernel`` codes, float32 ``kernel_scale`` ``(out,)`` or ``()``, int32 ``bias``.
 
     ``output`` is the quantization of the layer's output (after the ReLU if ``relu``); ``padding`` is TFLite's
-    ``"SAME"`` (extra row/column at the bottom/right) or ``"VALID"``.
+    ``"SAME"`` (extra row/column at the bottom/right) or ``"VALID"``. In a float network ``kernel`` and ``bias`` are
+    float32 and ``kernel_scale`` and ``output`` are ``None``.
     """
 
     name: str
     kernel: np.ndarray
-    kernel_scale: np.ndarray
+    kernel_scale: np.ndarray | None
     bias: np.ndarray
-    output: Quant
+    output: Quant | None
     strides: tuple[int, int] = (1, 1)
     padding: Literal["SAME", "VALID"] = "SAME"
     relu: bool = False
@@ -116,13 +124,14 @@ class Conv2D:
 
 @dataclasses.dataclass(frozen=True)
 class FullyConnected:
-    """An int8 dense layer: ``(in, out)`` int8 ``kernel``, ``kernel_scale`` ``(out,)`` or ``()``, int32 ``bias``."""
+    """A dense layer: ``(in, out)`` int8 ``kernel``, ``kernel_scale`` ``(out,)`` or ``()``, int32 ``bias`` (float32
+    ``kernel`` and ``bias`` and no quantization in a float network)."""
 
     name: str
     kernel: np.ndarray
-    kernel_scale: np.ndarray
+    kernel_scale: np.ndarray | None
     bias: np.ndarray
-    output: Quant
+    output: Quant | None
     relu: bool = False
 
 
@@ -147,15 +156,18 @@ Layer = Conv2D | FullyConnected | MaxPool2D | Flatten
 
 
 @dataclasses.dataclass(frozen=True)
-class IntegerNetwork:
-    """A sequential int8 network: the input's NHWC shape without the batch, its quantization, and the layers."""
+class Network:
+    """A sequential network: the input's NHWC shape without the batch, its quantization, and the layers.
+
+    With ``input=None`` (and no quantization in the layers) it is a float32 network, written for comparison.
+    """
 
     input_shape: tuple[int, ...]
-    input: Quant
+    input: Quant | None
     layers: tuple[Layer, ...]
 
     @property
-    def output(self) -> Quant:
+    def output(self) -> Quant | None:
         """The quantization of the network's output: the last conv or dense layer's."""
         for layer in reversed(self.layers):
             if isinstance(layer, (Conv2D, FullyConnected)):
@@ -166,11 +178,12 @@ class IntegerNetwork:
 # --- writing the flatbuffer --------------------------------------------------------------------------------------
 
 
-def model_bytes(network: IntegerNetwork, *, io: Literal["float", "int8"] = "float") -> bytes:
-    """The ``.tflite`` flatbuffer of an :class:`IntegerNetwork` (see the module docstring for the graph).
+def model_bytes(network: Network, *, io: Literal["float", "int8"] = "float") -> bytes:
+    """The ``.tflite`` flatbuffer of a :class:`Network` (see the module docstring for the graph).
 
     The batch dimension is dynamic (``shape_signature`` -1; the stored shape has batch 1): call the interpreter's
-    ``resize_tensor_input`` for larger batches.
+    ``resize_tensor_input`` for larger batches. A float network (``network.input is None``) is written with float32
+    tensors and operators throughout, for comparison.
 
     Args:
       network: the network; weights int8 on [-127, 127], biases int32, every scale positive float32.
@@ -186,6 +199,10 @@ def model_bytes(network: IntegerNetwork, *, io: Literal["float", "int8"] = "floa
     """
     if io not in ("float", "int8"):
         raise ValueError(f"io must be 'float' or 'int8', got {io!r}")
+    quantized = network.input is not None
+    if not quantized and io != "float":
+        raise ValueError("a float network (input=None) has float32 input and output: io must be 'float'")
+    version = None if quantized else 1  # the int8 operator versions, or float32's
     tensors: list[schema.Tensor] = []
 
     def add(tensor: schema.Tensor) -> int:
@@ -197,89 +214,60 @@ def model_bytes(network: IntegerNetwork, *, io: Literal["float", "int8"] = "floa
         params = {} if quant is None else _quant_params(quant)
         return add(schema.Tensor(name, (1, *shape), dtype, shape_signature=(-1, *shape), **params))
 
+    def operator(opcode: str, inputs: tuple[int, ...], output: int, options_type: str, **options: int) -> None:
+        operators.append(schema.Operator(opcode, inputs, (output,), options_type, options, version))
+
     operators: list[schema.Operator] = []
     shape = tuple(int(d) for d in network.input_shape)
     quant = network.input
-    if io == "float":
+    if quantized and io == "float":
         graph_input = activation("x", shape, None)
         current = activation("x_q", shape, quant)
-        operators.append(schema.Operator("QUANTIZE", (graph_input,), (current,), "QuantizeOptions"))
+        operator("QUANTIZE", (graph_input,), current, "QuantizeOptions")
     else:
-        graph_input = current = activation("x_q", shape, quant)
+        graph_input = current = activation("x" if not quantized else "x_q", shape, quant)
     for layer in network.layers:
-        if isinstance(layer, Conv2D):
-            kernel, kernel_scale, bias = _check_weights(layer, in_features=shape[-1], rank=4)
-            shape = _conv_output_shape(shape, kernel.shape, layer.strides, layer.padding)
-            weights = _weight_tensors(layer, np.transpose(kernel, (3, 0, 1, 2)), kernel_scale, bias, quant)
-            out = activation(f"{layer.name}/output", shape, layer.output)
-            operators.append(
-                schema.Operator(
-                    "CONV_2D",
-                    (current, add(weights[0]), add(weights[1])),
-                    (out,),
-                    "Conv2DOptions",
-                    {
-                        "padding": schema.PADDINGS[layer.padding],
-                        "stride_w": layer.strides[1],
-                        "stride_h": layer.strides[0],
-                        "fused_activation_function": schema.ACTIVATIONS["RELU" if layer.relu else "NONE"],
-                        "dilation_w_factor": 1,
-                        "dilation_h_factor": 1,
-                    },
-                )
-            )
-            quant = layer.output
-        elif isinstance(layer, FullyConnected):
-            if len(shape) != 1:
+        if isinstance(layer, (Conv2D, FullyConnected)):
+            conv = isinstance(layer, Conv2D)
+            if not conv and len(shape) != 1:
                 raise ValueError(f"{layer.name}: a fully-connected layer needs a flat input, got shape {shape}")
-            kernel, kernel_scale, bias = _check_weights(layer, in_features=shape[0], rank=2)
-            shape = (kernel.shape[1],)
-            weights = _weight_tensors(layer, np.ascontiguousarray(kernel.T), kernel_scale, bias, quant)
+            kernel, kernel_scale, bias = _check_weights(layer, shape[-1], rank=4 if conv else 2, quantized=quantized)
+            # TFLite's layouts put the output channels first: OHWI, (out, in).
+            tflite_kernel = np.transpose(kernel, (3, 0, 1, 2)) if conv else np.ascontiguousarray(kernel.T)
+            weights = _weight_tensors(layer.name, tflite_kernel, kernel_scale, bias, quant)
+            inputs = (current, add(weights[0]), add(weights[1]))
+            relu = schema.ACTIVATIONS["RELU" if layer.relu else "NONE"]
+            shape = _conv_output_shape(shape, kernel.shape, layer.strides, layer.padding) if conv else kernel.shape[1:]
             out = activation(f"{layer.name}/output", shape, layer.output)
-            operators.append(
-                schema.Operator(
-                    "FULLY_CONNECTED",
-                    (current, add(weights[0]), add(weights[1])),
-                    (out,),
-                    "FullyConnectedOptions",
-                    {
-                        "fused_activation_function": schema.ACTIVATIONS["RELU" if layer.relu else "NONE"],
-                        "keep_num_dims": False,
-                    },
-                )
-            )
+            if conv:
+                operator(
+                    "CONV_2D", inputs, out, "Conv2DOptions", padding=schema.PADDINGS[layer.padding],
+                    stride_w=layer.strides[1], stride_h=layer.strides[0], fused_activation_function=relu,
+                    dilation_w_factor=1, dilation_h_factor=1,
+                )  # fmt: skip
+            else:
+                operator("FULLY_CONNECTED", inputs, out, "FullyConnectedOptions", fused_activation_function=relu)
             quant = layer.output
         elif isinstance(layer, MaxPool2D):
             shape = _pool_output_shape(shape, layer)
             out = activation(f"{layer.name}/output", shape, quant)
-            operators.append(
-                schema.Operator(
-                    "MAX_POOL_2D",
-                    (current,),
-                    (out,),
-                    "Pool2DOptions",
-                    {
-                        "padding": schema.PADDINGS[layer.padding],
-                        "stride_w": layer.strides[1],
-                        "stride_h": layer.strides[0],
-                        "filter_width": layer.window[1],
-                        "filter_height": layer.window[0],
-                        "fused_activation_function": schema.ACTIVATIONS["NONE"],
-                    },
-                )
-            )
+            operator(
+                "MAX_POOL_2D", (current,), out, "Pool2DOptions", padding=schema.PADDINGS[layer.padding],
+                stride_w=layer.strides[1], stride_h=layer.strides[0], filter_width=layer.window[1],
+                filter_height=layer.window[0], fused_activation_function=schema.ACTIVATIONS["NONE"],
+            )  # fmt: skip
         elif isinstance(layer, Flatten):
-            shape = (int(np.prod(shape)),)
+            shape = (math.prod(shape),)
             new_shape = np.array([-1, shape[0]], np.int32)
             shape_tensor = add(schema.Tensor(f"{layer.name}/shape", (2,), "int32", data=new_shape))
             out = activation(f"{layer.name}/output", shape, quant)
-            operators.append(schema.Operator("RESHAPE", (current, shape_tensor), (out,), "ReshapeOptions"))
+            operator("RESHAPE", (current, shape_tensor), out, "ReshapeOptions")
         else:
             raise ValueError(f"cannot write a layer of type {type(layer).__name__} to TFLite")
         current = out
-    if io == "float":
+    if quantized and io == "float":
         graph_output = activation("output", shape, None)
-        operators.append(schema.Operator("DEQUANTIZE", (current,), (graph_output,), "DequantizeOptions"))
+        operator("DEQUANTIZE", (current,), graph_output, "DequantizeOptions")
     else:
         graph_output = current
     return schema.model_bytes(tensors, operators, [graph_input], [graph_output])
@@ -294,36 +282,53 @@ def _quant_params(quant: Quant) -> dict[str, np.ndarray]:
     return {"scale": np.array([scale]), "zero_point": np.array([int(quant.zero_point)], np.int64)}
 
 
-def _check_weights(layer, *, in_features: int, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    kernel = np.asarray(layer.kernel)
-    if kernel.dtype != np.int8 or kernel.ndim != rank:
-        raise ValueError(f"{layer.name}: kernel must be an int8 array of rank {rank}, got {kernel.dtype}{kernel.shape}")
-    if kernel.min(initial=0) < -127:
-        raise ValueError(f"{layer.name}: TFLite's weights are on [-127, 127], got a code {kernel.min()}")
+def _check_weights(layer, in_features: int, *, rank: int, quantized: bool):
+    kernel, bias = np.asarray(layer.kernel), np.asarray(layer.bias)
+    kernel_dtype, bias_dtype = (np.int8, np.int32) if quantized else (np.float32, np.float32)
+    if kernel.dtype != kernel_dtype or kernel.ndim != rank:
+        raise ValueError(
+            f"{layer.name}: kernel must be a {np.dtype(kernel_dtype)} array of rank {rank}, got "
+            f"{kernel.dtype}{kernel.shape}"
+        )
     if kernel.shape[-2] != in_features:
         raise ValueError(f"{layer.name}: kernel expects {kernel.shape[-2]} input features, the input has {in_features}")
     out_features = kernel.shape[-1]
+    if bias.dtype != bias_dtype or bias.shape != (out_features,):
+        raise ValueError(
+            f"{layer.name}: bias must be {np.dtype(bias_dtype)} of shape ({out_features},), got "
+            f"{bias.dtype}{bias.shape}"
+        )
+    if not quantized:
+        if layer.kernel_scale is not None or layer.output is not None:
+            raise ValueError(f"{layer.name}: a layer of a float network has no kernel_scale or output quantization")
+        return kernel, None, bias
+    if kernel.min(initial=0) < -127:
+        raise ValueError(f"{layer.name}: TFLite's weights are on [-127, 127], got a code {kernel.min()}")
     kernel_scale = np.asarray(layer.kernel_scale, np.float32).reshape(-1)
     if kernel_scale.size not in (1, out_features) or not np.all(np.isfinite(kernel_scale) & (kernel_scale > 0)):
         raise ValueError(
             f"{layer.name}: kernel_scale must be positive, one per output channel or one in all, got "
             f"{kernel_scale.size} values for {out_features} channels"
         )
-    bias = np.asarray(layer.bias)
-    if bias.dtype != np.int32 or bias.shape != (out_features,):
-        raise ValueError(f"{layer.name}: bias must be int32 of shape ({out_features},), got {bias.dtype}{bias.shape}")
+    if layer.output is None:
+        raise ValueError(f"{layer.name}: a layer of an int8 network needs its output quantization")
     return kernel, kernel_scale, bias
 
 
-def _weight_tensors(layer, kernel: np.ndarray, kernel_scale: np.ndarray, bias: np.ndarray, inp: Quant):
-    """The kernel (TFLite layout, output channels first) and bias tensors, quantized along axis 0."""
+def _weight_tensors(name: str, kernel: np.ndarray, kernel_scale: np.ndarray | None, bias: np.ndarray, inp: Quant):
+    """The kernel (TFLite layout, output channels first) and bias tensors, quantized along axis 0 if int8."""
     channels = kernel.shape[0]
+    if kernel_scale is None:
+        return (
+            schema.Tensor(f"{name}/kernel", kernel.shape, "float32", kernel),
+            schema.Tensor(f"{name}/bias", (channels,), "float32", bias),
+        )
     zeros = np.zeros(kernel_scale.size, np.int64)
     # TFLite checks s_bias against s_in · s_w (within a relative 1e-6) and takes both from the file.
     bias_scale = (np.float64(np.float32(inp.scale)) * kernel_scale.astype(np.float64)).astype(np.float32)
     return (
-        schema.Tensor(f"{layer.name}/kernel", kernel.shape, "int8", kernel, kernel_scale, zeros),
-        schema.Tensor(f"{layer.name}/bias", (channels,), "int32", bias, bias_scale, zeros),
+        schema.Tensor(f"{name}/kernel", kernel.shape, "int8", kernel, kernel_scale, zeros),
+        schema.Tensor(f"{name}/bias", (channels,), "int32", bias, bias_scale, zeros),
     )
 
 
@@ -522,7 +527,7 @@ def _ruy_multiply(acc: np.ndarray, quantized_multiplier: np.ndarray, shift: np.n
 
 
 def predict(
-    network: IntegerNetwork,
+    network: Network,
     x: np.ndarray,
     *,
     kernels: Kernels = "reference",
@@ -547,6 +552,8 @@ def predict(
       ValueError: for unknown ``kernels`` or ``io``, or an input of the wrong shape or dtype.
     """
     _check_kernels(kernels)
+    if network.input is None:
+        raise ValueError("predict runs int8 networks; a float network (input=None) has nothing to predict bit for bit")
     x = np.asarray(x)
     if x.shape[1:] != tuple(network.input_shape):
         raise ValueError(f"x must have shape (N, {', '.join(map(str, network.input_shape))}), got {x.shape}")
@@ -663,3 +670,190 @@ def _accumulate(layer, codes: np.ndarray, filters: np.ndarray, input_zero_point:
 def _check_kernels(kernels: str) -> None:
     if kernels not in KERNELS:
         raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+
+
+# --- from the quantref pipeline -------------------------------------------------------------------------------
+
+
+def export_tflite(
+    qmodel: ptq.QuantizedModel,
+    out_dir: str | Path,
+    *,
+    test_x: np.ndarray,
+    test_y: np.ndarray | None = None,
+    float_model: nnx.Module | None = None,
+    io: Literal["float", "int8"] = "float",
+    force: bool = False,
+) -> dict[str, Path]:
+    """Writes a quantized model as a fully-integer ``.tflite`` file, with the inputs and quantref's predictions.
+
+    Writes into ``out_dir`` (atomically, with the output directory rules of :func:`quantref.export.onnx.export_onnx`):
+
+    - ``model.tflite``: the int8 graph of :func:`network_from_qmodel` (see the module docstring);
+    - ``float.tflite``: the float32 graph of :func:`float_network`, if ``float_model`` is given;
+    - ``test_inputs.npz``: ``x``, the inputs (float32), ``y`` their labels if given, and with ``io="int8"``
+      ``x_q``, the int8 codes fed to ``model.tflite`` (TFLite's reference QUANTIZE of ``x``);
+    - ``expected.npz``: quantref's prediction of ``model.tflite``'s output on the test inputs for each of LiteRT's
+      kernel sets — ``output`` for the reference kernels (``BUILTIN_REF``), ``output_optimized`` for the optimized
+      builtin kernels (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``) and ``output_xnnpack`` for the default XNNPACK
+      delegate (:func:`predict`): float32, or int8 codes with ``io="int8"``. They differ where the kernels round
+      differently (ties; see :func:`requantize`).
+
+    Args:
+      qmodel: the quantized model (:func:`quantref.ptq.quantize_model` with ``activation_signed=True``), a chain of
+        conv/dense/ReLU/max-pool/flatten layers with 8-bit activations and weights of at most 8 bits.
+      out_dir: the directory; created if missing.
+      test_x: float32 inputs shaped like the model's input (NHWC images or feature vectors).
+      test_y: their labels, or ``None``.
+      float_model: the float model (BatchNorm folded) that ``qmodel`` quantizes, to write ``float.tflite``.
+      io: ``"float"`` (float32 in and out, QUANTIZE and DEQUANTIZE in the graph) or ``"int8"``.
+      force: replace quantref's files in a non-empty ``out_dir`` (other files there are kept).
+
+    Returns:
+      The paths written, keyed ``"model"``, ``"float"`` (if written), ``"test_inputs"``, ``"expected"``.
+
+    Raises:
+      ValueError: if ``out_dir`` is a file, is not empty and ``force`` is False, or cannot be written; if ``qmodel``
+        cannot be written (see :func:`network_from_qmodel`); or if ``test_x`` does not fit the model's input.
+    """
+    target = _files.check_output_dir(out_dir, force=force)
+    network = network_from_qmodel(qmodel)
+    model = model_bytes(network, io=io)
+    float_model_bytes = model_bytes(float_network(float_model, qmodel)) if float_model is not None else None
+    test_x = np.asarray(test_x, np.float32)
+    inputs = {"x": test_x}
+    if test_y is not None:
+        inputs["y"] = np.asarray(test_y)
+    fed = test_x
+    if io == "int8":
+        fed = inputs["x_q"] = quantize_input(test_x, network.input, "reference")
+    expected = {
+        _EXPECTED_KEYS[kernels]: predict(network, fed, kernels=kernels, io=io) for kernels in KERNELS
+    }  # fmt: skip
+    files: dict[str, Callable[[Path], None]] = {
+        "model.tflite": lambda path: path.write_bytes(model),
+        "test_inputs.npz": lambda path: _files.save_npz(path, inputs),
+        "expected.npz": lambda path: _files.save_npz(path, expected),
+    }
+    if float_model_bytes is not None:
+        files["float.tflite"] = lambda path: path.write_bytes(float_model_bytes)
+    written = _files.write_files(target, files)
+    return {name.split(".")[0]: path for name, path in written.items()}
+
+
+_EXPECTED_KEYS = {"reference": "output", "optimized": "output_optimized", "xnnpack": "output_xnnpack"}
+
+
+def network_from_qmodel(qmodel: ptq.QuantizedModel) -> Network:
+    """The int8 :class:`Network` of a quantized chain of layers, named by the pipeline's layer paths.
+
+    Each conv or dense layer keeps its codes, scales and int32 bias; its output is requantized to the grid of the
+    next layer's input (or its own output grid at the end, :meth:`quantref.ptq.QuantizedModel.output_activation`);
+    a ReLU before the next layer becomes the layer's fused RELU, so TFLite clamps at $\\max(-128, z_{out})$ as
+    :mod:`quantref.integer` does.
+
+    Args:
+      qmodel: the quantized model.
+
+    Returns:
+      The :class:`Network`.
+
+    Raises:
+      ValueError: if the model is not a chain of conv/dense/ReLU/max-pool/flatten layers (naming the first step
+        that is not); its activations are not signed 8-bit (TFLite's scheme is int8 — quantize with
+        ``activation_signed=True``) or its weights wider than 8 bits; or a convolution is dilated or grouped, or a
+        convolution's or pool's padding is neither TFLite's SAME nor VALID.
+    """
+    steps = integer.chain(qmodel)
+    fmt = qmodel.activation_format
+    if fmt.bits != 8 or not fmt.signed:
+        raise ValueError(
+            f"TFLite's integer scheme has int8 activations, got {fmt.name}; quantize with activation_signed=True "
+            "and activation_bits=8"
+        )
+    if qmodel.weight_format.bits > 8:
+        raise ValueError(f"TFLite's weights are int8, got {qmodel.weight_format.name}")
+    first = qmodel.activations[f"{steps[0].path}.input"]
+    return Network(tuple(steps[0].param("input_shape")), _quant(first), _layers(steps, qmodel.layers, qmodel))
+
+
+def float_network(float_model: nnx.Module, qmodel: ptq.QuantizedModel) -> Network:
+    """The float32 :class:`Network` of the float model that ``qmodel`` quantizes, laid out as
+    :func:`network_from_qmodel` (same operators, float32 weights), to compare size and speed with.
+
+    Args:
+      float_model: the float model (BatchNorm folded).
+      qmodel: its quantization, for the network's structure.
+
+    Returns:
+      A :class:`Network` with ``input=None``; write it with :func:`model_bytes`.
+    """
+    steps = integer.chain(qmodel)
+    weights = {}
+    for step in steps:
+        if step.kind in ("conv", "dense"):
+            layer = nn.get_module(float_model, step.path)
+            layer = layer.layer if isinstance(layer, nn.QuantLayer) else layer
+            kernel = np.asarray(layer.kernel[...], np.float32)
+            bias = np.zeros(kernel.shape[-1], np.float32) if layer.bias is None else layer.bias[...]
+            weights[step.path] = (kernel, None, np.asarray(bias, np.float32))
+    return Network(tuple(steps[0].param("input_shape")), None, _layers(steps, weights, None))
+
+
+def _quant(activation: ptq.ActivationQuant) -> Quant:
+    return Quant(float(activation.scale), int(activation.zero_point))
+
+
+def _layers(steps: tuple[nn.Step, ...], weights, qmodel: ptq.QuantizedModel | None) -> tuple[Layer, ...]:
+    """The TFLite layers of a chain of steps; ``weights[path]`` is ``(kernel, kernel_scale, bias)``."""
+    layers: list[Layer] = []
+    for index, step in enumerate(steps):
+        name = step.path or f"{step.kind}{index}"
+        shape = step.param("input_shape")
+        if step.kind in ("conv", "dense"):
+            kernel, kernel_scale, bias = (np.asarray(w) if w is not None else None for w in weights[step.path])
+            output = _quant(qmodel.output_activation(step.path)) if qmodel is not None else None
+            relu = _relu_follows(steps, index)
+            if step.kind == "dense":
+                layers.append(FullyConnected(name, kernel, kernel_scale, bias, output, relu))
+                continue
+            if step.param("groups") != 1 or tuple(step.param("dilation")) != (1, 1):
+                raise ValueError(f"conv layer {name!r}: TFLite's CONV_2D here is not dilated or grouped")
+            strides = tuple(step.param("strides"))
+            padding = _padding_mode(name, shape, kernel.shape[:2], strides, step.param("padding"))
+            layers.append(Conv2D(name, kernel, kernel_scale, bias, output, strides, padding, relu))
+        elif step.kind == "max_pool":
+            window, strides = tuple(step.param("window")), tuple(step.param("strides"))
+            padding = _padding_mode(name, shape, window, strides, step.param("padding"))
+            layers.append(MaxPool2D(name, window, strides, padding))
+        elif step.kind == "flatten":
+            layers.append(Flatten(name))
+        # A ReLU step is fused into the layer before it.
+    return tuple(layers)
+
+
+def _relu_follows(steps: tuple[nn.Step, ...], index: int) -> bool:
+    """Whether a ReLU comes after layer ``index`` before the next layer (it then clamps that layer's output)."""
+    for step in steps[index + 1 :]:
+        if step.kind in ("conv", "dense"):
+            return False
+        if step.kind == "relu":
+            return True
+    return False
+
+
+def _padding_mode(name: str, shape, window, strides, padding) -> Literal["SAME", "VALID"]:
+    """TFLite's padding mode that pads exactly as ``padding`` ``((top, bottom), (left, right))`` does."""
+    padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+    if all(p == 0 for pair in padding for p in pair):
+        return "VALID"
+    same = []
+    for size, k, s in zip(shape[:2], window, strides):
+        total = max((-(-size // s) - 1) * s + k - size, 0)
+        same.append((total // 2, total - total // 2))
+    if padding == tuple(same):
+        return "SAME"
+    raise ValueError(
+        f"{name}: padding {padding} is neither TFLite's SAME {tuple(same)} nor VALID; TFLite would need a PAD "
+        "operator, which this export does not write"
+    )
