@@ -1,9 +1,11 @@
 """Render a chapter script into a markdown page with its executed output and figures.
 
 A chapter is a plain Python script in jupytext "percent" format: a line ``# %%`` starts a code cell and
-``# %% [markdown]`` starts a prose cell whose lines are markdown behind ``# ``. ``python chapters/02_affine.py``
+``# %% [markdown]`` starts a prose cell whose lines are markdown behind ``# ``. ``python chapters/01_affine.py``
 runs it as a script; `render_chapter` runs the same cells one by one in a single namespace and writes a page
-with each cell's source, its printed output and the matplotlib figures it left open.
+with each cell's source, its printed output and the matplotlib figures it left open. A code cell marked
+``# %% tags=["solution"]`` (jupytext's cell-metadata syntax) is an exercise's solution: it runs like any other cell,
+and the page shows its code and output folded in a collapsed "Solution" block.
 
 Why in-process and not a Jupyter kernel: every chapter imports JAX and trains or loads the same model, so rendering
 them all in one interpreter pays for the JAX import (and its compilation caches) once; there is no kernel, no
@@ -31,6 +33,7 @@ if TYPE_CHECKING:  # matplotlib is imported only when a chapter is rendered
     from matplotlib.figure import Figure
 
 CELL_MARKER = re.compile(r"^# %%(.*)$")
+SOLUTION_TAG = re.compile(r"""\btags\s*=\s*\[[^\]]*["']solution["']""")
 CHAPTER_GLOB = "[0-9][0-9]_*.py"
 
 
@@ -43,7 +46,7 @@ class Cell:
     """One cell of a chapter script.
 
     Attributes:
-        kind: ``"code"`` or ``"markdown"``.
+        kind: ``"code"``, ``"markdown"`` or ``"solution"`` (a code cell shown collapsed).
         source: the cell's text; for markdown, with the leading ``# `` stripped from each line.
         line: 1-based line number in the script where the cell's text starts.
     """
@@ -81,6 +84,7 @@ def parse_cells(text: str) -> list[Cell]:
             continue
         close()
         kind = "markdown" if re.search(r"\[(markdown|md)\]", marker.group(1)) else "code"
+        kind = "solution" if kind == "code" and SOLUTION_TAG.search(marker.group(1)) else kind
         start, body = number + 1, []
     close()
     return cells
@@ -114,6 +118,12 @@ def _fence(text: str, lang: str) -> str:
     return f"{ticks}{lang}\n{text}\n{ticks}"
 
 
+def _collapsed(title: str, blocks: list[str]) -> str:
+    """A collapsed pymdownx.details block (``??? example``) holding markdown blocks, indented under its title."""
+    body = "\n\n".join(blocks)
+    return f'??? example "{title}"\n\n' + "\n".join(f"    {line}" if line else "" for line in body.splitlines())
+
+
 def _alt_text(figure: Figure, number: int) -> str:
     """A figure's suptitle or first axes title, for the image's alt text."""
     titles = [figure.get_suptitle()] + [axes.get_title() for axes in figure.axes]
@@ -129,7 +139,7 @@ def render_chapter(script: Path, out_dir: Path, *, echo: bool = True) -> Path:
     closed). stderr — tqdm progress bars, warnings — goes to the real stderr and not into the page.
 
     Args:
-        script: the chapter script, e.g. ``chapters/02_affine.py``.
+        script: the chapter script, e.g. ``chapters/01_affine.py``.
         out_dir: where to write the page and its figure folder (created if needed).
         echo: also print each cell's output to the real stdout as it runs.
 
@@ -170,7 +180,7 @@ def render_chapter(script: Path, out_dir: Path, *, echo: bool = True) -> Path:
                 if cell.kind == "markdown":
                     parts += [cell.source] if cell.source else []
                     continue
-                parts.append(_fence(cell.source, "python"))
+                block = [_fence(cell.source, "python")]
                 # Pad with newlines so tracebacks point at the script's real line numbers.
                 code = compile("\n" * (cell.line - 1) + cell.source, str(script), "exec")
                 output = _Tee(sys.stdout if echo else None)
@@ -185,14 +195,15 @@ def render_chapter(script: Path, out_dir: Path, *, echo: bool = True) -> Path:
                     ) from error
                 text = output.getvalue().rstrip()
                 if text.strip():
-                    parts.append(_fence(text, "text"))
+                    block.append(_fence(text, "text"))
                 for number in plt.get_fignums():
                     figure = plt.figure(number)
                     figure_count += 1
                     name = f"fig{figure_count}.png"
                     figure.savefig(fig_dir / name, dpi=120, bbox_inches="tight", metadata={"Software": None})
-                    parts.append(f"![{_alt_text(figure, figure_count)}]({stem}/{name})")
+                    block.append(f"![{_alt_text(figure, figure_count)}]({stem}/{name})")
                     plt.close(figure)
+                parts += [_collapsed("Solution", block)] if cell.kind == "solution" else block
     finally:
         plt.close("all")
         sys.modules["__main__"], sys.argv, sys.path[:] = saved
