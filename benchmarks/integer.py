@@ -5,7 +5,7 @@
 For batch 1 and batch 1024 of (random-resampled) test images, times:
 
 - quantref's integer-only forward (:func:`quantref.integer.integer_forward`, onnxruntime requantization, jit'd)
-  against the folded float forward (:func:`quantref.correction.folded_forward`, jit'd);
+  against the folded float forward (the model after :func:`quantref.nn.fold_batch_norm`, jit'd);
 - onnxruntime running the exported ``model.onnx`` (int8) against ``float.onnx`` (all graph optimisations, one
   intra-op thread and default threads).
 
@@ -16,6 +16,7 @@ assertion: the machines are shared and noisy.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 
@@ -31,17 +32,24 @@ def main() -> None:
     args = parser.parse_args()
 
     import onnxruntime as ort
+    from flax import nnx
 
-    from quantref import correction, data, integer, ptq, train
+    from quantref import data, integer, nn, ptq, train
     from quantref.export import onnx as export_onnx
 
     splits = data.load_splits()
-    params = correction.fold_batch_norm(train.load_or_train(progress=False))
-    qmodel = ptq.quantize_model(params, splits.x_calib)
+    folded = nn.fold_batch_norm(train.load_or_train(progress=False), splits.x_calib[:1])
+    qmodel = ptq.quantize_model(folded, splits.x_calib)
     rescale = integer.multipliers(qmodel, "onnxruntime")
-    float_forward = jax.jit(lambda x: correction.folded_forward(params, x)[0])
-    integer_forward = jax.jit(lambda x: integer.integer_forward(qmodel, rescale, x).logits)
-    paths = export_onnx.export_onnx(tempfile.mkdtemp(prefix="quantref-bench-"))
+    graphdef, state = nnx.split(folded)
+    float_forward = jax.jit(lambda x: nnx.merge(graphdef, state)(x))
+    integer_forward = jax.jit(lambda x: integer.integer_forward(qmodel, rescale, x).output)
+    paths = export_onnx.export_onnx(
+        qmodel,
+        os.path.join(tempfile.mkdtemp(prefix="quantref-bench-"), "digits"),
+        test_x=splits.x_test,
+        float_model=folded,
+    )
 
     print(
         f"{platform.processor() or platform.machine()}, jax {jax.__version__} ({jax.default_backend()}), "

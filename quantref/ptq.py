@@ -6,7 +6,9 @@ are already folded (:func:`quantref.nn.fold_batch_norm`):
 1. run the float model on the calibration split and estimate, with any observer of :mod:`quantref.ranges`, the
    range of every layer's input (``"<path>.input"``) and of every output layer's output (``"<path>.output"``) —
    per tensor, asymmetric, int8 or uint8. For a chain of layers these are exactly the tensors an integer-only
-   network stores: the input, each post-ReLU feature map (max-pooling keeps the grid), the logits;
+   network stores: the input, each post-ReLU feature map, the logits. A layer input that comes through a
+   max-pool is observed before the pool, on the feature map the previous layer writes (max-pooling keeps the grid;
+   onnxruntime's calibrator does the same);
 2. quantize each weight tensor symmetrically on the narrow grid $[-(2^{b-1}-1), 2^{b-1}-1]$, one scale per output
    channel (or per tensor), $s_w = \\max|W_c| / (2^{b-1}-1)$, zero point 0;
 3. quantize each bias to int32 with the scale of the accumulator it is added to, zero point 0:
@@ -288,9 +290,41 @@ def calibrate_activations(
     ]
     run = _jit_capture(model, select, skip)
     recorded = [run(batch)[1] for batch in batches]
+    stored = {name: _stored_tensor(network, name) for name in names}
     return {
-        name: ranges.calibrate(obs, [activations[name] for activations in recorded], progress=False) for name in names
+        name: ranges.calibrate(obs, [stored[name](activations) for activations in recorded], progress=False)
+        for name in names
     }
+
+
+def _stored_tensor(network: nn.Trace, name: str):
+    """Where a layer input's range is observed: on the tensor an integer network stores.
+
+    Between two layers, ReLU, max-pool and flatten keep the grid, so the stored tensor is the previous layer's
+    requantized output *before* any max-pool — the tensor onnxruntime's calibrator observes too (MaxPool reuses its
+    input's parameters). Anywhere else the range is observed on the layer's input itself.
+    """
+    path, end = name.rsplit(".", 1)
+    captured = lambda activations: activations[name]  # noqa: E731
+    if end != "input":
+        return captured
+    index = next(i for i, step in enumerate(network.steps) if step.path == path and step.kind in ("conv", "dense"))
+    between: list[nn.Step] = []
+    value = network.steps[index].inputs[0] if network.steps[index].inputs else 0
+    while value > 0 and network.steps[value - 1].kind in ("relu", "max_pool", "flatten"):
+        between.insert(0, network.steps[value - 1])
+        value = network.steps[value - 1].inputs[0]
+    producer = network.steps[value - 1] if value > 0 else None
+    if producer is None or producer.kind not in ("conv", "dense") or all(s.kind != "max_pool" for s in between):
+        return captured
+    before_pool = [step for step in between[: [s.kind for s in between].index("max_pool")]]
+    relu = any(step.kind == "relu" for step in before_pool)
+
+    def stored(activations: dict[str, jax.Array]) -> jax.Array:
+        output = activations[f"{producer.path}.output"]
+        return jnp.maximum(output, 0) if relu else output
+
+    return stored
 
 
 def _quantize_kernel(kernel: jax.Array, fmt: formats.IntFormat, per_channel: bool) -> tuple[jax.Array, jax.Array]:
