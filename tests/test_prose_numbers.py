@@ -31,6 +31,7 @@ CHAPTERS = [script.name for script in chapter_scripts(ROOT)]
 #: shows where it comes from.
 DERIVED = {
     "01_affine.py": {"0.12"},  # the write-up's claimed "corrected" value of 0.6, quoted to refute it
+    "07_integer.py": {"31"},  # TFLite's multiplier format: a 31-bit integer q_m, M = q_m 2^(e - 31)
 }
 
 FENCE = re.compile(r"^\s*(`{3,})(\w*)\s*$")
