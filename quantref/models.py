@@ -23,8 +23,6 @@ statistics and updates the running ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,9 +30,7 @@ from flax import nnx
 
 from quantref.data import IMAGE_SHAPE, NUM_CLASSES
 
-__all__ = ["LAYER_NAMES", "DigitsCNN", "forward_with_activations", "map_kernels", "accuracy"]
-
-LAYER_NAMES = ("conv1", "conv2", "dense")
+__all__ = ["DigitsCNN", "accuracy"]
 
 # With a few hundred training steps, the default momentum 0.99 leaves the running statistics too close to
 # their initial values; 0.9 lets them track the data within a few epochs.
@@ -80,70 +76,6 @@ class DigitsCNN(nnx.Module):
         x = nnx.relu(self.bn2(self.conv2(x), use_running_average=use_running_average))
         x = nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))
         return self.dense(x.reshape(x.shape[0], -1))
-
-
-def forward_with_activations(
-    model: DigitsCNN,
-    x: jax.Array,
-    *,
-    train: bool = False,
-    activation_fn: Callable[[str, jax.Array], jax.Array] | None = None,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Runs the model and records the input and output of every conv and dense layer.
-
-    This is the model's one definition of its forward pass; ``model(x)`` returns its logits. Under ``jax.jit``
-    the activations that a caller ignores cost nothing.
-
-    Args:
-      model: the CNN.
-      x: float32 images, shape ``(N, 8, 8, 1)``.
-      train: batch-norm mode, as in :meth:`DigitsCNN.__call__`.
-      activation_fn: if given, ``activation_fn(name, value)`` replaces every recorded ``"<layer>.input"`` before the
-        layer consumes it — the hook through which chapters fake-quantize activations. The recorded value is the
-        replaced one.
-
-    Returns:
-      ``(logits, activations)``, where ``activations`` maps ``"<layer>.input"`` and ``"<layer>.output"`` for
-      each layer in ``LAYER_NAMES`` to arrays. A conv's output is taken before its batch norm; ``dense.input``
-      is the flattened, pooled feature map of shape ``(N, 512)``.
-    """
-    use_running_average = not train
-    activations: dict[str, jax.Array] = {}
-    hook = activation_fn or (lambda name, value: value)
-
-    x = activations["conv1.input"] = hook("conv1.input", x)
-    x = activations["conv1.output"] = model.conv1(x)
-    x = nnx.relu(model.bn1(x, use_running_average=use_running_average))
-
-    x = activations["conv2.input"] = hook("conv2.input", x)
-    x = activations["conv2.output"] = model.conv2(x)
-    x = nnx.relu(model.bn2(x, use_running_average=use_running_average))
-    x = nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))
-
-    x = x.reshape(x.shape[0], -1)
-    x = activations["dense.input"] = hook("dense.input", x)
-    logits = activations["dense.output"] = model.dense(x)
-    return logits, activations
-
-
-def map_kernels(model: DigitsCNN, kernel_fn: Callable[[str, jax.Array], jax.Array]) -> DigitsCNN:
-    """A copy of the model with every conv and dense kernel replaced by ``kernel_fn(name, kernel)``.
-
-    The original model is left unchanged; biases and batch-norm statistics are copied as they are. This is how
-    chapters put fake-quantized weights into the model.
-
-    Args:
-      model: the CNN.
-      kernel_fn: maps a layer name from ``LAYER_NAMES`` and its kernel to the new kernel (same shape and dtype).
-
-    Returns:
-      The new model.
-    """
-    clone = nnx.clone(model)
-    for name in LAYER_NAMES:
-        kernel = getattr(clone, name).kernel
-        kernel[...] = kernel_fn(name, kernel[...])
-    return clone
 
 
 @nnx.jit
