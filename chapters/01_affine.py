@@ -130,8 +130,8 @@ print(
 # even $0$. The two grids are one code apart: they share 255 of their 256 values, and each has one the other lacks
 # (this one reaches $+128 s = 1.0039$ but stops at $-127 s = -0.9961$, so it clips $\alpha = -1$ instead of
 # $\beta$). The values inside come back the same — $-0.3$, $0.25$ and $0.6$ — and only the ends differ: here $-1$
-# is clipped to $-0.9961$, and $1$ is rounded to $0.9961$ instead of being clipped to it. It is a first taste of why bit-exact work (chapter 7, the runtime oracle) has to say which
-# precision every step is computed in.
+# is clipped to $-0.9961$, and $1$ is rounded to $0.9961$ instead of being clipped to it. It is a first taste of
+# why bit-exact work (chapter 7, the runtime oracle) has to say which precision every step is computed in.
 #
 # ## Zero must be exact
 #
