@@ -204,7 +204,7 @@ print(
 # | `symmetric_divisor="half_levels"` | 127.5 | PyTorch `MinMaxObserver(qscheme=torch.per_tensor_symmetric)` |
 #
 # (The white paper of Nagel et al., arXiv:2106.08295, sec. 2.2, defines the grid by its limits — in its
-# unsigned notation $-sz$ and $s(2^b - 1 - z)$ — and names neither divisor.)
+# unsigned notation $-sz$ and $s(2^b - 1 - z)$, eqs. 4–7 — not by either divisor.)
 #
 # With $d = 127$ the extremes $\pm\max$ land exactly on codes $\pm 127$. With $d = 127.5$ the *divisor* is larger,
 # so the step is smaller and the grid, in real units, is narrower: code 127 sits at $127/127.5 = 0.996$ of the
