@@ -37,7 +37,7 @@ x_test = jnp.asarray(splits.x_test)
 # At inference a batch norm is a per-channel affine map $y = \gamma (x - \mu)/\sqrt{\sigma^2 + \epsilon} + \delta$
 # (we write its learned shift $\delta$, because $\beta$ is the top of a range on this site), so it merges into the
 # layer before it: $W'_c = W_c\,\gamma_c/\sqrt{\sigma_c^2+\epsilon}$ and
-# $b'_c = (b_c - \mu_c)\gamma_c/\sqrt{\sigma_c^2+\epsilon} + \delta_c$. This is an exact reparameterisation — in
+# $\mathrm{bias}'_c = (\mathrm{bias}_c - \mu_c)\gamma_c/\sqrt{\sigma_c^2+\epsilon} + \delta_c$. This is an exact reparameterisation — in
 # quantization, "model fusion" means exactly this merge (with the ReLU that follows), not combining several models.
 # `nn.fold_batch_norm` finds the Conv → BatchNorm pairs from the model's traced structure, not from their names:
 
@@ -177,10 +177,11 @@ plt.show()
 # %% [markdown]
 # ## Step 3: the integer-only network
 #
-# Now drop the floats. For a layer with input codes $x$ (zero point $z_x$), weight codes $w$ and int32 bias $b$:
+# Now drop the floats. For a layer with input codes $q_{x,k}$ (zero point $z_x$), weight codes $q_{w,kc}$ and
+# int32 bias codes $q_{\mathrm{bias},c}$, writing $q_{y,c}$ for the output codes:
 #
-# $$\text{acc}_c = \sum_k (x_k - z_x) w_{kc} + b_c \ \text{(int32, exact)}, \qquad
-# y_c = \operatorname{clamp}\big(\operatorname{round}(M_c\, \text{acc}_c) + z_y,\ \ell,\ q_{max}\big),
+# $$\text{acc}_c = \sum_k (q_{x,k} - z_x)\, q_{w,kc} + q_{\mathrm{bias},c} \ \text{(int32, exact)}, \qquad
+# q_{y,c} = \operatorname{clamp}\big(\operatorname{round}(M_c\, \text{acc}_c) + z_y,\ \ell,\ q_{max}\big),
 # \qquad M_c = \frac{s_x s_{w,c}}{s_y}.$$
 #
 # The lower end $\ell$ is $q_{min}$ for a layer with no ReLU after it (the logits), and $\max(q_{min}, z_y)$ for a
@@ -244,8 +245,8 @@ print(
 # of a half-way point the two land on neighbouring codes, and one changed code in a feature map moves the next
 # layer's sums. How often that happens depends on the mode and on the platform (the float rounding of XLA's
 # convolutions differs between CPUs and backends): on the machine that rendered this page the fractions are the
-# ones printed above. TFLite's double rounding (up to 0.75 LSB from the exact product) is the mode that moves
-# codes. Where do the differences start? Per stored activation, the fraction of codes that differ from fake-quant:
+# ones printed above. TFLite's double rounding (a rounding high multiply, then a rounding shift: up to three
+# quarters of an LSB from the exact product) is the mode that moves codes. Where do the differences start? Per stored activation, the fraction of codes that differ from fake-quant:
 
 # %%
 stored = ("conv2.input", "dense.input", "dense.output")
@@ -318,7 +319,7 @@ print("expected.npz is the qmodel shown above:", np.array_equal(expected, np.asa
 # ## The table
 #
 # Bytes are those of the files on disk; times are the median of repeated runs on the 300 test images, one thread
-# for onnxruntime (the benchmark script, `benchmarks/integer.py`, measures batch 1 and 1024 too).
+# for onnxruntime (the benchmark script, `benchmarks/integer.py`, measures a single image and a large batch too).
 
 
 # %%
