@@ -55,6 +55,7 @@ __all__ = [
     "calibrate_activations",
     "quantize_model",
     "fake_quant_model",
+    "from_fake_quant",
     "fake_quant_forward",
     "accuracy",
     "accuracy_table",
@@ -463,6 +464,75 @@ def fake_quant_model(model: nnx.Module, qmodel: QuantizedModel) -> nnx.Module:
         )
 
     return nn.swap_layers(model, wrap)
+
+
+def from_fake_quant(model: nnx.Module, x: jax.Array | np.ndarray) -> QuantizedModel:
+    """Reads the integer model back out of a model whose layers are fake-quant :class:`quantref.nn.QuantLayer` s.
+
+    The inverse of :func:`fake_quant_model`, and how a model trained with quantization in the loop (QAT) becomes the
+    :class:`QuantizedModel` that integer inference and export take. Each quantizer is read through its attributes
+    ``scale``, ``zero_point`` (NNX variables or arrays) and ``fmt`` — :class:`FakeQuant` has them, and so may a
+    learned quantizer:
+
+    $$
+    W_q = \\operatorname{clamp}(\\operatorname{rne}(W / s_w), q_{min}, q_{max}), \\qquad
+    b_q = \\operatorname{rne}\\big(b / f_{32}(s_{in} s_w)\\big)
+    $$
+
+    (a pruning mask is applied to $W$ first).
+
+    Args:
+      model: the model with QuantLayers (weight and input quantizers on every layer to export; output quantizers on
+        the output layers).
+      x: an example input batch (for the model's structure).
+
+    Returns:
+      The :class:`QuantizedModel`.
+
+    Raises:
+      ValueError: if a layer lacks a weight or input quantizer, the weight quantizer has a non-zero zero point, or
+        the quantizers' formats disagree between layers.
+    """
+    network = nn.trace(model, x)
+    layers, activations, weight_formats, activation_formats = {}, {}, set(), set()
+    outputs = network.output_layers()
+    for path in network.layer_steps():
+        layer = nn.get_module(model, path)
+        if not isinstance(layer, nn.QuantLayer) or layer.weight_quantizer is None or layer.input_quantizer is None:
+            raise ValueError(f"layer {path!r} must be a QuantLayer with weight and input quantizers")
+        w_scale, w_zero, w_fmt = _quantizer_parameters(layer.weight_quantizer, f"{path}.weight_quantizer")
+        if np.any(np.asarray(w_zero) != 0):
+            raise ValueError(f"{path}.weight_quantizer must be symmetric (zero point 0)")
+        kernel = layer.layer.kernel[...]
+        if layer.mask is not None:
+            kernel = kernel * layer.mask[...]
+        codes = affine.quantize(kernel, w_scale, None, w_fmt, axis=None if w_scale.ndim == 0 else -1)
+        in_scale, in_zero, a_fmt = _quantizer_parameters(layer.input_quantizer, f"{path}.input_quantizer")
+        activations[f"{path}.input"] = ActivationQuant(in_scale, in_zero)
+        if path in outputs and layer.output_quantizer is not None:
+            out_scale, out_zero, _ = _quantizer_parameters(layer.output_quantizer, f"{path}.output_quantizer")
+            activations[f"{path}.output"] = ActivationQuant(out_scale, out_zero)
+        bias = layer.layer.bias[...] if layer.layer.bias is not None else jnp.zeros(codes.shape[-1], jnp.float32)
+        bias_scale = np.float32(in_scale) * np.asarray(w_scale, np.float32)
+        layers[path] = LayerQuant(codes.astype(jnp.int8), w_scale, _quantize_bias(bias, bias_scale))
+        weight_formats.add(w_fmt)
+        activation_formats.add(a_fmt)
+    if len(weight_formats) != 1 or len(activation_formats) != 1:
+        raise ValueError(
+            f"every layer must use one weight format and one activation format, got {weight_formats} and "
+            f"{activation_formats}"
+        )
+    return QuantizedModel(layers, activations, network, weight_formats.pop(), activation_formats.pop())
+
+
+def _quantizer_parameters(quantizer: Any, name: str) -> tuple[jax.Array, jax.Array, formats.IntFormat]:
+    try:
+        scale, zero_point, fmt = quantizer.scale, quantizer.zero_point, quantizer.fmt
+    except AttributeError:
+        raise ValueError(f"{name} must have scale, zero_point and fmt attributes to be read out") from None
+    scale = jnp.asarray(scale[...] if isinstance(scale, nnx.Variable) else scale, jnp.float32)
+    zero_point = jnp.asarray(zero_point[...] if isinstance(zero_point, nnx.Variable) else zero_point, jnp.int32)
+    return scale, zero_point, fmt
 
 
 def fake_quant_forward(

@@ -141,3 +141,21 @@ def test_dead_channel_bias_saturates_instead_of_wrapping(folded, splits):
     dead.conv1.bias[0] = 2.0
     quantized = ptq.quantize_model(dead, splits.x_calib)
     assert int(quantized.layers["conv1"].bias[0]) == 2**31 - 1
+
+
+def test_from_fake_quant_reads_back_the_quantized_model(qmodel, folded, splits):
+    simulated = ptq.fake_quant_model(folded, qmodel)
+    read = ptq.from_fake_quant(simulated, splits.x_calib[:1])
+    assert read.weight_format == qmodel.weight_format and read.activation_format == qmodel.activation_format
+    assert set(read.activations) == set(qmodel.activations)
+    for name, quant in qmodel.activations.items():
+        assert float(read.activations[name].scale) == float(quant.scale)
+        assert int(read.activations[name].zero_point) == int(quant.zero_point)
+    for path, layer in qmodel.layers.items():
+        for field in ("kernel", "kernel_scale", "bias"):
+            np.testing.assert_array_equal(getattr(read.layers[path], field), getattr(layer, field))
+
+
+def test_from_fake_quant_needs_quantizers(folded, splits):
+    with pytest.raises(ValueError, match="'conv1' must be a QuantLayer"):
+        ptq.from_fake_quant(folded, splits.x_calib[:1])
