@@ -1,9 +1,10 @@
 """The ``quantref`` command.
 
 ``quantref tour`` runs every chapter (rendering each into its site page), renders the conformance page and builds
-the site; ``quantref chapter N`` runs one chapter; ``quantref export onnx OUT_DIR`` writes the quantized model for
-onnxruntime; ``quantref vectors OUT_DIR`` writes test vectors for other backends and ``quantref check OUT_DIR RESULTS``
-checks a backend's results against them; ``quantref cache path|clear`` shows or clears the trained-model cache.
+the site; ``quantref chapter N`` runs one chapter; ``quantref export onnx|tflite OUT_DIR`` writes the quantized model
+for onnxruntime or LiteRT; ``quantref vectors OUT_DIR`` writes test vectors for other backends and
+``quantref check OUT_DIR RESULTS`` checks a backend's results against them; ``quantref cache path|clear`` shows or
+clears the trained-model cache.
 """
 
 from __future__ import annotations
@@ -118,17 +119,26 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Quantize the walkthrough model and write it, its float twin, test inputs and expected outputs as ONNX."""
+    """Quantize the walkthrough model and write it, its float twin, test inputs and expected outputs for a runtime."""
+    import importlib
+
     from quantref import _files, data, nn, ptq, train
-    from quantref.export import onnx as export_onnx
 
     try:
-        # Before the minutes of work: the output directory must be usable.
+        # Before the minutes of work: the output directory must be usable, and the exporter importable.
         _files.check_output_dir(args.out_dir, force=args.force)
+        try:
+            exporter = importlib.import_module(f"quantref.export.{args.format}")
+        except ImportError as error:
+            extra = _EXPORT_EXTRAS[args.format]
+            raise CommandError(f"export {args.format} needs {error.name}: pip install 'quantref[{extra}]'") from None
         splits = data.load_splits()
         folded = nn.fold_batch_norm(train.load_or_train(progress=False), splits.x_calib[:1])
-        qmodel = ptq.quantize_model(folded, splits.x_calib, observer=args.observer)
-        paths = export_onnx.export_onnx(
+        # TFLite's scheme is int8 activations (asymmetric) with int8 per-channel symmetric weights.
+        signed = args.format == "tflite"
+        qmodel = ptq.quantize_model(folded, splits.x_calib, observer=args.observer, activation_signed=signed)
+        write = getattr(exporter, f"export_{args.format}")
+        paths = write(
             qmodel, args.out_dir, test_x=splits.x_test, test_y=splits.y_test, float_model=folded, force=args.force
         )
     except (ValueError, TypeError) as error:
@@ -136,6 +146,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     for name, path in paths.items():
         print(f"{name:>12}: {path} ({Path(path).stat().st_size:,} bytes)")
     return 0
+
+
+#: The optional extra each exporter needs.
+_EXPORT_EXTRAS = {"onnx": "tour", "tflite": "litert"}
 
 
 def cmd_vectors(args: argparse.Namespace) -> int:
@@ -203,8 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     chapter.add_argument("number", type=int)
     chapter.set_defaults(func=cmd_chapter)
 
-    export = commands.add_parser("export", help="write the quantized model for a runtime, e.g. `export onnx OUT_DIR`")
-    export.add_argument("format", choices=["onnx"])
+    export = commands.add_parser(
+        "export", help="write the quantized model for a runtime: `export onnx OUT_DIR` or `export tflite OUT_DIR`"
+    )
+    export.add_argument("format", choices=["onnx", "tflite"])
     export.add_argument("out_dir")
     export.add_argument(
         "--force", action="store_true", help="replace quantref's files in a non-empty OUT_DIR (other files are kept)"
