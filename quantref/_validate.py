@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
 INT32_MIN = -(2**31)
@@ -82,9 +83,11 @@ def is_float_dtype(dtype: Any) -> bool:
 
 def check_fits_int32(array: np.ndarray | jax.Array, name: str) -> None:
     """Reject values outside int32, looking at the original (possibly 64-bit) array before any conversion."""
-    if isinstance(array, jax.Array) or not array.size:
+    if not array.size or not is_concrete(array):
+        return
+    if isinstance(array, jax.Array) and array.dtype != jnp.uint32:
         return  # a JAX array without x64 is at most 32 bits wide
-    if array.dtype.itemsize > 4 or array.dtype == np.uint32:
+    if np.dtype(array.dtype).itemsize > 4 or array.dtype == np.uint32:
         low, high = int(array.min()), int(array.max())
         if low < INT32_MIN or high > INT32_MAX:
             raise ValueError(
@@ -301,3 +304,263 @@ def check_granularity(
             f"got {param_shape}"
         )
     return axis
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Runtime operators: typed operands, float32 scales, matmul and convolution geometry
+
+
+_HALF_DTYPES = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+_FLOAT8_DTYPES = tuple(
+    np.dtype(d)
+    for d in (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fnuz, ml_dtypes.float8_e5m2, ml_dtypes.float8_e5m2fnuz)
+)
+
+
+def float32_array(value: object, name: str) -> jax.Array:
+    """A float32/float16/bfloat16/float64 array (not float8, not complex), computed in float32.
+
+    Raises:
+      TypeError: for non-arrays and every other dtype, naming the parameter.
+    """
+    array = as_array(value, name)
+    if not is_float_dtype(array.dtype) or np.dtype(array.dtype) in _FLOAT8_DTYPES:
+        raise TypeError(f"{name} must be a float32/float16/bfloat16 array, got dtype {array.dtype}")
+    return jnp.asarray(array).astype(jnp.float32)
+
+
+def scale_float32(value: object, name: str) -> jax.Array:
+    """A runtime's scale: float32 (float64 and Python floats are rounded to it), finite, > 0 and normal.
+
+    Raises:
+      TypeError: for a non-float value, or a float16/bfloat16 scale (with which runtimes compute in half precision).
+      ValueError: (concrete values) for a value that is not finite and > 0 in float32, or is subnormal.
+    """
+    array = as_array(value, name)
+    if np.dtype(array.dtype) in _HALF_DTYPES:
+        raise TypeError(
+            f"{name} must be float32 (float32 only; float16/bfloat16 scales (opset 23 precision) are not "
+            f"supported), got dtype {np.dtype(array.dtype).name}"
+        )
+    scale = float32_array(array, name)
+    if is_concrete(scale):
+        with np.errstate(over="ignore", under="ignore"):
+            values = np.asarray(array).astype(np.float32)
+        good = np.isfinite(values) & (values > 0)
+        if not np.all(good):
+            raise ValueError(
+                f"{name} must be finite and > 0 everywhere (the runtime has no defined answer otherwise), "
+                f"got values such as {np.asarray(array)[~good].ravel()[:3].tolist()}"
+            )
+        check_normal_float32(values, name)
+    return scale
+
+
+def check_scale_product(first: jax.Array, second: jax.Array, names: str) -> None:
+    """``f32(s_1 s_2)``, the first step of a requantization multiplier, must be normal (else XLA flushes it)."""
+    if is_concrete(first) and is_concrete(second):
+        with np.errstate(under="ignore"):
+            product = np.asarray(first, np.float32) * np.asarray(second, np.float32)
+        check_normal_float32(np.asarray(product, np.float32), names)
+
+
+def typed_array(value: object, name: str, allowed: Sequence[Any]) -> jax.Array:
+    """An array whose dtype (checked before any conversion) is one of ``allowed``; the dtype is the value's type.
+
+    Raises:
+      TypeError: for non-arrays or another dtype, naming the parameter, its dtype and the allowed ones.
+    """
+    array = as_array(value, name)
+    allowed = [np.dtype(d) for d in allowed]
+    if np.dtype(array.dtype) not in allowed:
+        names = ", ".join(d.name for d in allowed)
+        raise TypeError(f"{name} must have one of the dtypes {names}, got {np.dtype(array.dtype).name}")
+    return jnp.asarray(array)
+
+
+def dtype_choice(value: object, name: str, choices: dict[str, np.dtype]) -> np.dtype:
+    """A dtype given as one of ``choices``' names or as a dtype (object) among its values.
+
+    Raises:
+      TypeError: for something that is not a dtype.
+      ValueError: for a dtype or name not among the choices.
+    """
+    allowed = ", ".join(choices)
+    if isinstance(value, str):
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        return choices[value]
+    try:
+        dtype = np.dtype(value)
+    except TypeError as error:
+        raise TypeError(f"{name} must be a dtype or a dtype name ({allowed}), got {value!r:.80}") from error
+    if dtype not in choices.values():
+        raise ValueError(f"{name} must be one of {allowed}, got {dtype}")
+    return dtype
+
+
+def check_matmul_shapes(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[int, int]:
+    """numpy-matmul compatibility of ``a`` and ``b``; returns (rows M, columns N) (1 for a 1-D operand)."""
+    if len(a_shape) < 1 or len(b_shape) < 1:
+        raise ValueError(f"a and b must be at least 1-D, got shapes {a_shape} and {b_shape}")
+    k_a = a_shape[-1]
+    k_b = b_shape[0] if len(b_shape) == 1 else b_shape[-2]
+    if k_a != k_b:
+        raise ValueError(
+            f"a's last dimension ({k_a}) must equal b's contraction dimension ({k_b}); "
+            f"got shapes a={a_shape}, b={b_shape}"
+        )
+    try:
+        np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
+    except ValueError as error:
+        raise ValueError(f"a and b batch dimensions do not broadcast: a={a_shape}, b={b_shape}") from error
+    rows = 1 if len(a_shape) == 1 else a_shape[-2]
+    columns = 1 if len(b_shape) == 1 else b_shape[-1]
+    return rows, columns
+
+
+def check_conv_geometry(x_shape, w_shape, strides, pads, dilations, group) -> None:
+    """A 2-D NCHW convolution: ranks, ``strides``/``pads``/``dilations`` (ONNX order), ``group`` and the fit."""
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be 4-D NCHW, got shape {x_shape}")
+    if len(w_shape) != 4:
+        raise ValueError(f"w must be 4-D (M, C/group, kH, kW), got shape {w_shape}")
+    for name, value, length in (("strides", strides, 2), ("pads", pads, 4), ("dilations", dilations, 2)):
+        if (
+            not isinstance(value, (tuple, list))
+            or len(value) != length
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in value)
+        ):
+            raise ValueError(f"{name} must be {length} ints, got {value!r}")
+    if any(s < 1 for s in strides) or any(d < 1 for d in dilations) or any(p < 0 for p in pads):
+        raise ValueError(f"strides and dilations must be >= 1 and pads >= 0, got {strides}, {dilations}, {pads}")
+    if isinstance(group, (bool, np.bool_)) or not isinstance(group, (int, np.integer)) or group < 1:
+        raise ValueError(f"group must be a positive int, got {group!r}")
+    channels, out_channels = x_shape[1], w_shape[0]
+    if channels % group or out_channels % group:
+        raise ValueError(
+            f"group={group} must divide x's channels ({channels}) and w's output channels ({out_channels})"
+        )
+    if w_shape[1] != channels // group:
+        raise ValueError(f"w.shape[1] must be x's channels / group = {channels // group}, got w shape {w_shape}")
+    for i in range(2):
+        padded = x_shape[2 + i] + pads[i] + pads[2 + i]
+        if padded < dilations[i] * (w_shape[2 + i] - 1) + 1:
+            raise ValueError(
+                f"the dilated kernel {w_shape[2:]} does not fit the padded input {x_shape[2:]} "
+                f"(pads={tuple(pads)}, dilations={tuple(dilations)})"
+            )
+
+
+def scale_granularity(
+    x_shape: tuple[int, ...], scale_shape: tuple[int, ...], axis: int, block_size: int, name: str
+) -> tuple[int | None, int | None]:
+    """Map ONNX's (scale shape, axis, block_size) to :func:`check_granularity`'s (axis | None, block_size | None)."""
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 0:
+        raise ValueError(f"block_size must be an int >= 0 (0 = per-tensor or per-axis), got {block_size!r}")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise ValueError(f"axis must be an int, got {axis!r}")
+    if block_size == 0 and (scale_shape == () or scale_shape == (1,)):
+        return None, None
+    if block_size == 0 and len(scale_shape) != 1:
+        raise ValueError(
+            f"{name} must be a scalar (per-tensor) or 1-D (per-axis) when block_size=0, got shape {scale_shape}"
+        )
+    resolved = check_granularity(x_shape, scale_shape, axis, block_size or None, name)
+    return resolved, block_size or None
+
+
+def zero_point_like(zero_point, scale: jax.Array, dtype: np.dtype, name: str) -> jax.Array:
+    """The zero point, which must have the scale's shape, or zeros of ``dtype`` when it is None."""
+    if zero_point is None:
+        return jnp.zeros(scale.shape, dtype)
+    if zero_point.shape != scale.shape:
+        raise ValueError(f"{name} must have the scale's shape {scale.shape}, got {zero_point.shape}")
+    return zero_point
+
+
+def operand_zero_point(zero_point, operand: jax.Array, name: str, per_index: int | None, what: str) -> jax.Array:
+    """A zero point of the operand's dtype: a scalar, or 1-D of length ``per_index`` (when given)."""
+    if zero_point is None:
+        return jnp.zeros((), operand.dtype)
+    zero_point = typed_array(zero_point, name, [np.dtype(operand.dtype)])
+    if zero_point.shape in ((), (1,)):
+        return zero_point.reshape(())
+    if per_index is not None and zero_point.shape == (per_index,):
+        return zero_point
+    allowed = "a scalar" + (f" or shape ({per_index},) ({what})" if per_index is not None else "")
+    raise ValueError(f"{name} must be {allowed}, got shape {zero_point.shape}")
+
+
+def scalar_zero_point(y_zero_point, name: str) -> jax.Array:
+    """A scalar (or 1-element) uint8/int8 zero point; its dtype is the output type."""
+    zero_point = typed_array(y_zero_point, name, (np.dtype(np.int8), np.dtype(np.uint8)))
+    if zero_point.shape not in ((), (1,)):
+        raise ValueError(f"{name} must be a scalar, got shape {zero_point.shape}")
+    return zero_point.reshape(())
+
+
+def scalar_scale(value, name: str) -> jax.Array:
+    """A scalar (or 1-element) float32 scale, checked as :func:`scale_float32`."""
+    scale = scale_float32(value, name)
+    if scale.shape not in ((), (1,)):
+        raise ValueError(f"{name} must be a scalar, got shape {scale.shape}")
+    return scale.reshape(())
+
+
+def per_index_scale(value, name: str, length: int, what: str) -> jax.Array:
+    """A float32 scale, scalar or one per index (``(length,)``), checked as :func:`scale_float32`."""
+    scale = scale_float32(value, name)
+    if scale.shape in ((), (1,)):
+        return scale.reshape(())
+    if scale.shape == (length,):
+        return scale
+    raise ValueError(f"{name} must be a scalar or shape ({length},) ({what}), got shape {scale.shape}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Range observers
+
+
+def check_observer_granularity(axis: object, block_size: object, allow_groups: bool = True) -> None:
+    """``axis``/``block_size`` types when an observer is built (the shape comes with the first batch)."""
+    if axis is not None and (isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer))):
+        raise ValueError(f"axis must be None or an int, got {axis!r:.80}")
+    if block_size is None:
+        return
+    if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"block_size must be None or a positive int, got {block_size!r:.80}")
+    if axis is None:
+        raise ValueError(f"block_size={block_size} needs an axis to group along; got axis=None")
+    if not allow_groups:
+        raise ValueError(
+            f"block_size={block_size}: histogram observers (percentile, mse, entropy) are per-tensor or per-channel "
+            "only; use block_size=None, or min_max/abs_max for per-group ranges"
+        )
+
+
+def check_num_bins(num_bins: object) -> int:
+    """A histogram's bins per sign: a power of two in ``[4, 2**20]``."""
+    if (
+        isinstance(num_bins, (bool, np.bool_))
+        or not isinstance(num_bins, (int, np.integer))
+        or not 4 <= num_bins <= 2**20
+        or num_bins & (num_bins - 1)
+    ):
+        # A power of two keeps |x| * num_bins / 2**e exact; the bounds keep that factor a normal float32.
+        raise ValueError(f"num_bins must be a power of two in [4, 2**20], got {num_bins!r:.80}")
+    return int(num_bins)
+
+
+def real_batch(x: object, name: str = "x") -> jax.Array:
+    """A batch of real values (traced or not) as float32; complex, bool, ``None`` and strings are refused.
+
+    Raises:
+      TypeError: naming the parameter.
+    """
+    array = as_array(x, name)
+    if not (is_float_dtype(array.dtype) or is_integer_dtype(array.dtype)):
+        raise TypeError(f"{name} must be a real (float or integer) array, got dtype {array.dtype}")
+    if isinstance(array, np.ndarray) and array.dtype.kind in "iu":
+        array = array.astype(np.float64)  # no int64 wrap on the way to float32
+    return jnp.asarray(array).astype(jnp.float32)

@@ -37,213 +37,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quantref import formats
-from quantref.rounding import RoundingMode, check_rounding, round_to_int
+from quantref import _validate, formats
+from quantref.rounding import RoundingMode, round_to_int
 
 __all__ = [
     "SymmetricDivisor",
-    "scale_zero_point",
     "quantize",
     "dequantize",
     "fake_quant",
+    "scale_zero_point",
     "expand_param",
     "true_divide",
-    "is_concrete",
-    "check_normal_float32",
-    "check_granularity",
-    "check_symmetric_divisor",
 ]
 
 SymmetricDivisor = Literal["qmax", "half_levels"]
-
-
-def is_concrete(value: object) -> bool:
-    """Whether a value can be inspected now (a Python or numpy value, or a concrete JAX array, not a tracer).
-
-    Validation of values (not shapes) runs only on concrete values: under ``jax.jit`` they are not known yet.
-
-    Args:
-      value: anything.
-
-    Returns:
-      True unless ``value`` is a JAX tracer.
-    """
-    return not isinstance(value, jax.core.Tracer)
-
-
-def check_normal_float32(values: np.ndarray, name: str) -> None:
-    """Reject values whose magnitude is below the smallest normal float32 (about 1.18e-38), naming the parameter.
-
-    JAX (XLA) on CPU flushes subnormal float32 values to zero, so a subnormal scale cannot give the answer a runtime
-    gives; the runtime modules refuse such scales rather than return a silently different number.
-
-    Args:
-      values: the float32 values to check.
-      name: the parameter's name, for the message.
-
-    Raises:
-      ValueError: if any value is subnormal (or zero).
-    """
-    tiny = np.finfo(np.float32).tiny
-    values = np.asarray(values)
-    subnormal = np.abs(values) < tiny
-    if np.any(subnormal):
-        raise ValueError(
-            f"{name} must be >= {tiny:.6g} (the smallest normal float32): JAX flushes subnormal float32 to zero on "
-            f"CPU, so results would not match; got values such as {values[subnormal].ravel()[:3].tolist()}"
-        )
-
-
-def check_symmetric_divisor(symmetric_divisor: str) -> None:
-    """Check a symmetric-divisor convention name (see :func:`scale_zero_point`), before any tracing.
-
-    Args:
-      symmetric_divisor: ``"qmax"`` or ``"half_levels"``.
-
-    Raises:
-      ValueError: for any other value, naming ``symmetric_divisor`` and the allowed values.
-    """
-    if symmetric_divisor not in ("qmax", "half_levels"):
-        raise ValueError(f"symmetric_divisor must be 'qmax' or 'half_levels', got {symmetric_divisor!r}")
-
-
-def check_granularity(
-    x_shape: tuple[int, ...],
-    param_shape: tuple[int, ...],
-    axis: int | None,
-    block_size: int | None,
-    param_name: str = "scale",
-) -> int | None:
-    """Check that a quantization parameter's shape fits the granularity, and normalise the axis.
-
-    Args:
-      x_shape: shape of the tensor being quantized.
-      param_shape: shape of ``scale`` (or ``zero_point``).
-      axis: ``None`` for per-tensor, else the channel/group axis (negative allowed).
-      block_size: ``None`` for per-channel; a positive group size for per-group.
-      param_name: the parameter's name, for the error message.
-
-    Returns:
-      The axis as a non-negative int, or ``None`` for per-tensor.
-
-    Raises:
-      ValueError: naming the parameter when the axis is out of range, ``block_size`` is not a positive int or is
-        given without an axis, or the parameter's shape does not fit.
-    """
-    ndim = len(x_shape)
-    if axis is None:
-        if block_size is not None:
-            raise ValueError(f"block_size={block_size} needs an axis to group along; got axis=None")
-        if param_shape != ():
-            raise ValueError(f"per-tensor {param_name} (axis=None) must be a scalar, got shape {param_shape}")
-        return None
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
-        raise ValueError(f"axis must be None or an int in [{-ndim}, {ndim - 1}] for a {ndim}-d input, got {axis!r}")
-    axis = int(axis) % ndim
-    if block_size is None:
-        if param_shape != (x_shape[axis],):
-            raise ValueError(
-                f"per-channel {param_name} along axis {axis} must have shape ({x_shape[axis]},), got {param_shape}"
-            )
-        return axis
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise ValueError(f"block_size must be None or a positive int, got {block_size!r}")
-    groups = -(-x_shape[axis] // block_size)
-    expected = x_shape[:axis] + (groups,) + x_shape[axis + 1 :]
-    if param_shape != expected:
-        raise ValueError(
-            f"per-group {param_name} (axis={axis}, block_size={block_size}) must have shape {expected}, "
-            f"got {param_shape}"
-        )
-    return axis
-
-
-def expand_param(param: jax.Array, x_shape: tuple[int, ...], axis: int | None, block_size: int | None) -> jax.Array:
-    """Broadcast a per-tensor, per-channel or per-group parameter against ``x``.
-
-    Args:
-      param: the scale or zero point, shaped as :func:`check_granularity` requires.
-      x_shape: shape of the quantized tensor.
-      axis: normalised axis, or ``None``.
-      block_size: group size, or ``None``.
-
-    Returns:
-      ``param`` reshaped (per-channel) or repeated along ``axis`` (per-group) so that it broadcasts to ``x_shape``.
-    """
-    if axis is None:
-        return param
-    if block_size is None:
-        return param.reshape((1,) * axis + (-1,) + (1,) * (len(x_shape) - axis - 1))
-    repeated = jnp.repeat(param, block_size, axis=axis, total_repeat_length=param.shape[axis] * block_size)
-    return jax.lax.slice_in_dim(repeated, 0, x_shape[axis], axis=axis)
-
-
-def _check_scale(scale: jax.Array) -> None:
-    if not jnp.issubdtype(scale.dtype, jnp.floating):
-        raise ValueError(f"scale must be a floating-point array, got dtype {scale.dtype}")
-    if is_concrete(scale):
-        values = np.asarray(scale)
-        if not np.all(np.isfinite(values) & (values > 0)):
-            bad = values[~(np.isfinite(values) & (values > 0))].ravel()[:3]
-            raise ValueError(f"scale must be finite and > 0 everywhere, got values such as {bad.tolist()}")
-
-
-def _check_zero_point(zero_point: jax.Array, fmt: formats.IntFormat) -> None:
-    if not jnp.issubdtype(zero_point.dtype, jnp.integer):
-        raise ValueError(f"zero_point must be an integer array, got dtype {zero_point.dtype}")
-    if is_concrete(zero_point):
-        values = np.asarray(zero_point)
-        if values.size and (values.min() < fmt.qmin or values.max() > fmt.qmax):
-            raise ValueError(
-                f"zero_point must lie in the {fmt.name} grid [{fmt.qmin}, {fmt.qmax}], "
-                f"got values in [{values.min()}, {values.max()}]"
-            )
-
-
-def _params(x, scale, zero_point, fmt, axis, block_size):
-    """Validate inputs at the Python level, before any tracing; return arrays and the normalised axis."""
-    formats.check_format(fmt)
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"x must be a floating-point array, got dtype {x.dtype}")
-    scale = jnp.asarray(scale)
-    _check_scale(scale)
-    zero_point = jnp.zeros(scale.shape, jnp.int32) if zero_point is None else jnp.asarray(zero_point)
-    _check_zero_point(zero_point, fmt)
-    axis = check_granularity(x.shape, scale.shape, axis, block_size, "scale")
-    check_granularity(x.shape, zero_point.shape, axis, block_size, "zero_point")
-    return x, scale, zero_point, axis
-
-
-def true_divide(numerator: jax.Array, denominator: jax.Array | float) -> jax.Array:
-    """``numerator / denominator`` in float32, correctly rounded (IEEE division), elementwise, even under jit.
-
-    XLA's algebraic simplifier rewrites ``a / broadcast(b)`` and ``a / constant`` as ``a * (1 / b)``, which is off
-    by one ulp for about one quotient in seven and so moves codes near ties (and scales off the formula by an
-    ulp). Selecting the denominator per element (1 where the numerator is NaN, whose quotient is NaN either way)
-    makes it something other than a broadcast, so the true division survives — and still fuses into one loop,
-    without materialising a full-size denominator. The runtimes of :mod:`quantref.runtimes` divide through it too.
-
-    Args:
-      numerator: float values.
-      denominator: float values broadcastable against ``numerator`` (a scale, per-tensor or expanded).
-
-    Returns:
-      The float32 quotient, as IEEE 754 division rounds it.
-    """
-    numerator = jnp.asarray(numerator, jnp.float32)
-    denominator = jnp.where(jnp.isnan(numerator), jnp.float32(1), jnp.asarray(denominator, jnp.float32))
-    return numerator / denominator
-
-
-@functools.partial(jax.jit, static_argnames=("qmin", "qmax", "axis", "block_size", "rounding"))
-def _quantize_codes(x, scale, zero_point, key, *, qmin, qmax, axis, block_size, rounding):
-    """The integer codes as float32: ``clamp(round(x / s) + z)``, NaN mapped to qmin."""
-    scale = expand_param(scale.astype(jnp.float32), x.shape, axis, block_size)
-    zero_point = expand_param(zero_point.astype(jnp.float32), x.shape, axis, block_size)
-    # A true division, not a multiply by 1/s: x/s and x*(1/s) differ near ties (see rounding chapter).
-    codes = round_to_int(true_divide(x, scale), rounding, key) + zero_point
-    return jnp.clip(codes, qmin, qmax)
 
 
 def quantize(
@@ -283,25 +90,20 @@ def quantize(
       Integer codes of dtype ``fmt.storage_dtype`` (int8 for 2..8-bit signed formats, uint8 unsigned, ...).
 
     Raises:
-      ValueError: naming the parameter, for a non-float ``x``, a non-positive/NaN/Inf or non-float scale, a
-        non-integer or out-of-grid zero point, a shape that does not fit ``axis``/``block_size``, or an unknown
-        rounding mode.
-      TypeError: if ``fmt`` is not an :class:`~quantref.formats.IntFormat`.
+      ValueError: naming the parameter, for a non-float ``x``, a non-float scale or one that is not finite and > 0
+        or is subnormal in float32 (below ~1.18e-38: JAX flushes it to zero), a non-integer or out-of-grid zero
+        point (int64 values are checked before any conversion), a shape that does not fit ``axis``/``block_size``,
+        or an unknown rounding mode.
+      TypeError: if ``fmt`` is not an :class:`~quantref.formats.IntFormat`, an array argument is not an array
+        (``None``, a string), or ``rounding="stochastic"`` comes with something that is not a PRNG key.
     """
-    check_rounding(rounding, key)
+    _validate.check_rounding(rounding, key)
     x, scale, zero_point, axis = _params(x, scale, zero_point, fmt, axis, block_size)
     codes = _quantize_codes(
         x, scale, zero_point, key, qmin=fmt.qmin, qmax=fmt.qmax, axis=axis, block_size=block_size, rounding=rounding
     )
     codes = jnp.where(jnp.isnan(codes), fmt.qmin, codes)
     return codes.astype(fmt.storage_dtype)
-
-
-@functools.partial(jax.jit, static_argnames=("axis", "block_size"))
-def _dequantize(q, scale, zero_point, *, axis, block_size):
-    scale = expand_param(scale.astype(jnp.float32), q.shape, axis, block_size)
-    zero_point = expand_param(zero_point.astype(jnp.int32), q.shape, axis, block_size)
-    return (q.astype(jnp.int32) - zero_point).astype(jnp.float32) * scale
 
 
 def dequantize(
@@ -331,31 +133,19 @@ def dequantize(
       float32 values of ``q``'s shape.
 
     Raises:
-      ValueError: naming the parameter, for non-integer ``q`` or zero point, a bad scale, or shapes that do
-        not fit the granularity.
+      ValueError: naming the parameter, for a non-integer ``q`` or zero point, values outside int32, a bad scale
+        (as in :func:`quantize`), or shapes that do not fit the granularity.
+      TypeError: if an argument is not an array (``None``, a string).
     """
-    q = jnp.asarray(q)
-    if not jnp.issubdtype(q.dtype, jnp.integer):
+    q = _validate.as_array(q, "q")
+    if not _validate.is_integer_dtype(q.dtype):
         raise ValueError(f"q must be an integer array, got dtype {q.dtype}")
-    scale = jnp.asarray(scale)
-    _check_scale(scale)
-    zero_point = jnp.zeros(scale.shape, jnp.int32) if zero_point is None else jnp.asarray(zero_point)
-    if not jnp.issubdtype(zero_point.dtype, jnp.integer):
-        raise ValueError(f"zero_point must be an integer array, got dtype {zero_point.dtype}")
-    axis = check_granularity(q.shape, scale.shape, axis, block_size, "scale")
-    check_granularity(q.shape, zero_point.shape, axis, block_size, "zero_point")
+    q = _validate.int_array(q, "q", dtype=q.dtype if np.dtype(q.dtype).itemsize <= 4 else jnp.int32)
+    scale = _scale(scale)
+    zero_point = _zero_point(zero_point, scale)
+    axis = _validate.check_granularity(q.shape, scale.shape, axis, block_size, "scale")
+    _validate.check_granularity(q.shape, zero_point.shape, axis, block_size, "zero_point")
     return _dequantize(q, scale, zero_point, axis=axis, block_size=block_size)
-
-
-@functools.partial(jax.jit, static_argnames=("qmin", "qmax", "axis", "block_size", "rounding"))
-def _fake_quant(x, scale, zero_point, key, *, qmin, qmax, axis, block_size, rounding):
-    codes = _quantize_codes(
-        x, scale, zero_point, key, qmin=qmin, qmax=qmax, axis=axis, block_size=block_size, rounding=rounding
-    )
-    scale = expand_param(scale.astype(jnp.float32), x.shape, axis, block_size)
-    zero_point = expand_param(zero_point.astype(jnp.float32), x.shape, axis, block_size)
-    # codes and zero_point are small integers held exactly in float32, so the subtraction is exact.
-    return ((codes - zero_point) * scale).astype(x.dtype)
 
 
 def fake_quant(
@@ -397,8 +187,9 @@ def fake_quant(
 
     Raises:
       ValueError: as :func:`quantize`.
+      TypeError: as :func:`quantize`.
     """
-    check_rounding(rounding, key)
+    _validate.check_rounding(rounding, key)
     x, scale, zero_point, axis = _params(x, scale, zero_point, fmt, axis, block_size)
     return _fake_quant(
         x, scale, zero_point, key, qmin=fmt.qmin, qmax=fmt.qmax, axis=axis, block_size=block_size, rounding=rounding
@@ -449,33 +240,31 @@ def scale_zero_point(
       fmt: the integer grid.
       symmetric: symmetric (zero point fixed at the grid's middle) if True, else asymmetric.
       symmetric_divisor: ``"qmax"`` or ``"half_levels"``, see above. Ignored when asymmetric.
-      min_scale: lower bound on the scale.
+      min_scale: lower bound on the scale (a Python or numpy float, rounded to float32).
 
     Returns:
       ``(scale, zero_point)``: float32 and int32 arrays of ``min_val``'s shape.
 
     Raises:
-      ValueError: if ``symmetric_divisor`` is unknown, ``min_val`` and ``max_val`` differ in shape, or
-        ``min_val > max_val`` or either is NaN or infinite somewhere (when concrete), ``symmetric=True`` with
-        ``fmt.bits < 2``, or ``min_scale`` is not a positive float.
-      TypeError: if ``fmt`` is not an :class:`~quantref.formats.IntFormat`.
+      ValueError: if ``symmetric_divisor`` is unknown, ``min_val`` and ``max_val`` differ in shape, or (when
+        concrete) ``min_val > max_val``, either is NaN or infinite in float32 somewhere, or the asymmetric range
+        ``max_val - min_val`` overflows float32 (the scale would be infinite); ``symmetric=True`` with
+        ``fmt.bits < 2``; or ``min_scale`` is not a finite float32 at least the smallest normal float32 (~1.18e-38).
+      TypeError: if ``fmt`` is not an :class:`~quantref.formats.IntFormat`, ``symmetric`` is not a bool,
+        ``min_scale`` is not a real number (numpy scalars are fine), or ``min_val``/``max_val`` are not real arrays.
     """
-    formats.check_format(fmt)
-    check_symmetric_divisor(symmetric_divisor)
+    _validate.check_format(fmt)
+    _validate.check_symmetric_divisor(symmetric_divisor)
+    symmetric = _validate.check_bool(symmetric, "symmetric")
     if symmetric and fmt.bits < 2:
         raise ValueError(f"symmetric=True needs fmt.bits >= 2, got {fmt.bits}")
-    if not (isinstance(min_scale, (float, int)) and min_scale > 0):
-        raise ValueError(f"min_scale must be a positive float, got {min_scale!r}")
-    min_val = jnp.asarray(min_val, jnp.float32)
-    max_val = jnp.asarray(max_val, jnp.float32)
+    min_scale = _check_min_scale(min_scale)
+    min_val = _validate.real_array(min_val, "min_val")
+    max_val = _validate.real_array(max_val, "max_val")
     if min_val.shape != max_val.shape:
         raise ValueError(f"min_val and max_val must have the same shape, got {min_val.shape} and {max_val.shape}")
-    if is_concrete(min_val) and is_concrete(max_val):
-        # A NaN range would pass the ordering check below and give a NaN scale.
-        if not (np.all(np.isfinite(np.asarray(min_val))) and np.all(np.isfinite(np.asarray(max_val)))):
-            raise ValueError("min_val and max_val must be finite everywhere")
-        if np.any(np.asarray(min_val) > np.asarray(max_val)):
-            raise ValueError("min_val must be <= max_val everywhere")
+    if _validate.is_concrete(min_val) and _validate.is_concrete(max_val):
+        _check_range(np.asarray(min_val), np.asarray(max_val), fmt, symmetric)
     return _scale_zero_point(
         min_val,
         max_val,
@@ -483,10 +272,83 @@ def scale_zero_point(
         qmax=fmt.qmax,
         signed=fmt.signed,
         bits=fmt.bits,
-        symmetric=bool(symmetric),
+        symmetric=symmetric,
         divisor=symmetric_divisor,
-        min_scale=float(min_scale),
+        min_scale=min_scale,
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The arithmetic behind them: the parameters broadcast against x, a division XLA does not rewrite, the kernels
+
+
+def expand_param(param: jax.Array, x_shape: tuple[int, ...], axis: int | None, block_size: int | None) -> jax.Array:
+    """Broadcast a per-tensor, per-channel or per-group parameter against ``x``.
+
+    Args:
+      param: the scale or zero point, shaped for the granularity (see the module docstring).
+      x_shape: shape of the quantized tensor.
+      axis: normalised axis, or ``None``.
+      block_size: group size, or ``None``.
+
+    Returns:
+      ``param`` reshaped (per-channel) or repeated along ``axis`` (per-group) so that it broadcasts to ``x_shape``.
+    """
+    if axis is None:
+        return param
+    if block_size is None:
+        return param.reshape((1,) * axis + (-1,) + (1,) * (len(x_shape) - axis - 1))
+    repeated = jnp.repeat(param, block_size, axis=axis, total_repeat_length=param.shape[axis] * block_size)
+    return jax.lax.slice_in_dim(repeated, 0, x_shape[axis], axis=axis)
+
+
+def true_divide(numerator: jax.Array, denominator: jax.Array | float) -> jax.Array:
+    """``numerator / denominator`` in float32, correctly rounded (IEEE division), elementwise, even under jit.
+
+    XLA's algebraic simplifier rewrites ``a / broadcast(b)`` and ``a / constant`` as ``a * (1 / b)``, which is off
+    by one ulp for about one quotient in seven and so moves codes near ties (and scales off the formula by an
+    ulp). Selecting the denominator per element (1 where the numerator is NaN, whose quotient is NaN either way)
+    makes it something other than a broadcast, so the true division survives — and still fuses into one loop,
+    without materialising a full-size denominator. The runtimes of :mod:`quantref.runtimes` divide through it too.
+
+    Args:
+      numerator: float values.
+      denominator: float values broadcastable against ``numerator`` (a scale, per-tensor or expanded).
+
+    Returns:
+      The float32 quotient, as IEEE 754 division rounds it.
+    """
+    numerator = jnp.asarray(numerator, jnp.float32)
+    denominator = jnp.where(jnp.isnan(numerator), jnp.float32(1), jnp.asarray(denominator, jnp.float32))
+    return numerator / denominator
+
+
+@functools.partial(jax.jit, static_argnames=("qmin", "qmax", "axis", "block_size", "rounding"))
+def _quantize_codes(x, scale, zero_point, key, *, qmin, qmax, axis, block_size, rounding):
+    """The integer codes as float32: ``clamp(round(x / s) + z)``, NaN mapped to qmin."""
+    scale = expand_param(scale.astype(jnp.float32), x.shape, axis, block_size)
+    zero_point = expand_param(zero_point.astype(jnp.float32), x.shape, axis, block_size)
+    # A true division, not a multiply by 1/s: x/s and x*(1/s) differ near ties (see rounding chapter).
+    codes = round_to_int(true_divide(x, scale), rounding, key) + zero_point
+    return jnp.clip(codes, qmin, qmax)
+
+
+@functools.partial(jax.jit, static_argnames=("axis", "block_size"))
+def _dequantize(q, scale, zero_point, *, axis, block_size):
+    scale = expand_param(scale.astype(jnp.float32), q.shape, axis, block_size)
+    zero_point = expand_param(zero_point.astype(jnp.int32), q.shape, axis, block_size)
+    return (q.astype(jnp.int32) - zero_point).astype(jnp.float32) * scale
+
+
+@functools.partial(jax.jit, static_argnames=("qmin", "qmax", "axis", "block_size", "rounding"))
+def _fake_quant(x, scale, zero_point, key, *, qmin, qmax, axis, block_size, rounding):
+    codes = _quantize_codes(
+        x, scale, zero_point, key, qmin=qmin, qmax=qmax, axis=axis, block_size=block_size, rounding=rounding
+    )
+    scale = expand_param(scale.astype(jnp.float32), x.shape, axis, block_size)
+    zero_point = expand_param(zero_point.astype(jnp.float32), x.shape, axis, block_size)
+    # codes and zero_point are small integers held exactly in float32, so the subtraction is exact.
+    return ((codes - zero_point) * scale).astype(x.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("qmin", "qmax", "signed", "bits", "symmetric", "divisor", "min_scale"))
@@ -504,3 +366,65 @@ def _scale_zero_point(min_val, max_val, *, qmin, qmax, signed, bits, symmetric, 
     scale = jnp.maximum(true_divide(hi - lo, qmax - qmin), min_scale)
     zero_point = jnp.clip(qmin - jnp.round(true_divide(lo, scale)), qmin, qmax).astype(jnp.int32)
     return scale, zero_point
+
+
+def _params(x, scale, zero_point, fmt, axis, block_size):
+    """Validate inputs at the Python level, before any tracing; return arrays and the normalised axis."""
+    _validate.check_format(fmt)
+    x = _validate.float_array(x, "x", error=ValueError)
+    scale = _scale(scale)
+    zero_point = _zero_point(zero_point, scale)
+    if _validate.is_concrete(zero_point):
+        values = np.asarray(zero_point)
+        if values.size and (values.min() < fmt.qmin or values.max() > fmt.qmax):
+            raise ValueError(
+                f"zero_point must lie in the {fmt.name} grid [{fmt.qmin}, {fmt.qmax}], "
+                f"got values in [{values.min()}, {values.max()}]"
+            )
+    axis = _validate.check_granularity(x.shape, scale.shape, axis, block_size, "scale")
+    _validate.check_granularity(x.shape, zero_point.shape, axis, block_size, "zero_point")
+    return x, scale, zero_point, axis
+
+
+def _scale(scale) -> jax.Array:
+    """A float scale, finite, > 0 and normal in float32 (when concrete): JAX flushes subnormal scales to zero."""
+    scale = _validate.float_array(scale, "scale", error=ValueError)
+    _validate.check_scale(scale, "scale", error=ValueError)
+    return scale
+
+
+def _zero_point(zero_point, scale: jax.Array) -> jax.Array:
+    """An integer zero point (int32 range checked on the original values), or zeros of the scale's shape."""
+    if zero_point is None:
+        return jnp.zeros(scale.shape, jnp.int32)
+    return _validate.int_array(zero_point, "zero_point", error=ValueError)
+
+
+def _check_min_scale(min_scale) -> float:
+    """A Python or numpy float, finite and at least the smallest normal float32 (else the scale could be zero)."""
+    value = _validate.check_real(min_scale, "min_scale")
+    tiny = float(np.finfo(np.float32).tiny)
+    if not (np.isfinite(value) and np.isfinite(np.float32(value)) and value >= tiny):
+        raise ValueError(
+            f"min_scale must be a finite float32 >= {tiny:.6g} (the smallest normal float32; a smaller floor lets "
+            f"the scale be flushed to zero), got {min_scale!r}"
+        )
+    return float(np.float32(value))
+
+
+def _check_range(min_val: np.ndarray, max_val: np.ndarray, fmt: formats.IntFormat, symmetric: bool) -> None:
+    """A concrete range: finite, ordered, and narrow enough that its scale is finite in float32."""
+    for name, values in (("min_val", min_val), ("max_val", max_val)):
+        if not np.all(np.isfinite(values)):
+            # A NaN range would pass the ordering check below and give a NaN scale.
+            raise ValueError(f"{name} must be finite everywhere (in float32), got values such as {values.ravel()[:3]}")
+    if np.any(min_val > max_val):
+        raise ValueError("min_val must be <= max_val everywhere")
+    if not symmetric:
+        with np.errstate(over="ignore"):
+            width = np.maximum(max_val, np.float32(0)) - np.minimum(min_val, np.float32(0))
+        if not np.all(np.isfinite(width)):
+            raise ValueError(
+                "the range max_val - min_val must be finite in float32 (else the asymmetric scale is infinite), got "
+                f"a range from {min_val.min():.6g} to {max_val.max():.6g}; narrow it or use symmetric=True"
+            )

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+
+from quantref import _validate
+from quantref._validate import check_format
 
 __all__ = [
     "IntFormat",
@@ -60,7 +62,11 @@ class IntFormat:
     narrow_range: bool = False
 
     def __post_init__(self) -> None:
-        # The constructor is public, so it guards the invariants too; int_format adds the type checks and messages.
+        # The constructor is public, so it guards the invariants and the types too (IntFormat(4.5) or
+        # IntFormat(True) would give a grid with fractional or boolean bounds).
+        object.__setattr__(self, "bits", _validate.check_int(self.bits, "bits"))
+        object.__setattr__(self, "signed", _validate.check_bool(self.signed, "signed"))
+        object.__setattr__(self, "narrow_range", _validate.check_bool(self.narrow_range, "narrow_range"))
         if not 1 <= self.bits <= 32:
             raise ValueError(f"bits must be in 1..32, got {self.bits}")
         if self.narrow_range and (not self.signed or self.bits < 2):
@@ -115,7 +121,8 @@ def int_format(bits: int, signed: bool = True, narrow_range: bool = False, *, ma
       TypeError: if ``bits`` is not an int or ``signed``/``narrow_range`` are not bools.
       ValueError: if ``bits`` is outside ``1..max_bits`` or ``narrow_range`` is asked of an unsigned or 1-bit grid.
     """
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+    max_bits = _validate.check_int(max_bits, "max_bits", low=1, high=32)
+    if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, (int, np.integer)):
         raise TypeError(f"bits must be an int in 1..{max_bits}, got {bits!r} of type {type(bits).__name__}")
     if not 1 <= bits <= max_bits:
         raise ValueError(f"bits must be in 1..{max_bits}, got {bits}")
@@ -135,25 +142,8 @@ INT16 = IntFormat(16, True)
 INT32 = IntFormat(32, True)
 
 
-def check_format(fmt: object) -> IntFormat:
-    """Check that ``fmt`` is an :class:`IntFormat`, before any tracing.
-
-    Args:
-      fmt: the value passed as a format.
-
-    Returns:
-      ``fmt``.
-
-    Raises:
-      TypeError: if it is not an :class:`IntFormat`, naming ``fmt`` and how to build one.
-    """
-    if not isinstance(fmt, IntFormat):
-        raise TypeError(f"fmt must be a quantref.formats.IntFormat (see formats.int_format), got {fmt!r}")
-    return fmt
-
-
 def _check_pack_bits(bits: int) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits not in (1, 2, 4):
+    if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, (int, np.integer)) or bits not in (1, 2, 4):
         raise ValueError(f"bits must be one of 1, 2, 4 for packing, got {bits!r}")
     return int(bits)
 
@@ -176,21 +166,23 @@ def pack_int(values: jnp.ndarray | np.ndarray, bits: int) -> jnp.ndarray:
     Raises:
       ValueError: if ``bits`` is not 1, 2 or 4, or (for concrete ``values``) a value lies outside
         ``-2**(bits-1)..2**bits - 1``, the union of the signed and unsigned grids, so would be silently truncated.
-      TypeError: if ``values`` is not an integer array.
+      TypeError: if ``values`` is not an integer array (floats would be truncated).
     """
     bits = _check_pack_bits(bits)
-    values = jnp.asarray(values)
-    if not jnp.issubdtype(values.dtype, jnp.integer):
+    values = _validate.as_array(values, "values")
+    if not _validate.is_integer_dtype(values.dtype):
         raise TypeError(f"values must be an integer array, got dtype {values.dtype}")
-    if not isinstance(values, jax.core.Tracer) and values.size:
-        lowest, highest = int(values.min()), int(values.max())
+    if _validate.is_concrete(values) and values.size:
+        # The original values, before any conversion: int64 2**33 + 1 must not wrap to 1.
+        lowest, highest = int(np.asarray(values).min()), int(np.asarray(values).max())
         if lowest < -(1 << (bits - 1)) or highest > (1 << bits) - 1:
             raise ValueError(
                 f"values must fit in {bits} bits ({-(1 << (bits - 1))}..{(1 << bits) - 1}), "
                 f"got values in [{lowest}, {highest}]"
             )
     per_byte = 8 // bits
-    flat = values.reshape(-1).astype(jnp.int32) & ((1 << bits) - 1)
+    flat = jnp.asarray(values.astype(np.int32) if isinstance(values, np.ndarray) else values)
+    flat = flat.reshape(-1).astype(jnp.int32) & ((1 << bits) - 1)
     pad = (-flat.size) % per_byte
     flat = jnp.pad(flat, (0, pad)).reshape(-1, per_byte)
     shifts = jnp.arange(per_byte, dtype=jnp.int32) * bits
@@ -211,12 +203,15 @@ def unpack_int(packed: jnp.ndarray | np.ndarray, bits: int, signed: bool, count:
 
     Raises:
       ValueError: if ``bits`` is not 1, 2 or 4, or ``count`` does not fit in the bytes given.
-      TypeError: if ``packed`` is not ``uint8``.
+      TypeError: if ``packed`` is not ``uint8``, ``signed`` not a bool or ``count`` not an int.
     """
     bits = _check_pack_bits(bits)
-    packed = jnp.asarray(packed)
-    if packed.dtype != jnp.uint8:
+    signed = _validate.check_bool(signed, "signed")
+    count = _validate.check_int(count, "count")
+    packed = _validate.as_array(packed, "packed")
+    if packed.dtype != np.uint8:
         raise TypeError(f"packed must be a uint8 array, got dtype {packed.dtype}")
+    packed = jnp.asarray(packed)
     per_byte = 8 // bits
     if not 0 <= count <= packed.size * per_byte:
         raise ValueError(f"count must be in 0..{packed.size * per_byte} for {packed.size} bytes, got {count}")
@@ -249,8 +244,8 @@ def float8_dtype(name: str) -> np.dtype:
     Raises:
       ValueError: for any other name.
     """
-    if name not in FLOAT8_DTYPES:
-        raise ValueError(f"name must be one of {sorted(FLOAT8_DTYPES)}, got {name!r}")
+    if not isinstance(name, str) or name not in FLOAT8_DTYPES:
+        raise ValueError(f"name must be one of {sorted(FLOAT8_DTYPES)}, got {name!r:.80}")
     return FLOAT8_DTYPES[name]
 
 
@@ -278,9 +273,15 @@ def cast_float8(x: jnp.ndarray | np.ndarray, name: str, *, saturate: bool = True
 
     Returns:
       An array of the float8 dtype.
+
+    Raises:
+      ValueError: for an unknown ``name``.
+      TypeError: if ``x`` is not a real array (complex values would lose their imaginary part) or ``saturate``
+        is not a bool.
     """
     dtype = float8_dtype(name)
-    x = jnp.asarray(x, jnp.float32)
+    saturate = _validate.check_bool(saturate, "saturate")
+    x = _validate.real_array(x, "x")
     if saturate:
         top = float8_max(name)
         # Clamp only finite overflow and infinities; jnp.clip keeps NaN as NaN.

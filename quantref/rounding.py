@@ -24,6 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from quantref import _validate
+from quantref._validate import check_rounding
+
 __all__ = [
     "ROUNDING_MODES",
     "RoundingMode",
@@ -44,22 +47,6 @@ ROUNDING_MODES: tuple[str, ...] = (
     "ceil",
     "stochastic",
 )
-
-
-def check_rounding(rounding: str, key: jax.Array | None) -> None:
-    """Validate a rounding mode name and its PRNG key before any tracing.
-
-    Args:
-      rounding: one of :data:`ROUNDING_MODES`.
-      key: a PRNG key, required for ``"stochastic"`` and ignored otherwise.
-
-    Raises:
-      ValueError: for an unknown mode, or ``"stochastic"`` without a key.
-    """
-    if rounding not in ROUNDING_MODES:
-        raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
-    if rounding == "stochastic" and key is None:
-        raise ValueError("rounding='stochastic' needs key=jax.random.key(seed)")
 
 
 def round_to_int(x: jax.Array, rounding: RoundingMode = "half_to_even", key: jax.Array | None = None) -> jax.Array:
@@ -88,12 +75,14 @@ def round_to_int(x: jax.Array, rounding: RoundingMode = "half_to_even", key: jax
       key: PRNG key, required for ``"stochastic"``.
 
     Returns:
-      An array like ``x`` holding integer values.
+      An array like ``x`` holding integer values (integer inputs come back as float32).
+
+    Raises:
+      ValueError: for an unknown ``rounding``, or ``"stochastic"`` without a key.
+      TypeError: if ``x`` is not a real array (complex, bool, ``None``, a string) or ``key`` is not a PRNG key.
     """
     check_rounding(rounding, key)
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.float32)
+    x = _real(x, "x")
     if rounding == "half_to_even":
         return jnp.round(x)
     if rounding == "floor":
@@ -130,8 +119,15 @@ def uniform_noise_power(step: float | jax.Array) -> jax.Array:
 
     Returns:
       $\\Delta^2 / 12$.
+
+    Raises:
+      TypeError: if ``step`` is not a real number or array.
+      ValueError: if a concrete ``step`` is not finite and > 0.
     """
-    return jnp.asarray(step, jnp.float32) ** 2 / 12.0
+    step = _validate.real_array(step, "step")
+    if _validate.is_concrete(step) and not np.all(np.isfinite(np.asarray(step)) & (np.asarray(step) > 0)):
+        raise ValueError(f"step must be finite and > 0, got {np.asarray(step).ravel()[:3].tolist()}")
+    return step**2 / 12.0
 
 
 def ideal_sqnr_db(bits: int | jax.Array, signal: Literal["uniform", "sine"] = "sine") -> jax.Array:
@@ -158,10 +154,16 @@ def ideal_sqnr_db(bits: int | jax.Array, signal: Literal["uniform", "sine"] = "s
 
     Returns:
       The SQNR in dB.
+
+    Raises:
+      ValueError: for an unknown ``signal``, or a concrete ``bits`` that is not finite and > 0.
+      TypeError: if ``bits`` is not a real number or array.
     """
-    if signal not in ("uniform", "sine"):
-        raise ValueError(f"signal must be 'uniform' or 'sine', got {signal!r}")
-    base = 20.0 * np.log10(2.0) * jnp.asarray(bits, jnp.float32)
+    _validate.check_choice(signal, "signal", ("uniform", "sine"))
+    bits = _validate.real_array(bits, "bits")
+    if _validate.is_concrete(bits) and not np.all(np.isfinite(np.asarray(bits)) & (np.asarray(bits) > 0)):
+        raise ValueError(f"bits must be finite and > 0, got {np.asarray(bits).ravel()[:3].tolist()}")
+    base = 20.0 * np.log10(2.0) * bits
     return base + (10.0 * np.log10(1.5) if signal == "sine" else 0.0)
 
 
@@ -178,9 +180,13 @@ def sqnr_db(x: jax.Array, x_hat: jax.Array) -> jax.Array:
 
     Returns:
       A scalar; ``+inf`` when ``x_hat == x`` exactly and ``x`` is not all zero, NaN when both are all zero or empty.
+
+    Raises:
+      TypeError: if ``x`` or ``x_hat`` is not a real array.
+      ValueError: if their shapes differ.
     """
-    x = jnp.asarray(x, jnp.float32)
-    x_hat = jnp.asarray(x_hat, jnp.float32)
+    x = _validate.real_array(x, "x")
+    x_hat = _validate.real_array(x_hat, "x_hat")
     if x.shape != x_hat.shape:
         raise ValueError(f"x and x_hat must have the same shape, got {x.shape} and {x_hat.shape}")
     return 10.0 * jnp.log10(jnp.sum(x**2) / jnp.sum((x - x_hat) ** 2))
@@ -211,12 +217,24 @@ def error_split(x: jax.Array, x_hat: jax.Array, lo: jax.Array, hi: jax.Array) ->
 
     Returns:
       A dict with ``"clipping"``, ``"rounding"`` and ``"total"`` mean squared errors (each a sum divided by
-      ``x.size``, so ``clipping + rounding == total``) and ``"clipped_fraction"``.
+      ``x.size``, so ``clipping + rounding == total``; NaN for an empty ``x``) and ``"clipped_fraction"``.
+
+    Raises:
+      TypeError: if an argument is not a real array.
+      ValueError: if ``x`` and ``x_hat`` differ in shape, or ``lo``/``hi`` do not broadcast to it.
     """
-    x = jnp.asarray(x, jnp.float32)
-    x_hat = jnp.asarray(x_hat, jnp.float32)
+    x = _validate.real_array(x, "x")
+    x_hat = _validate.real_array(x_hat, "x_hat")
+    lo = _validate.real_array(lo, "lo")
+    hi = _validate.real_array(hi, "hi")
     if x.shape != x_hat.shape:
         raise ValueError(f"x and x_hat must have the same shape, got {x.shape} and {x_hat.shape}")
+    for name, bound in (("lo", lo), ("hi", hi)):
+        try:
+            if jnp.broadcast_shapes(bound.shape, x.shape) != x.shape:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{name} must broadcast to x's shape {x.shape}, got shape {bound.shape}") from None
     squared = (x - x_hat) ** 2
     outside = (x < lo) | (x > hi)
     clipping = jnp.sum(jnp.where(outside, squared, 0.0)) / x.size
@@ -227,3 +245,11 @@ def error_split(x: jax.Array, x_hat: jax.Array, lo: jax.Array, hi: jax.Array) ->
         "total": jnp.sum(squared) / x.size,
         "clipped_fraction": jnp.mean(outside.astype(jnp.float32)),
     }
+
+
+def _real(x, name: str) -> jax.Array:
+    """A real array: float dtypes kept, integers as float32 (int64 without wrapping); not complex or bool."""
+    array = _validate.as_array(x, name)
+    if _validate.is_float_dtype(array.dtype):
+        return jnp.asarray(array)
+    return _validate.real_array(array, name)

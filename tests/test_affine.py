@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 
-from quantref import affine, formats
+from quantref import _validate, affine, formats
 
 INT8 = formats.INT8
 INT8_NARROW = formats.int_format(8, narrow_range=True)
@@ -104,7 +104,7 @@ def test_quantize_dequantize_match_slow_loop(shape, axis, block_size, fmt):
 @pytest.mark.parametrize(("shape", "axis", "block_size"), GRANULARITIES)
 def test_check_granularity_and_expand_param(shape, axis, block_size):
     param_shape = _param_shape(shape, axis, block_size)
-    normalised = affine.check_granularity(shape, param_shape, axis, block_size)
+    normalised = _validate.check_granularity(shape, param_shape, axis, block_size)
     assert normalised == (None if axis is None else axis % len(shape))
     param = jnp.arange(int(np.prod(param_shape)), dtype=jnp.float32).reshape(param_shape)
     expanded = np.broadcast_to(np.asarray(affine.expand_param(param, shape, normalised, block_size)), shape)

@@ -125,7 +125,9 @@ def test_histogram_grows_from_tiny_to_huge_values_exactly():
 @settings(max_examples=30, deadline=None)
 @given(
     values=st.lists(
-        st.floats(allow_nan=False, allow_infinity=False, width=32) | st.sampled_from([np.nan, np.inf, -np.inf]),
+        # Subnormals excluded: XLA on CPU flushes them to zero (documented in quantref.ranges).
+        st.floats(allow_nan=False, allow_infinity=False, width=32, allow_subnormal=False)
+        | st.sampled_from([np.nan, np.inf, -np.inf]),
         min_size=16,
         max_size=16,  # one shape: one compilation
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-INT32_MIN = -(2**31)
+from quantref._validate import INT32_MIN
 
 
 def float_to_int32(value: jax.Array) -> jax.Array:

@@ -68,7 +68,7 @@ import ml_dtypes
 import numpy as np
 
 from quantref import _validate, formats
-from quantref._validate import INT32_MAX, INT32_MIN, check_granularity, check_normal_float32, is_concrete
+from quantref._validate import INT32_MAX, INT32_MIN, is_concrete
 from quantref.affine import expand_param
 from quantref.affine import true_divide as _divide  # XLA rewrites x / constant as x * (1 / constant)
 from quantref.runtimes._x86 import float_to_int32
@@ -107,95 +107,7 @@ QUANTIZED_DTYPES: dict[str, np.dtype] = {
     **{dtype.name: dtype for dtype in _INT_FORMATS},
     **formats.FLOAT8_DTYPES,
 }
-_ALLOWED = ", ".join(QUANTIZED_DTYPES)
 _EIGHT_BIT = (np.dtype(np.int8), np.dtype(np.uint8))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Validation (Python level, before tracing)
-
-
-def _check_flavor(flavor: str) -> None:
-    if flavor not in _FLAVORS:
-        raise ValueError(f"flavor must be one of {_FLAVORS}, got {flavor!r}")
-
-
-def _float_input(value, name: str) -> jax.Array:
-    array = jnp.asarray(value)
-    if not jnp.issubdtype(array.dtype, jnp.floating) or array.dtype in _FLOAT8_NAMES:
-        raise TypeError(f"{name} must be a float32/float16/bfloat16 array, got dtype {array.dtype}")
-    return array.astype(jnp.float32)
-
-
-_HALF_SCALE_DTYPES = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
-
-
-def _scale(value, name: str) -> jax.Array:
-    dtype = getattr(value, "dtype", None)
-    if dtype is not None and np.dtype(dtype) in _HALF_SCALE_DTYPES:
-        raise TypeError(
-            f"{name} must be float32 (float32 only; float16/bfloat16 scales (opset 23 precision) are not "
-            f"supported), got dtype {np.dtype(dtype).name}"
-        )
-    scale = _float_input(value, name)
-    if is_concrete(scale):
-        values = np.asarray(value if is_concrete(value) else scale).astype(np.float32)
-        good = np.isfinite(values) & (values > 0)
-        if not np.all(good):
-            raise ValueError(
-                f"{name} must be finite and > 0 everywhere (the runtime has no defined answer otherwise), "
-                f"got values such as {values[~good].ravel()[:3].tolist()}"
-            )
-        check_normal_float32(values, name)
-    return scale
-
-
-def _dtype_arg(value, name: str) -> np.dtype:
-    if isinstance(value, str):
-        if value not in QUANTIZED_DTYPES:
-            raise ValueError(f"{name} must be one of {_ALLOWED}, got {value!r}")
-        return QUANTIZED_DTYPES[value]
-    try:
-        dtype = np.dtype(value)
-    except TypeError as error:
-        raise TypeError(f"{name} must be a dtype or a dtype name ({_ALLOWED}), got {value!r}") from error
-    if dtype not in _INT_FORMATS and dtype not in _FLOAT8_NAMES:
-        raise ValueError(f"{name} must be one of {_ALLOWED}, got {dtype}")
-    return dtype
-
-
-def _typed_input(value, name: str, allowed: Sequence[np.dtype]) -> jax.Array:
-    array = jnp.asarray(value)
-    if np.dtype(array.dtype) not in allowed:
-        names = ", ".join(np.dtype(d).name for d in allowed)
-        raise TypeError(f"{name} must have one of the dtypes {names}, got {array.dtype}")
-    return array
-
-
-def _granularity(
-    x_shape: tuple[int, ...], scale_shape: tuple[int, ...], axis: int, block_size: int, name: str
-) -> tuple[int | None, int | None]:
-    """Map ONNX's (scale shape, axis, block_size) to affine's (axis | None, block_size | None)."""
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 0:
-        raise ValueError(f"block_size must be an int >= 0 (0 = per-tensor or per-axis), got {block_size!r}")
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-        raise ValueError(f"axis must be an int, got {axis!r}")
-    if block_size == 0 and (scale_shape == () or scale_shape == (1,)):
-        return None, None
-    if block_size == 0 and len(scale_shape) != 1:
-        raise ValueError(
-            f"{name} must be a scalar (per-tensor) or 1-D (per-axis) when block_size=0, got shape {scale_shape}"
-        )
-    resolved = check_granularity(x_shape, scale_shape, axis, block_size or None, name)
-    return resolved, block_size or None
-
-
-def _zero_point_like(zero_point, scale: jax.Array, dtype: np.dtype, name: str) -> jax.Array:
-    if zero_point is None:
-        return jnp.zeros(scale.shape, dtype)
-    if zero_point.shape != scale.shape:
-        raise ValueError(f"{name} must have the scale's shape {scale.shape}, got {zero_point.shape}")
-    return zero_point
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -314,19 +226,19 @@ def quantize_linear(
         does not fit ``axis``/``block_size``, a concrete scale that is not finite and > 0 or is subnormal in
         float32 (below ~1.18e-38: JAX flushes subnormals to zero on CPU), an unknown ``flavor``.
     """
-    _check_flavor(flavor)
-    x = _float_input(x, "x")
-    scale = _scale(y_scale, "y_scale")
+    _validate.check_choice(flavor, "flavor", _FLAVORS)
+    x = _validate.float32_array(x, "x")
+    scale = _validate.scale_float32(y_scale, "y_scale")
     allowed = list(_INT_FORMATS) + list(_FLOAT8_NAMES)
-    zero_point = None if y_zero_point is None else _typed_input(y_zero_point, "y_zero_point", allowed)
-    requested = None if output_dtype is None else _dtype_arg(output_dtype, "output_dtype")
+    zero_point = None if y_zero_point is None else _validate.typed_array(y_zero_point, "y_zero_point", allowed)
+    requested = None if output_dtype is None else _validate.dtype_choice(output_dtype, "output_dtype", QUANTIZED_DTYPES)
     if zero_point is not None and requested is not None and requested != zero_point.dtype:
         raise ValueError(
             f"output_dtype={requested} contradicts y_zero_point's dtype {zero_point.dtype}; give one or make them agree"
         )
     out_dtype = np.dtype(zero_point.dtype) if zero_point is not None else (requested or np.dtype(np.uint8))
-    resolved_axis, block = _granularity(x.shape, scale.shape, axis, block_size, "y_scale")
-    zero_point = _zero_point_like(zero_point, scale, out_dtype, "y_zero_point")
+    resolved_axis, block = _validate.scale_granularity(x.shape, scale.shape, axis, block_size, "y_scale")
+    zero_point = _validate.zero_point_like(zero_point, scale, out_dtype, "y_zero_point")
     if resolved_axis is None:
         scale, zero_point = scale.reshape(()), zero_point.reshape(())
     if not isinstance(saturate, (bool, np.bool_)):
@@ -392,11 +304,13 @@ def dequantize_linear(
         not finite and > 0 or is subnormal in float32 (below ~1.18e-38).
     """
     allowed = list(_INT_FORMATS) + [np.dtype(np.int32)] + list(_FLOAT8_NAMES)
-    x = _typed_input(x, "x", allowed)
-    scale = _scale(x_scale, "x_scale")
-    zero_point = None if x_zero_point is None else _typed_input(x_zero_point, "x_zero_point", [np.dtype(x.dtype)])
-    resolved_axis, block = _granularity(x.shape, scale.shape, axis, block_size, "x_scale")
-    zero_point = _zero_point_like(zero_point, scale, np.dtype(x.dtype), "x_zero_point")
+    x = _validate.typed_array(x, "x", allowed)
+    scale = _validate.scale_float32(x_scale, "x_scale")
+    zero_point = (
+        None if x_zero_point is None else _validate.typed_array(x_zero_point, "x_zero_point", [np.dtype(x.dtype)])
+    )
+    resolved_axis, block = _validate.scale_granularity(x.shape, scale.shape, axis, block_size, "x_scale")
+    zero_point = _validate.zero_point_like(zero_point, scale, np.dtype(x.dtype), "x_zero_point")
     if resolved_axis is None:
         scale, zero_point = scale.reshape(()), zero_point.reshape(())
     return _dequantize(x, scale, zero_point, axis=resolved_axis, block_size=block)
@@ -471,8 +385,8 @@ def dynamic_quantize_linear(
       ValueError: unknown ``flavor``, or a concrete ``x`` whose range gives a subnormal float32 scale (JAX
         flushes subnormals to zero on CPU).
     """
-    _check_flavor(flavor)
-    x = _float_input(x, "x")
+    _validate.check_choice(flavor, "flavor", _FLAVORS)
+    x = _validate.float32_array(x, "x")
     if is_concrete(x) and x.size:
         values = np.asarray(x)
         finite = values[~np.isnan(values)]
@@ -488,49 +402,8 @@ def dynamic_quantize_linear(
     return _dynamic_quantize(x, flavor=flavor)
 
 
-def _check_scale_product(first: jax.Array, second: jax.Array, names: str) -> None:
-    """``f32(s_1 s_2)`` is the first step of the requantization multiplier; a subnormal product would be flushed."""
-    if is_concrete(first) and is_concrete(second):
-        with np.errstate(under="ignore"):
-            product = np.asarray(first, np.float32) * np.asarray(second, np.float32)
-        check_normal_float32(np.asarray(product, np.float32), names)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # MatMulInteger / ConvInteger: exact int32 accumulation
-
-
-def _matmul_shapes(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[int, int]:
-    """Check numpy-matmul compatibility; return (rows M, columns N) (1 for a 1-D operand)."""
-    if len(a_shape) < 1 or len(b_shape) < 1:
-        raise ValueError(f"a and b must be at least 1-D, got shapes {a_shape} and {b_shape}")
-    k_a = a_shape[-1]
-    k_b = b_shape[0] if len(b_shape) == 1 else b_shape[-2]
-    if k_a != k_b:
-        raise ValueError(
-            f"a's last dimension ({k_a}) must equal b's contraction dimension ({k_b}); "
-            f"got shapes a={a_shape}, b={b_shape}"
-        )
-    try:
-        np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
-    except ValueError as error:
-        raise ValueError(f"a and b batch dimensions do not broadcast: a={a_shape}, b={b_shape}") from error
-    rows = 1 if len(a_shape) == 1 else a_shape[-2]
-    columns = 1 if len(b_shape) == 1 else b_shape[-1]
-    return rows, columns
-
-
-def _operand_zero_point(zero_point, operand: jax.Array, name: str, per_index: int | None, what: str) -> jax.Array:
-    """A zero point of the operand's dtype: a scalar, or 1-D of length ``per_index`` (when given)."""
-    if zero_point is None:
-        return jnp.zeros((), operand.dtype)
-    zero_point = _typed_input(zero_point, name, [np.dtype(operand.dtype)])
-    if zero_point.shape in ((), (1,)):
-        return zero_point.reshape(())
-    if per_index is not None and zero_point.shape == (per_index,):
-        return zero_point
-    allowed = "a scalar" + (f" or shape ({per_index},) ({what})" if per_index is not None else "")
-    raise ValueError(f"{name} must be {allowed}, got shape {zero_point.shape}")
 
 
 @jax.jit
@@ -570,40 +443,12 @@ def matmul_integer(
       TypeError: operands or zero points of unsupported dtypes.
       ValueError: shapes that do not multiply, or zero points of the wrong shape.
     """
-    a = _typed_input(a, "a", _EIGHT_BIT)
-    b = _typed_input(b, "b", _EIGHT_BIT)
-    _, columns = _matmul_shapes(a.shape, b.shape)
-    a_zp = _operand_zero_point(a_zero_point, a, "a_zero_point", None, "")
-    b_zp = _operand_zero_point(b_zero_point, b, "b_zero_point", columns if b.ndim > 1 else None, "per column")
+    a = _validate.typed_array(a, "a", _EIGHT_BIT)
+    b = _validate.typed_array(b, "b", _EIGHT_BIT)
+    _, columns = _validate.check_matmul_shapes(a.shape, b.shape)
+    a_zp = _validate.operand_zero_point(a_zero_point, a, "a_zero_point", None, "")
+    b_zp = _validate.operand_zero_point(b_zero_point, b, "b_zero_point", columns if b.ndim > 1 else None, "per column")
     return _matmul_int32(a, b, a_zp, b_zp)
-
-
-def _conv_geometry(x_shape, w_shape, strides, pads, dilations, group) -> None:
-    if len(x_shape) != 4:
-        raise ValueError(f"x must be 4-D NCHW, got shape {x_shape}")
-    if len(w_shape) != 4:
-        raise ValueError(f"w must be 4-D (M, C/group, kH, kW), got shape {w_shape}")
-    for name, value, length in (("strides", strides, 2), ("pads", pads, 4), ("dilations", dilations, 2)):
-        if len(tuple(value)) != length or not all(isinstance(v, (int, np.integer)) for v in value):
-            raise ValueError(f"{name} must be {length} ints, got {value!r}")
-    if any(s < 1 for s in strides) or any(d < 1 for d in dilations) or any(p < 0 for p in pads):
-        raise ValueError(f"strides and dilations must be >= 1 and pads >= 0, got {strides}, {dilations}, {pads}")
-    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 1:
-        raise ValueError(f"group must be a positive int, got {group!r}")
-    channels, out_channels = x_shape[1], w_shape[0]
-    if channels % group or out_channels % group:
-        raise ValueError(
-            f"group={group} must divide x's channels ({channels}) and w's output channels ({out_channels})"
-        )
-    if w_shape[1] != channels // group:
-        raise ValueError(f"w.shape[1] must be x's channels / group = {channels // group}, got w shape {w_shape}")
-    for i in range(2):
-        padded = x_shape[2 + i] + pads[i] + pads[2 + i]
-        if padded < dilations[i] * (w_shape[2 + i] - 1) + 1:
-            raise ValueError(
-                f"the dilated kernel {w_shape[2:]} does not fit the padded input {x_shape[2:]} "
-                f"(pads={tuple(pads)}, dilations={tuple(dilations)})"
-            )
 
 
 @functools.partial(jax.jit, static_argnames=("strides", "pads", "dilations", "group"))
@@ -663,12 +508,12 @@ def conv_integer(
       TypeError: unsupported dtypes.
       ValueError: inconsistent shapes or conv attributes, or zero points of the wrong shape.
     """
-    x = _typed_input(x, "x", _EIGHT_BIT)
-    w = _typed_input(w, "w", _EIGHT_BIT)
-    strides, pads, dilations = tuple(strides), tuple(pads), tuple(dilations)
-    _conv_geometry(x.shape, w.shape, strides, pads, dilations, group)
-    x_zp = _operand_zero_point(x_zero_point, x, "x_zero_point", None, "")
-    w_zp = _operand_zero_point(w_zero_point, w, "w_zero_point", w.shape[0], "per output channel")
+    x = _validate.typed_array(x, "x", _EIGHT_BIT)
+    w = _validate.typed_array(w, "w", _EIGHT_BIT)
+    _validate.check_conv_geometry(x.shape, w.shape, strides, pads, dilations, group)
+    strides, pads, dilations = (tuple(int(v) for v in value) for value in (strides, pads, dilations))
+    x_zp = _validate.operand_zero_point(x_zero_point, x, "x_zero_point", None, "")
+    w_zp = _validate.operand_zero_point(w_zero_point, w, "w_zero_point", w.shape[0], "per output channel")
     return _conv_int32(x, w, x_zp, w_zp, strides=strides, pads=pads, dilations=dilations, group=int(group))
 
 
@@ -787,19 +632,6 @@ def requantize(
     return _requantize_float(acc, multiplier, zero_point, qmin, qmax, small=small)
 
 
-def _small_bounds(zero_point: jax.Array, qmin: jax.Array, qmax: jax.Array) -> bool | None:
-    """For concrete bounds: check them and say whether the fast rounding is exact; None when traced."""
-    if not all(_validate.is_concrete(v) for v in (zero_point, qmin, qmax)):
-        return None
-    z, low, high = (np.asarray(v, np.int64) for v in (zero_point, qmin, qmax))
-    if np.any(low > high):
-        raise ValueError(f"qmin must be <= qmax, got qmin={low.tolist()} and qmax={high.tolist()}")
-    low, high = low - z, high - z
-    if np.any(low < INT32_MIN) or np.any(high > INT32_MAX):
-        raise ValueError("qmin - zero_point and qmax - zero_point must fit int32 (the bounds MLAS clamps to)")
-    return bool(np.all(low >= -_SMALL) and np.all(high <= _SMALL))
-
-
 def _requantize_reference_numpy(acc, multiplier, zero_point, qmin, qmax):
     acc, multiplier, zero_point = (np.asarray(value, np.float64) for value in (acc, multiplier, zero_point))
     total = acc * multiplier + zero_point
@@ -818,29 +650,6 @@ def _requantize(acc, multiplier, zero_point, *, qmin: int, qmax: int, flavor: st
     return jax.pure_callback(
         callback, jax.ShapeDtypeStruct(acc.shape, jnp.int32), acc, multiplier, zero_point, vmap_method="expand_dims"
     )
-
-
-def _output_zero_point(y_zero_point, name: str) -> jax.Array:
-    zero_point = _typed_input(y_zero_point, name, _EIGHT_BIT)
-    if zero_point.shape not in ((), (1,)):
-        raise ValueError(f"{name} must be a scalar, got shape {zero_point.shape}")
-    return zero_point.reshape(())
-
-
-def _scalar_scale(value, name: str) -> jax.Array:
-    scale = _scale(value, name)
-    if scale.shape not in ((), (1,)):
-        raise ValueError(f"{name} must be a scalar, got shape {scale.shape}")
-    return scale.reshape(())
-
-
-def _per_index_scale(value, name: str, length: int, what: str) -> jax.Array:
-    scale = _scale(value, name)
-    if scale.shape in ((), (1,)):
-        return scale.reshape(())
-    if scale.shape == (length,):
-        return scale
-    raise ValueError(f"{name} must be a scalar or shape ({length},) ({what}), got shape {scale.shape}")
 
 
 @functools.partial(jax.jit, static_argnames=("out_dtype", "flavor"))
@@ -903,20 +712,21 @@ def qlinear_matmul(
       ValueError: shapes that do not multiply, parameters of the wrong shape, a concrete scale that is not finite
         and > 0, an unknown ``flavor``.
     """
-    _check_flavor(flavor)
-    a = _typed_input(a, "a", _EIGHT_BIT)
-    b = _typed_input(b, "b", _EIGHT_BIT)
-    _, columns = _matmul_shapes(a.shape, b.shape)
+    _validate.check_choice(flavor, "flavor", _FLAVORS)
+    a = _validate.typed_array(a, "a", _EIGHT_BIT)
+    b = _validate.typed_array(b, "b", _EIGHT_BIT)
+    _, columns = _validate.check_matmul_shapes(a.shape, b.shape)
     per_column = columns if b.ndim > 1 else None
-    a_zp = _operand_zero_point(a_zero_point, a, "a_zero_point", None, "")
-    b_zp = _operand_zero_point(b_zero_point, b, "b_zero_point", per_column, "per column")
-    sa = _scalar_scale(a_scale, "a_scale")
-    sb = (
-        _per_index_scale(b_scale, "b_scale", columns, "per column") if per_column else _scalar_scale(b_scale, "b_scale")
-    )
-    sy = _scalar_scale(y_scale, "y_scale")
-    _check_scale_product(sa, sb, "a_scale * b_scale")
-    zy = _output_zero_point(y_zero_point, "y_zero_point")
+    a_zp = _validate.operand_zero_point(a_zero_point, a, "a_zero_point", None, "")
+    b_zp = _validate.operand_zero_point(b_zero_point, b, "b_zero_point", per_column, "per column")
+    sa = _validate.scalar_scale(a_scale, "a_scale")
+    if per_column:
+        sb = _validate.per_index_scale(b_scale, "b_scale", columns, "per column")
+    else:
+        sb = _validate.scalar_scale(b_scale, "b_scale")
+    sy = _validate.scalar_scale(y_scale, "y_scale")
+    _validate.check_scale_product(sa, sb, "a_scale * b_scale")
+    zy = _validate.scalar_zero_point(y_zero_point, "y_zero_point")
     return _qlinear_matmul(a, sa, a_zp, b, sb, b_zp, sy, zy, out_dtype=np.dtype(zy.dtype), flavor=flavor)
 
 
@@ -1006,23 +816,23 @@ def qlinear_conv(
       ValueError: inconsistent shapes or conv attributes, parameters of the wrong shape, a concrete scale that is
         not finite and > 0, an unknown ``flavor``.
     """
-    _check_flavor(flavor)
-    x = _typed_input(x, "x", _EIGHT_BIT)
-    w = _typed_input(w, "w", _EIGHT_BIT)
-    strides, pads, dilations = tuple(strides), tuple(pads), tuple(dilations)
-    _conv_geometry(x.shape, w.shape, strides, pads, dilations, group)
+    _validate.check_choice(flavor, "flavor", _FLAVORS)
+    x = _validate.typed_array(x, "x", _EIGHT_BIT)
+    w = _validate.typed_array(w, "w", _EIGHT_BIT)
+    _validate.check_conv_geometry(x.shape, w.shape, strides, pads, dilations, group)
+    strides, pads, dilations = (tuple(int(v) for v in value) for value in (strides, pads, dilations))
     out_channels = w.shape[0]
-    x_zp = _operand_zero_point(x_zero_point, x, "x_zero_point", None, "")
-    w_zp = _operand_zero_point(w_zero_point, w, "w_zero_point", out_channels, "per output channel")
-    sx = _scalar_scale(x_scale, "x_scale")
-    sw = _per_index_scale(w_scale, "w_scale", out_channels, "per output channel")
-    sy = _scalar_scale(y_scale, "y_scale")
-    _check_scale_product(sx, sw, "x_scale * w_scale")
-    zy = _output_zero_point(y_zero_point, "y_zero_point")
+    x_zp = _validate.operand_zero_point(x_zero_point, x, "x_zero_point", None, "")
+    w_zp = _validate.operand_zero_point(w_zero_point, w, "w_zero_point", out_channels, "per output channel")
+    sx = _validate.scalar_scale(x_scale, "x_scale")
+    sw = _validate.per_index_scale(w_scale, "w_scale", out_channels, "per output channel")
+    sy = _validate.scalar_scale(y_scale, "y_scale")
+    _validate.check_scale_product(sx, sw, "x_scale * w_scale")
+    zy = _validate.scalar_zero_point(y_zero_point, "y_zero_point")
     if bias is None:
         bias = jnp.zeros((out_channels,), jnp.int32)
     else:
-        bias = _typed_input(bias, "bias", [np.dtype(np.int32)])
+        bias = _validate.typed_array(bias, "bias", [np.dtype(np.int32)])
         if bias.shape != (out_channels,):
             raise ValueError(f"bias must have shape ({out_channels},) (one per output channel), got {bias.shape}")
     return _qlinear_conv(
@@ -1042,3 +852,16 @@ def qlinear_conv(
         group=int(group),
         flavor=flavor,
     )
+
+
+def _small_bounds(zero_point: jax.Array, qmin: jax.Array, qmax: jax.Array) -> bool | None:
+    """For concrete bounds: check them and say whether the fast rounding is exact; None when traced."""
+    if not all(_validate.is_concrete(v) for v in (zero_point, qmin, qmax)):
+        return None
+    z, low, high = (np.asarray(v, np.int64) for v in (zero_point, qmin, qmax))
+    if np.any(low > high):
+        raise ValueError(f"qmin must be <= qmax, got qmin={low.tolist()} and qmax={high.tolist()}")
+    low, high = low - z, high - z
+    if np.any(low < INT32_MIN) or np.any(high > INT32_MAX):
+        raise ValueError("qmin - zero_point and qmax - zero_point must fit int32 (the bounds MLAS clamps to)")
+    return bool(np.all(low >= -_SMALL) and np.all(high <= _SMALL))

@@ -142,9 +142,10 @@ def quantize_multiplier_array(
       ``(quantized_multipliers, shifts)``: int32 numpy arrays shaped like the input.
 
     Raises:
+      TypeError: if ``real_multipliers`` are not real numbers (complex, ``None``, strings).
       ValueError: if any multiplier is NaN or infinite.
     """
-    values = np.asarray(real_multipliers, dtype=np.float64)
+    values = _real_float64(real_multipliers, "real_multipliers")
     pairs = [quantize_multiplier(float(v), single_rounding=single_rounding) for v in values.ravel()]
     multipliers = np.array([p[0] for p in pairs], dtype=np.int64).reshape(values.shape)
     shifts = np.array([p[1] for p in pairs], dtype=np.int64).reshape(values.shape)
@@ -175,14 +176,15 @@ def per_channel_multipliers(
       ``(output_multiplier, output_shift)``: int32 arrays of the filter scales' length.
 
     Raises:
-      ValueError: if a scale is not positive and finite in float32.
+      TypeError: if a scale is not real numbers.
+      ValueError: if a scale is not positive and finite in float32, or the shapes are not as described.
     """
+    names = ("input_scale", "filter_scales", "output_scale")
     scales = [
-        np.asarray(input_scale, np.float32),
-        np.asarray(filter_scales, np.float32),
-        np.asarray(output_scale, np.float32),
+        _real_float64(value, name).astype(np.float32)
+        for value, name in zip((input_scale, filter_scales, output_scale), names)
     ]
-    for name, value in zip(("input_scale", "filter_scales", "output_scale"), scales):
+    for name, value in zip(names, scales):
         if not np.all(np.isfinite(value) & (value > 0)):
             raise ValueError(
                 f"{name} must be positive and finite in float32, got {np.asarray(value).ravel()[:3].tolist()}"
@@ -272,8 +274,15 @@ def saturating_rounding_doubling_high_mul(a: jax.Array, b: jax.Array) -> jax.Arr
 
     Returns:
       int32 array of the broadcast shape.
+
+    Raises:
+      TypeError: for non-integer inputs (floats would be truncated).
+      ValueError: for values outside int32 (int64 values are checked before any conversion), or shapes that do
+        not broadcast.
     """
-    a, b = jnp.broadcast_arrays(jnp.asarray(a, jnp.int32), jnp.asarray(b, jnp.int32))
+    a, b = _validate.int_array(a, "a"), _validate.int_array(b, "b")
+    _broadcast_shapes(a=a, b=b)
+    a, b = jnp.broadcast_arrays(a, b)
     hi, lo = _mul_u32(_magnitude(a), _magnitude(b))
     negative = ((a < 0) != (b < 0)) & ((a != 0) & (b != 0))
     # |result| = floor((|ab| + 2^30 - [ab < 0]) / 2^31): trunc((ab + nudge) / 2^31) in sign-magnitude form.
@@ -304,14 +313,18 @@ def rounding_divide_by_pot(x: jax.Array, exponent: jax.Array | int) -> jax.Array
       int32 array.
 
     Raises:
-      ValueError: if a concrete ``exponent`` lies outside ``0..31``.
+      TypeError: for non-integer inputs.
+      ValueError: if a concrete ``exponent`` lies outside ``0..31``, values lie outside int32, or the shapes do
+        not broadcast.
     """
-    exponent = jnp.asarray(exponent, jnp.int32)
+    x = _validate.int_array(x, "x")
+    exponent = _validate.int_array(exponent, "exponent")
+    _broadcast_shapes(x=x, exponent=exponent)
     if is_concrete(exponent):
         values = np.asarray(exponent)
         if values.size and (values.min() < 0 or values.max() > 31):
             raise ValueError(f"exponent must lie in 0..31, got values in [{values.min()}, {values.max()}]")
-    return _rounding_divide_by_pot(jnp.asarray(x, jnp.int32), exponent)
+    return _rounding_divide_by_pot(x, exponent)
 
 
 def _rounding_divide_by_pot(x: jax.Array, exponent: jax.Array) -> jax.Array:
@@ -341,16 +354,6 @@ def _mbqm(x, quantized_multiplier, shift, *, single_rounding):
         jax.lax.bitcast_convert_type(x, jnp.uint32) << left_shift.astype(jnp.uint32), jnp.int32
     )
     return _rounding_divide_by_pot(saturating_rounding_doubling_high_mul(scaled, quantized_multiplier), right_shift)
-
-
-def _check_int32_array(value, name: str) -> jax.Array:
-    # Check numpy/Python values before jnp.asarray, which would silently truncate int64 to int32 without x64.
-    arr = value if isinstance(value, jax.Array) else np.asarray(value)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
-    if isinstance(arr, np.ndarray) and arr.size and (arr.min() < INT32_MIN or arr.max() > INT32_MAX):
-        raise ValueError(f"{name} must fit int32, got values in [{arr.min()}, {arr.max()}]")
-    return jnp.asarray(arr).astype(jnp.int32)
 
 
 def _check_multiplier_shift(quantized_multiplier: jax.Array, shift: jax.Array, single_rounding: bool) -> None:
@@ -409,9 +412,9 @@ def multiply_by_quantized_multiplier(
       ValueError: for values that do not fit int32, a shift outside ``-31..30``, or a negative multiplier with
         ``single_rounding``.
     """
-    x = _check_int32_array(x, "x")
-    quantized_multiplier = _check_int32_array(quantized_multiplier, "quantized_multiplier")
-    shift = _check_int32_array(shift, "shift")
+    x = _validate.int_array(x, "x")
+    quantized_multiplier = _validate.int_array(quantized_multiplier, "quantized_multiplier")
+    shift = _validate.int_array(shift, "shift")
     if not isinstance(single_rounding, (bool, np.bool_)):
         raise TypeError(f"single_rounding must be a bool, got {single_rounding!r}")
     _check_multiplier_shift(quantized_multiplier, shift, bool(single_rounding))
@@ -549,9 +552,7 @@ def quantize(x: jax.Array | np.ndarray, scale: float, zero_point: int, dtype: Tf
       TypeError: for a non-float ``x``, a non-numeric ``scale`` or a non-int ``zero_point``.
     """
     fmt = _check_dtype(dtype)
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"x must be a floating-point array, got dtype {x.dtype}")
+    x = _validate.float_array(x, "x")
     if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
         raise TypeError(f"scale must be a float, got {scale!r}")
     scale32 = np.float32(scale)
@@ -566,8 +567,8 @@ def quantize(x: jax.Array | np.ndarray, scale: float, zero_point: int, dtype: Tf
 
 
 def _check_requant(output_multiplier, output_shift, channels: int, single_rounding: bool):
-    output_multiplier = _check_int32_array(output_multiplier, "output_multiplier")
-    output_shift = _check_int32_array(output_shift, "output_shift")
+    output_multiplier = _validate.int_array(output_multiplier, "output_multiplier")
+    output_shift = _validate.int_array(output_shift, "output_shift")
     for name, arr in (("output_multiplier", output_multiplier), ("output_shift", output_shift)):
         if arr.shape != (channels,):
             raise ValueError(f"{name} must have shape ({channels},), one per output channel, got {arr.shape}")
@@ -576,10 +577,7 @@ def _check_requant(output_multiplier, output_shift, channels: int, single_roundi
 
 
 def _check_int8(arr, name: str) -> jax.Array:
-    arr = jnp.asarray(arr)
-    if arr.dtype != jnp.int8:
-        raise TypeError(f"{name} must be an int8 array, got dtype {arr.dtype}")
-    return arr
+    return _validate.typed_array(arr, name, [np.int8])
 
 
 def _check_offsets(input_zero_point, output_zero_point, activation_min, activation_max):
@@ -600,7 +598,7 @@ def _check_offsets(input_zero_point, output_zero_point, activation_min, activati
 def _check_bias(bias, channels: int) -> jax.Array:
     if bias is None:
         return jnp.zeros((channels,), jnp.int32)
-    bias = _check_int32_array(bias, "bias")
+    bias = _validate.int_array(bias, "bias")
     if bias.shape != (channels,):
         raise ValueError(f"bias must have shape ({channels},), one per output channel, got {bias.shape}")
     return bias
@@ -894,3 +892,25 @@ def conv2d(
         activation_max=int(activation_max),
         single_rounding=bool(single_rounding),
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# argument checks specific to these functions
+
+
+def _real_float64(value, name: str) -> np.ndarray:
+    """Real numbers (Python, numpy, or a concrete array) as a float64 numpy array; not complex, bool or None."""
+    array = _validate.as_array(value, name)
+    if not (_validate.is_float_dtype(array.dtype) or _validate.is_integer_dtype(array.dtype)):
+        raise TypeError(f"{name} must be real numbers, got dtype {array.dtype}")
+    if not is_concrete(array):
+        raise TypeError(f"{name} is computed on the host at prepare time; pass concrete values, not traced ones")
+    return np.asarray(array).astype(np.float64)
+
+
+def _broadcast_shapes(**arrays: jax.Array) -> None:
+    try:
+        jnp.broadcast_shapes(*(a.shape for a in arrays.values()))
+    except ValueError:
+        shapes = ", ".join(f"{name} {a.shape}" for name, a in arrays.items())
+        raise ValueError(f"{' and '.join(arrays)} must broadcast, got shapes {shapes}") from None

@@ -57,10 +57,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quantref import formats
-from quantref.affine import check_normal_float32, is_concrete
-from quantref.affine import true_divide as _divide
-from quantref.runtimes._x86 import float_to_int32  # XLA rewrites x / constant as x * (1 / constant)
+from quantref import _validate, formats
+from quantref._validate import INT32_MAX, INT32_MIN, check_normal_float32, is_concrete
+from quantref.affine import true_divide as _divide  # XLA rewrites x / constant as x * (1 / constant)
+from quantref.runtimes._x86 import float_to_int32
 
 __all__ = [
     "TorchQDtype",
@@ -73,7 +73,6 @@ __all__ = [
 
 TorchQDtype = Literal["quint8", "qint8", "qint32"]
 _QDTYPES: dict[str, formats.IntFormat] = {"quint8": formats.UINT8, "qint8": formats.INT8, "qint32": formats.INT32}
-_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -147,7 +146,7 @@ def _fma(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
 def _saturate_f32(values: jax.Array, fmt: formats.IntFormat) -> jax.Array:
     """Clamp integer-valued float32 (no NaN) to ``fmt`` and convert, exactly also for qint32's ±2^31 ends."""
     out = jnp.clip(values, -(2.0**31), 2.0**31 - 256).astype(jnp.int32)  # 2^31-256: largest float32 < 2^31
-    out = jnp.where(values >= 2.0**31, _INT32_MAX, out)
+    out = jnp.where(values >= 2.0**31, INT32_MAX, out)
     return jnp.clip(out, fmt.qmin, fmt.qmax).astype(fmt.storage_dtype)
 
 
@@ -162,10 +161,10 @@ def _check_qdtype(dtype: str) -> formats.IntFormat:
 
 
 def _float_input(x: jax.Array | np.ndarray) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"x must be a floating-point array (PyTorch quantizes float32), got dtype {x.dtype}")
-    return x.astype(jnp.float32)
+    array = _validate.as_array(x, "x")
+    if not _validate.is_float_dtype(array.dtype):
+        raise TypeError(f"x must be a floating-point array (PyTorch quantizes float32), got dtype {array.dtype}")
+    return jnp.asarray(array).astype(jnp.float32)
 
 
 def _check_scales(scale: np.ndarray, name: str) -> np.ndarray:
@@ -187,9 +186,7 @@ def _check_scales(scale: np.ndarray, name: str) -> np.ndarray:
 
 
 def _check_int(value: object, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
-    return int(value)
+    return _validate.check_int(value, name)
 
 
 def _check_scalar_scale(scale: object) -> np.float32:
@@ -204,25 +201,31 @@ def _check_axis(axis: object, ndim: int) -> int:
     return int(axis) % ndim
 
 
-def _channel_params(x, scales, zero_points, axis):
-    """Validate per-channel scales/zero points against ``x`` and ``axis``; return float32 scales, int zero points."""
+def _channel_params(x, scales, zero_points, axis, names=("scales", "zero_points")):
+    """Validate per-channel scales/zero points against ``x`` and ``axis``; return float32 scales, int zero points.
+
+    ``names``: the parameters' names in the caller's signature, for the messages.
+    """
+    scale_name, zero_point_name = names
     if x.ndim == 0:
         raise ValueError("per-channel quantization needs an input with at least one dimension, got a scalar")
     axis = _check_axis(axis, x.ndim)
     channels = x.shape[axis]
-    scales_arr = scales if isinstance(scales, jax.Array) else np.asarray(scales)
-    zero_points_arr = zero_points if isinstance(zero_points, jax.Array) else np.asarray(zero_points)
-    for name, arr in (("scales", scales_arr), ("zero_points", zero_points_arr)):
+    scales_arr = _validate.as_array(scales, scale_name)
+    zero_points_arr = _validate.as_array(zero_points, zero_point_name)
+    if not (_validate.is_float_dtype(scales_arr.dtype) or _validate.is_integer_dtype(scales_arr.dtype)):
+        raise TypeError(f"{scale_name} must be real numbers, got dtype {scales_arr.dtype}")
+    for name, arr in ((scale_name, scales_arr), (zero_point_name, zero_points_arr)):
         if arr.shape != (channels,):
             raise ValueError(
                 f"{name} must have shape ({channels},) for axis {axis} of x.shape {x.shape}, got {arr.shape}"
             )
-    if not np.issubdtype(zero_points_arr.dtype, np.integer):
-        raise TypeError(f"zero_points must be an integer array, got dtype {zero_points_arr.dtype}")
+    if not _validate.is_integer_dtype(zero_points_arr.dtype):
+        raise TypeError(f"{zero_point_name} must be an integer array, got dtype {zero_points_arr.dtype}")
     # Range-check before any int32 conversion (jnp.asarray would wrap int64 values silently).
-    _check_zero_points_in(zero_points_arr, _INT32_MIN, _INT32_MAX, "zero_points", "int32")
+    _check_zero_points_in(zero_points_arr, INT32_MIN, INT32_MAX, zero_point_name, "int32")
     if is_concrete(scales_arr):
-        scales_arr = _check_scales(np.asarray(scales_arr), "scales")
+        scales_arr = _check_scales(np.asarray(scales_arr), scale_name)
     return axis, jnp.asarray(scales_arr).astype(jnp.float32), jnp.asarray(zero_points_arr).astype(jnp.int32)
 
 
@@ -236,7 +239,7 @@ def _check_zero_points_in(values: jax.Array, lo: int, hi: int, name: str, what: 
 def _check_quant_range(quant_min: object, quant_max: object) -> tuple[int, int]:
     quant_min = _check_int(quant_min, "quant_min")
     quant_max = _check_int(quant_max, "quant_max")
-    if not _INT32_MIN <= quant_min <= quant_max <= _INT32_MAX:
+    if not INT32_MIN <= quant_min <= quant_max <= INT32_MAX:
         raise ValueError(
             f"need -2**31 <= quant_min <= quant_max <= 2**31 - 1, got quant_min={quant_min}, quant_max={quant_max}"
         )
@@ -482,7 +485,7 @@ def fake_quantize_per_channel_affine(
             "fake_quantize_per_channel_affine supports quant_max - quant_min < 2**24 (torch evaluates (q - z)*s in "
             f"double; quantref reproduces it exactly where q - z fits float32), got [{quant_min}, {quant_max}]"
         )
-    axis, scales, zero_points = _channel_params(x, scale, zero_point, axis)
+    axis, scales, zero_points = _channel_params(x, scale, zero_point, axis, names=("scale", "zero_point"))
     _check_zero_points_in(zero_points, quant_min, quant_max, "zero_point", "[quant_min, quant_max]")
     return _fake_quantize_per_channel(x, scales, zero_points, axis=axis, quant_min=quant_min, quant_max=quant_max)
 
@@ -496,8 +499,8 @@ _OBSERVER_RANGES = {
     ("quint8", True): (0, 127),
     ("qint8", False): (-128, 127),
     ("qint8", True): (-64, 63),
-    ("qint32", False): (_INT32_MIN, _INT32_MAX),
-    ("qint32", True): (_INT32_MIN, _INT32_MAX),
+    ("qint32", False): (INT32_MIN, INT32_MAX),
+    ("qint32", True): (INT32_MIN, INT32_MAX),
 }
 
 

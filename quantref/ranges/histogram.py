@@ -1,128 +1,34 @@
-"""Range estimation (calibration): streaming observers that choose the ``(min_val, max_val)`` to quantize over.
-
-The affine quantizer (:mod:`quantref.affine`) needs a real range; this module estimates it from data. Each method
-is an :class:`Observer`, a triple of pure functions in optax's ``(init, update)`` style:
-
-.. code-block:: python
-
-   observer = ranges.min_max(axis=0)
-   state = observer.init(first_batch)               # a NamedTuple of arrays: a pytree
-   for batch in batches:
-       state = jax.jit(observer.update)(state, batch)
-   min_val, max_val = observer.result(state)
-   scale, zero_point = affine.scale_zero_point(min_val, max_val, formats.INT8)
-
-(:func:`calibrate` runs that loop.) The methods, following the white paper's sec. 3.1:
-
-- :func:`min_max` — the data's extent $[\\min x, \\max x]$;
-- :func:`abs_max` — the symmetric range $\\pm \\max |x|$;
-- :func:`moving_average_min_max` — an exponential moving average of per-batch min and max (QAT-style);
-- :func:`percentile` — clip the tails at a percentile;
-- :func:`mse` — the clipping range that minimises $\\lVert x - Q(x) \\rVert^2$ (and :func:`mse_range`, its
-  exact non-streaming form);
-- :func:`entropy` — TensorRT's KL-divergence calibration.
-
-**Granularity.** Every observer takes ``axis`` and the min/max observers also take ``block_size``; results have
-the shapes :func:`quantref.affine.check_granularity` expects: scalars per tensor, ``(x.shape[axis],)`` per channel
-(statistics reduced over every other axis), and ``x.shape`` with ``x.shape[axis] → x.shape[axis] // block_size``
-per group (every other axis kept). Unlike :mod:`quantref.affine`, observers do not accept a ragged last group:
-``block_size`` must divide ``x.shape[axis]``. The histogram observers (percentile, mse, entropy) are per-tensor or
-per-channel only: a histogram per group (thousands of bins for every 32 or 128 weights) costs more memory than the
-tensor itself.
-
-**The histogram.** Percentile, MSE and entropy need the distribution, not just the extremes, and a stream cannot be
-read twice. :class:`HistogramState` keeps, for each sign, ``num_bins`` bins of $|x|$ over $[0, 2^e)$,
-where $2^e$ is the smallest power of two strictly above every $|x|$ seen so far (starting from
-$2^{-100}$; bin width $w = 2^e / \\text{num\\_bins}$, magnitude bin $\\lfloor |x| / w \\rfloor$).
-When a batch holds a larger value, the bound grows to $2^{e+k}$ and each old bin $j$ merges into bin
-$j \\gg k$. Because $\\lfloor \\lfloor |x|/w \\rfloor / 2^k \\rfloor = \\lfloor |x| / (2^k w) \\rfloor$
-and every division by a power of two is exact in floating point, a value lands in the same final bin whenever it
-arrived: the counts are bitwise the same however the data is split into batches and in whatever order. (A histogram
-over ``[min, max]`` re-binned by interpolation, as PyTorch's ``HistogramObserver`` does, depends on the batching.)
-The two signs are stored side by side as one signed histogram of ``2 * num_bins`` bins with edges at multiples of
-$w$.
-
-**NaN and Inf.** Observers ignore non-finite values: every statistic is taken over the finite values only, so one
-overflowed activation does not destroy the range. A tensor (or channel, or group) with no finite value yet has the
-range ``(0, 0)``, which :func:`~quantref.affine.scale_zero_point` turns into its smallest scale. All-equal input
-gives ``(c, c)``; ``scale_zero_point`` widens every range to contain zero, so this is usable too.
-
-Statistics are float32 (inputs are cast to float32) and histogram counts are int32: at most $2^{31} - 1$
-values per tensor or channel.
-
-References:
-  Nagel et al., "A White Paper on Neural Network Quantization", arXiv:2106.08295, 2021, sec. 3.1.
-  Krishnamoorthi, "Quantizing deep convolutional networks for efficient inference", arXiv:1806.08342, 2018.
-  Wu et al., "Integer Quantization for Deep Learning Inference: Principles and Empirical Evaluation",
-  arXiv:2004.09602, 2020 (max, percentile, entropy and MSE calibration compared).
-  Migacz, "8-bit Inference with TensorRT", GPU Technology Conference, 2017.
-"""
+"""Observers that need the distribution, not just the extremes: percentile, MSE-optimal and entropy (KL)
+clipping, over one streaming power-of-two histogram per tensor or channel (see :mod:`quantref.ranges`)."""
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
-from quantref import affine, formats
+from quantref import _validate, affine, formats
+from quantref.ranges.observers import (
+    Observer,
+    ShapeOrExample,
+    as_float32,
+    batch_min_max,
+    check_batch,
+    check_state,
+    checked_result,
+    empty_to_zero,
+    reduce,
+    shape_of,
+    stats_shape,
+)
 
-__all__ = [
-    "Observer",
-    "MinMaxState",
-    "MovingAverageState",
-    "HistogramState",
-    "min_max",
-    "abs_max",
-    "moving_average_min_max",
-    "percentile",
-    "mse",
-    "mse_range",
-    "entropy",
-    "histogram_edges",
-    "calibrate",
-    "OBSERVERS",
-    "observer_from_name",
-]
+__all__ = ["HistogramState", "histogram_edges", "percentile", "mse", "mse_range", "entropy"]
 
-ShapeOrExample = Any  # an array, a jax.ShapeDtypeStruct, or a shape tuple
 _MIN_EXPONENT = -100  # the histogram starts at [0, 2**-100): every |x| below that shares bin 0
-
-
-class Observer(NamedTuple):
-    """A range estimator as three pure functions.
-
-    Attributes:
-      init: ``init(x_example) -> state``; ``x_example`` is a batch (or anything with a ``.shape``, or a shape
-        tuple) that fixes the shape of the statistics.
-      update: ``update(state, x) -> state``; folds one batch in. Jit-able; the state is a NamedTuple of arrays.
-      result: ``result(state) -> (min_val, max_val)``, float32 arrays shaped for the granularity, ready for
-        :func:`quantref.affine.scale_zero_point`.
-    """
-
-    init: Callable[[ShapeOrExample], Any]
-    update: Callable[[Any, jax.Array], Any]
-    result: Callable[[Any], tuple[jax.Array, jax.Array]]
-
-
-class MinMaxState(NamedTuple):
-    """Running extremes over the finite values seen (``+inf``/``-inf`` where none yet)."""
-
-    min_val: jax.Array
-    max_val: jax.Array
-
-
-class MovingAverageState(NamedTuple):
-    """Exponential moving averages of per-batch extremes; ``seen`` marks entries that have had a finite value."""
-
-    min_val: jax.Array
-    max_val: jax.Array
-    seen: jax.Array
 
 
 class HistogramState(NamedTuple):
@@ -141,245 +47,6 @@ class HistogramState(NamedTuple):
     exponent: jax.Array
     min_val: jax.Array
     max_val: jax.Array
-
-
-# --- granularity ------------------------------------------------------------------------------------------------
-
-
-def _check_granularity_args(axis: int | None, block_size: int | None, allow_groups: bool = True) -> None:
-    """Validate ``axis``/``block_size`` types when an observer is built (the shape comes later)."""
-    if axis is not None and (isinstance(axis, bool) or not isinstance(axis, (int, np.integer))):
-        raise ValueError(f"axis must be None or an int, got {axis!r}")
-    if block_size is None:
-        return
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise ValueError(f"block_size must be None or a positive int, got {block_size!r}")
-    if axis is None:
-        raise ValueError(f"block_size={block_size} needs an axis to group along; got axis=None")
-    if not allow_groups:
-        raise ValueError(
-            f"block_size={block_size}: histogram observers (percentile, mse, entropy) are per-tensor or per-channel "
-            "only; use block_size=None, or min_max/abs_max for per-group ranges"
-        )
-
-
-def _stats_shape(x_shape: tuple[int, ...], axis: int | None, block_size: int | None) -> tuple[int, ...]:
-    """Shape of the statistics (= of the quantization parameters) for a batch of ``x_shape``."""
-    if axis is None:
-        return ()
-    ndim = len(x_shape)
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis must be None or an int in [{-ndim}, {ndim - 1}] for a {ndim}-d input, got {axis}")
-    axis = axis % ndim
-    if block_size is None:
-        return (x_shape[axis],)
-    if x_shape[axis] % block_size:
-        raise ValueError(
-            f"block_size={block_size} must divide x.shape[{axis}]={x_shape[axis]}: observers do not accept a "
-            "ragged last group"
-        )
-    return x_shape[:axis] + (x_shape[axis] // block_size,) + x_shape[axis + 1 :]
-
-
-def _shape_of(x_example: ShapeOrExample) -> tuple[int, ...]:
-    if isinstance(x_example, tuple):
-        return tuple(int(d) for d in x_example)
-    return tuple(np.shape(x_example))  # reads .shape where there is one (arrays, jax.ShapeDtypeStruct)
-
-
-def _as_float32(x: jax.Array) -> jax.Array:
-    return jnp.asarray(x).astype(jnp.float32)
-
-
-def _check_batch(x: jax.Array, expected: tuple[int, ...], axis: int | None, block_size: int | None) -> None:
-    got = _stats_shape(x.shape, axis, block_size)
-    if got != expected:
-        raise ValueError(
-            f"x of shape {x.shape} gives statistics of shape {got}, but the state was initialised for {expected} "
-            f"(axis={axis}, block_size={block_size})"
-        )
-
-
-def _reduce(x: jax.Array, reducer: Callable[..., jax.Array], axis: int | None, block_size: int | None) -> jax.Array:
-    """Apply ``jnp.min``/``jnp.max`` over each tensor, channel or group."""
-    if axis is None:
-        return reducer(x)
-    axis = axis % x.ndim
-    if block_size is None:
-        return reducer(x, axis=tuple(a for a in range(x.ndim) if a != axis))
-    grouped = x.reshape(x.shape[:axis] + (x.shape[axis] // block_size, block_size) + x.shape[axis + 1 :])
-    return reducer(grouped, axis=axis + 1)
-
-
-def _batch_min_max(x: jax.Array, axis: int | None, block_size: int | None) -> tuple[jax.Array, jax.Array]:
-    """Min and max over the finite values; ``+inf``/``-inf`` where there are none."""
-    finite = jnp.isfinite(x)
-    # The initial values make an empty batch a no-op instead of a reduction error.
-    batch_min = _reduce(jnp.where(finite, x, jnp.inf), functools.partial(jnp.min, initial=jnp.inf), axis, block_size)
-    batch_max = _reduce(jnp.where(finite, x, -jnp.inf), functools.partial(jnp.max, initial=-jnp.inf), axis, block_size)
-    return batch_min, batch_max
-
-
-def _empty_to_zero(min_val: jax.Array, max_val: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Map ranges that have seen no finite value (``min > max``) to ``(0, 0)``."""
-    empty = min_val > max_val
-    return jnp.where(empty, 0.0, min_val), jnp.where(empty, 0.0, max_val)
-
-
-# --- min-max, abs-max, moving average ---------------------------------------------------------------------------
-
-
-def _min_max_observer(
-    axis: int | None, block_size: int | None, result: Callable[[MinMaxState], tuple[jax.Array, jax.Array]]
-) -> Observer:
-    _check_granularity_args(axis, block_size)
-
-    def init(x_example: ShapeOrExample) -> MinMaxState:
-        shape = _stats_shape(_shape_of(x_example), axis, block_size)
-        return MinMaxState(jnp.full(shape, jnp.inf, jnp.float32), jnp.full(shape, -jnp.inf, jnp.float32))
-
-    def update(state: MinMaxState, x: jax.Array) -> MinMaxState:
-        x = _as_float32(x)
-        _check_batch(x, state.min_val.shape, axis, block_size)
-        batch_min, batch_max = _batch_min_max(x, axis, block_size)
-        return MinMaxState(jnp.minimum(state.min_val, batch_min), jnp.maximum(state.max_val, batch_max))
-
-    return Observer(init, update, result)
-
-
-def min_max(axis: int | None = None, block_size: int | None = None) -> Observer:
-    """The data's extent: running minimum and maximum.
-
-    $$
-    \\text{min\\_val} = \\min_i x_i, \\qquad \\text{max\\_val} = \\max_i x_i
-    $$
-
-    over every finite value of every batch (per tensor, channel or group). Exact and order-independent: feeding
-    the data in batches gives bitwise the same range as one pass. Never clips, so one outlier stretches the grid
-    for everything else (see :func:`percentile` and :func:`mse`).
-
-    References:
-      Nagel et al., "A White Paper on Neural Network Quantization", arXiv:2106.08295, 2021, sec. 3.1 ("Min-max").
-      Jacob et al., arXiv:1712.05877, 2017, sec. 3.
-
-    Args:
-      axis: ``None`` for per-tensor, else the channel (or group) axis.
-      block_size: group size along ``axis`` for per-group ranges; must divide ``x.shape[axis]``.
-
-    Returns:
-      An :class:`Observer` whose state is a :class:`MinMaxState`.
-
-    Raises:
-      ValueError: naming the argument, for a non-int ``axis``, a non-positive ``block_size``, or ``block_size``
-        without ``axis``; ``init``/``update`` raise for an axis out of range or a ``block_size`` that does not
-        divide the axis.
-    """
-    return _min_max_observer(axis, block_size, lambda state: _empty_to_zero(state.min_val, state.max_val))
-
-
-def abs_max(axis: int | None = None, block_size: int | None = None) -> Observer:
-    """The symmetric range $\\pm \\max_i |x_i|$ (for symmetric quantization).
-
-    $$
-    \\text{max\\_val} = -\\text{min\\_val} = \\max_i |x_i|
-    $$
-
-    Shares :func:`min_max`'s state ($\\max |x| = \\max(-\\min x, \\max x)$), so it is exact and
-    order-independent too.
-
-    References:
-      Nagel et al., "A White Paper on Neural Network Quantization", arXiv:2106.08295, 2021, sec. 2.2 and 3.1.
-
-    Args:
-      axis: ``None`` for per-tensor, else the channel (or group) axis.
-      block_size: group size along ``axis``; must divide ``x.shape[axis]``.
-
-    Returns:
-      An :class:`Observer` whose state is a :class:`MinMaxState` and whose result is ``(-a, a)``.
-
-    Raises:
-      ValueError: as :func:`min_max`.
-    """
-
-    def result(state: MinMaxState) -> tuple[jax.Array, jax.Array]:
-        min_val, max_val = _empty_to_zero(state.min_val, state.max_val)
-        bound = jnp.maximum(-min_val, max_val)
-        return -bound, bound
-
-    return _min_max_observer(axis, block_size, result)
-
-
-def moving_average_min_max(momentum: float = 0.9, axis: int | None = None, block_size: int | None = None) -> Observer:
-    """Exponential moving average of each batch's minimum and maximum.
-
-    $$
-    m_1 = \\min x^{(1)}, \\qquad m_t = \\mu\\, m_{t-1} + (1 - \\mu) \\min x^{(t)}
-    $$
-
-    and the same for the maximum. The first batch initialises the average (no bias towards a zero start); a batch
-    with no finite value in an entry leaves that entry unchanged. ``momentum`` $\\mu$ is the weight of the
-    *old* value. PyTorch's ``MovingAverageMinMaxObserver`` names the other weight: its ``averaging_constant``
-    $c$ (default 0.01) is $1 - \\mu$, so PyTorch's default is ``momentum=0.99``; TensorFlow's
-    ``MovingAverageQuantize`` uses ``ema_decay=0.999`` $= \\mu$. Unlike the other observers the result
-    depends on how the data is batched — by design, since it tracks a drifting distribution during training.
-
-    References:
-      Jacob et al., arXiv:1712.05877, 2017, sec. 3.1 (EMA of activation ranges during training).
-      Krishnamoorthi, arXiv:1806.08342, 2018, sec. 3.
-
-    Args:
-      momentum: weight $\\mu \\in [0, 1]$ of the running value (0: the last batch only; 1: the first batch).
-      axis: ``None`` for per-tensor, else the channel (or group) axis.
-      block_size: group size along ``axis``; must divide ``x.shape[axis]``.
-
-    Returns:
-      An :class:`Observer` whose state is a :class:`MovingAverageState`.
-
-    Raises:
-      ValueError: if ``momentum`` is outside ``[0, 1]``, or as :func:`min_max`.
-    """
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be a float in [0, 1], got {momentum!r}")
-    _check_granularity_args(axis, block_size)
-
-    def init(x_example: ShapeOrExample) -> MovingAverageState:
-        shape = _stats_shape(_shape_of(x_example), axis, block_size)
-        zeros = jnp.zeros(shape, jnp.float32)
-        return MovingAverageState(zeros, zeros, jnp.zeros(shape, bool))
-
-    def update(state: MovingAverageState, x: jax.Array) -> MovingAverageState:
-        x = _as_float32(x)
-        _check_batch(x, state.min_val.shape, axis, block_size)
-        batch_min, batch_max = _batch_min_max(x, axis, block_size)
-        present = batch_min <= batch_max
-
-        def average(old: jax.Array, new: jax.Array) -> jax.Array:
-            blended = momentum * old + (1.0 - momentum) * new
-            return jnp.where(present, jnp.where(state.seen, blended, new), old)
-
-        return MovingAverageState(
-            average(state.min_val, batch_min), average(state.max_val, batch_max), state.seen | present
-        )
-
-    def result(state: MovingAverageState) -> tuple[jax.Array, jax.Array]:
-        return state.min_val, state.max_val
-
-    return Observer(init, update, result)
-
-
-# --- the power-of-two histogram ---------------------------------------------------------------------------------
-
-
-def _check_num_bins(num_bins: int) -> int:
-    if (
-        isinstance(num_bins, bool)
-        or not isinstance(num_bins, (int, np.integer))
-        or not 4 <= num_bins <= 2**20
-        or num_bins & (num_bins - 1)
-    ):
-        # A power of two keeps |x| * num_bins / 2**e exact; the bounds keep that factor a normal float32.
-        raise ValueError(f"num_bins must be a power of two in [4, 2**20], got {num_bins!r}")
-    return int(num_bins)
 
 
 def _scatter_counts(position: jax.Array, weight: jax.Array, num_bins: int) -> jax.Array:
@@ -410,12 +77,12 @@ def _histogram_observer(
     num_bins: int,
     result: Callable[[HistogramState], tuple[jax.Array, jax.Array]],
 ) -> Observer:
-    _check_granularity_args(axis, block_size, allow_groups=False)
-    num_bins = _check_num_bins(num_bins)
+    _validate.check_observer_granularity(axis, block_size, allow_groups=False)
+    num_bins = _validate.check_num_bins(num_bins)
     log2_bins = int(math.log2(num_bins))
 
     def init(x_example: ShapeOrExample) -> HistogramState:
-        shape = _stats_shape(_shape_of(x_example), axis, None)
+        shape = stats_shape(shape_of(x_example), axis, None)
         return HistogramState(
             counts=jnp.zeros(shape + (2 * num_bins,), jnp.int32),
             exponent=jnp.full(shape, _MIN_EXPONENT, jnp.int32),
@@ -424,8 +91,9 @@ def _histogram_observer(
         )
 
     def update(state: HistogramState, x: jax.Array) -> HistogramState:
-        x = _as_float32(x)
-        _check_batch(x, state.exponent.shape, axis, None)
+        check_state(state, HistogramState)
+        x = as_float32(x)
+        check_batch(x, state.exponent.shape, axis, None)
         rows = x.reshape(1, -1) if axis is None else jnp.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
         finite = jnp.isfinite(rows)
         magnitude = jnp.where(finite, jnp.abs(rows), 0.0)
@@ -442,7 +110,7 @@ def _histogram_observer(
         magnitude_bin = jnp.minimum(magnitude_bin, num_bins - 1)
         position = _signed_position(magnitude_bin, rows < 0, num_bins)
         counts = counts + _scatter_counts(position, finite.astype(jnp.int32), num_bins)
-        batch_min, batch_max = _batch_min_max(x, axis, None)
+        batch_min, batch_max = batch_min_max(x, axis, None)
         return HistogramState(
             counts=counts.reshape(state.counts.shape),
             exponent=exponent.reshape(state.exponent.shape),
@@ -450,7 +118,7 @@ def _histogram_observer(
             max_val=jnp.maximum(state.max_val, batch_max),
         )
 
-    return Observer(init, update, result)
+    return Observer(init, update, checked_result(result, HistogramState))
 
 
 def histogram_edges(state: HistogramState) -> np.ndarray:
@@ -462,7 +130,11 @@ def histogram_edges(state: HistogramState) -> np.ndarray:
     Returns:
       float64 array of shape ``state.counts.shape[:-1] + (2 * num_bins + 1,)``: edge ``i`` is
       ``(i - num_bins) * 2**exponent / num_bins``.
+
+    Raises:
+      TypeError: if ``state`` is not a :class:`HistogramState`.
     """
+    check_state(state, HistogramState)
     num_bins = state.counts.shape[-1] // 2
     width = np.ldexp(1.0, np.asarray(state.exponent, np.int64)) / num_bins
     return (np.arange(2 * num_bins + 1) - num_bins) * width[..., None]
@@ -559,8 +231,11 @@ def percentile(
         ``num_bins`` if it is not a power of two; ``block_size``/``axis`` as :func:`min_max`.
     """
     value = percentile
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 < value <= 100.0:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"percentile must be a number in (0, 100], got {value!r:.80}")
+    if not 0.0 < value <= 100.0:  # also False for NaN
         raise ValueError(f"percentile must be a number in (0, 100], got {value!r}")
+    symmetric = _validate.check_bool(symmetric, "symmetric")
     if not symmetric and value < 50.0:
         raise ValueError(
             f"percentile must be in [50, 100] for two-tailed clipping (symmetric=False), got {value!r}: below 50 "
@@ -588,11 +263,19 @@ def percentile(
 # --- MSE-optimal clipping ---------------------------------------------------------------------------------------
 
 
-def _check_mse_args(fmt: formats.IntFormat, num_candidates: int, symmetric_divisor: str) -> None:
-    formats.check_format(fmt)
-    if isinstance(num_candidates, bool) or not isinstance(num_candidates, (int, np.integer)) or num_candidates < 1:
-        raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r}")
-    affine.check_symmetric_divisor(symmetric_divisor)
+def _check_mse_args(fmt: formats.IntFormat, num_candidates: int, symmetric: bool, symmetric_divisor: str) -> bool:
+    _validate.check_format(fmt)
+    if (
+        isinstance(num_candidates, (bool, np.bool_))
+        or not isinstance(num_candidates, (int, np.integer))
+        or num_candidates < 1
+    ):
+        raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r:.80}")
+    _validate.check_symmetric_divisor(symmetric_divisor)
+    symmetric = _validate.check_bool(symmetric, "symmetric")
+    if symmetric and fmt.bits < 2:
+        raise ValueError(f"symmetric=True needs fmt.bits >= 2, got {fmt.bits}")
+    return symmetric
 
 
 def _shrink_factors(num_candidates: int) -> np.ndarray:
@@ -607,11 +290,20 @@ def _candidate_params(
     symmetric: bool,
     symmetric_divisor: str,
     num_candidates: int,
+    data: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shrink factors ``alpha`` and the scale and zero point of each range ``alpha * [min, max]``.
 
-    Returns ``(alpha (K,), scale (K, *shape), zero_point (K, *shape))``.
+    Returns ``(alpha (K,), scale (K, *shape), zero_point (K, *shape))``. ``data`` names the values, for the error.
     """
+    if not symmetric:
+        with np.errstate(over="ignore"):
+            width = np.float32(np.maximum(max_val, 0.0)) - np.float32(np.minimum(min_val, 0.0))
+        if not np.all(np.isfinite(width)):
+            raise ValueError(
+                f"{data} spans [{np.min(min_val):.6g}, {np.max(max_val):.6g}], too wide for a finite float32 scale "
+                "(max - min overflows float32); use symmetric=True or clip the data"
+            )
     alpha = _shrink_factors(num_candidates)
     expand = (slice(None),) + (None,) * np.ndim(min_val)
     scale, zero_point = affine.scale_zero_point(
@@ -707,12 +399,12 @@ def mse(
         ``num_bins``, or ``axis``/``block_size`` as :func:`percentile`.
       TypeError: if ``fmt`` is not an :class:`~quantref.formats.IntFormat`.
     """
-    _check_mse_args(fmt, num_candidates, symmetric_divisor)
+    symmetric = _check_mse_args(fmt, num_candidates, symmetric, symmetric_divisor)
 
     def result(state: HistogramState) -> tuple[jax.Array, jax.Array]:
         hist = _histogram(state)
         alpha, scale, zero_point = _candidate_params(
-            hist.min_val, hist.max_val, fmt, symmetric, symmetric_divisor, num_candidates
+            hist.min_val, hist.max_val, fmt, symmetric, symmetric_divisor, num_candidates, "the observed data"
         )
         errors = np.stack([_expected_squared_error(hist, scale[k], zero_point[k], fmt) for k in range(len(alpha))])
         best = alpha[np.argmin(errors, axis=0)]
@@ -762,13 +454,15 @@ def mse_range(
       ValueError: as :func:`mse` and :func:`min_max`.
       TypeError: if ``fmt`` is not an :class:`~quantref.formats.IntFormat`.
     """
-    _check_mse_args(fmt, num_candidates, symmetric_divisor)
-    _check_granularity_args(axis, block_size)
-    x = _as_float32(x)
-    _stats_shape(x.shape, axis, block_size)
-    min_val, max_val = _empty_to_zero(*_batch_min_max(x, axis, block_size))
+    symmetric = _check_mse_args(fmt, num_candidates, symmetric, symmetric_divisor)
+    _validate.check_observer_granularity(axis, block_size)
+    x = as_float32(x)
+    stats_shape(x.shape, axis, block_size)
+    min_val, max_val = empty_to_zero(*batch_min_max(x, axis, block_size))
     min_val, max_val = np.asarray(min_val, np.float64), np.asarray(max_val, np.float64)
-    alpha, scale, zero_point = _candidate_params(min_val, max_val, fmt, symmetric, symmetric_divisor, num_candidates)
+    alpha, scale, zero_point = _candidate_params(
+        min_val, max_val, fmt, symmetric, symmetric_divisor, num_candidates, "x"
+    )
     finite = jnp.isfinite(x)
     errors = []
     for k in range(len(alpha)):
@@ -781,7 +475,7 @@ def mse_range(
             block_size=block_size,
         )
         squared = jnp.where(finite, (x - x_hat) ** 2, 0.0)
-        errors.append(np.asarray(_reduce(squared, jnp.sum, axis, block_size), np.float64))
+        errors.append(np.asarray(reduce(squared, jnp.sum, axis, block_size), np.float64))
     best = alpha[np.argmin(np.stack(errors), axis=0)]
     return jnp.asarray(best * min_val, jnp.float32), jnp.asarray(best * max_val, jnp.float32)
 
@@ -898,8 +592,8 @@ def entropy(
         or ``axis``/``block_size`` as :func:`percentile`.
       TypeError: if ``fmt`` is not an :class:`~quantref.formats.IntFormat`.
     """
-    formats.check_format(fmt)
-    num_bins = _check_num_bins(num_bins)
+    _validate.check_format(fmt)
+    num_bins = _validate.check_num_bins(num_bins)
     if num_quantized_bins is None:
         num_quantized_bins = fmt.levels // 2 if fmt.signed else fmt.levels
     if (
@@ -910,7 +604,7 @@ def entropy(
         raise ValueError(f"num_quantized_bins must be an int in [1, num_bins={num_bins}], got {num_quantized_bins!r}")
     if isinstance(min_bins, bool) or not isinstance(min_bins, (int, np.integer)) or min_bins < 1:
         raise ValueError(f"min_bins must be a positive int, got {min_bins!r}")
-    smooth_zero_bin = bool(smooth_zero_bin)
+    smooth_zero_bin = _validate.check_bool(smooth_zero_bin, "smooth_zero_bin")
 
     def result(state: HistogramState) -> tuple[jax.Array, jax.Array]:
         hist = _histogram(state)
@@ -919,71 +613,3 @@ def entropy(
         return hist.finish(np.maximum(hist.min_val, -threshold), np.minimum(hist.max_val, threshold))
 
     return _histogram_observer(axis, block_size, num_bins, result)
-
-
-# --- running an observer ----------------------------------------------------------------------------------------
-
-
-def calibrate(
-    observer: Observer, batches: Iterable[jax.Array], *, progress: bool | None = None
-) -> tuple[jax.Array, jax.Array]:
-    """Fold an observer over batches and return its range.
-
-    $$
-    s_0 = \\text{init}(x^{(1)}), \\quad s_t = \\text{update}(s_{t-1}, x^{(t)}), \\quad
-    (\\text{min\\_val}, \\text{max\\_val}) = \\text{result}(s_T)
-    $$
-
-    ``update`` is jitted once (it recompiles only for a new batch shape).
-
-    Args:
-      observer: an :class:`Observer`, e.g. ``min_max()``.
-      batches: an iterable of float arrays; the first also initialises the state.
-      progress: show a tqdm progress bar; ``None`` shows one when ``batches`` has a length of 100 or more.
-
-    Returns:
-      ``(min_val, max_val)``, as ``observer.result``.
-
-    Raises:
-      ValueError: if ``batches`` is empty, or as the observer's ``init``/``update``.
-    """
-    if progress is None:
-        progress = hasattr(batches, "__len__") and len(batches) >= 100  # type: ignore[arg-type]
-    iterator = iter(tqdm(batches, desc="calibrating", disable=not progress))
-    first = next(iterator, None)
-    if first is None:
-        raise ValueError("batches must hold at least one batch")
-    update = jax.jit(observer.update)
-    state = update(observer.init(first), first)
-    for batch in iterator:
-        state = update(state, batch)
-    return observer.result(state)
-
-
-OBSERVERS: dict[str, Callable[..., Observer]] = {
-    "min_max": min_max,
-    "abs_max": abs_max,
-    "moving_average_min_max": moving_average_min_max,
-    "percentile": percentile,
-    "mse": mse,
-    "entropy": entropy,
-}
-
-
-def observer_from_name(name: str, **kwargs: Any) -> Observer:
-    """Build an observer by name, for chapters and the command line.
-
-    Args:
-      name: one of :data:`OBSERVERS`: ``min_max``, ``abs_max``, ``moving_average_min_max``, ``percentile``,
-        ``mse``, ``entropy``.
-      **kwargs: the observer's arguments, e.g. ``fmt=formats.INT8`` for ``mse`` and ``entropy``.
-
-    Returns:
-      The :class:`Observer`.
-
-    Raises:
-      ValueError: for an unknown name, listing the allowed ones.
-    """
-    if name not in OBSERVERS:
-        raise ValueError(f"name must be one of {sorted(OBSERVERS)}, got {name!r}")
-    return OBSERVERS[name](**kwargs)
