@@ -158,10 +158,11 @@ def cmd_vectors(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     try:
+        # OUT_DIR is checked before any case is computed; the set is swapped in atomically at the end.
         manifest_path = vectors.write_vectors(args.out_dir, force=args.force)
-    except ValueError as error:
+        manifest = vectors.load_manifest(args.out_dir)
+    except (ValueError, TypeError) as error:
         raise CommandError(str(error)) from error
-    manifest = vectors.load_manifest(args.out_dir)
     operators: dict[str, int] = {}
     for case in manifest["cases"]:
         operators[case["operator"]] = operators.get(case["operator"], 0) + 1
@@ -180,7 +181,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     try:
         report = vectors.check(args.out_dir, args.results, cases=args.case, max_report=args.max_report)
-    except ValueError as error:
+    except (ValueError, TypeError) as error:
         raise CommandError(str(error)) from error
     print(vectors.format_check(report, verbose=args.verbose))
     return 0 if report.ok else 1
@@ -230,7 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     vectors = commands.add_parser("vectors", help="write test vectors for other backends into OUT_DIR")
     vectors.add_argument("out_dir")
-    vectors.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR")
+    vectors.add_argument(
+        "--force",
+        action="store_true",
+        help="replace quantref's files (manifest.json, the cases it lists) in a non-empty OUT_DIR; others are kept",
+    )
     vectors.set_defaults(func=cmd_vectors)
 
     check = commands.add_parser(
@@ -263,9 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CommandError as error:
-        message = " ".join(str(error).split())  # one line
-        print(f"quantref {args.command}: {message}", file=sys.stderr)
-        return 2
+        message = str(error)
+    except OSError as error:  # the file system refused (permissions, a full disk, a vanished file): not a traceback
+        where = f"{error.filename}: " if error.filename else ""
+        message = f"{where}{error.strerror or error}"
+    except KeyboardInterrupt:
+        print(f"quantref {args.command}: interrupted", file=sys.stderr)
+        return 130
+    print(f"quantref {args.command}: {' '.join(message.split())}", file=sys.stderr)  # one line
+    return 2
 
 
 if __name__ == "__main__":

@@ -82,7 +82,10 @@ def _kind(dtype: np.dtype) -> str:
         return "int"
     if dtype in _FLOATS:
         return "float"
-    raise TypeError(f"cannot compare arrays of dtype {dtype}: expected an integer, float8 or float dtype")
+    raise TypeError(
+        f"expected must be an integer, float8 or float array (with its true dtype), got dtype {dtype}; "
+        "complex, string and object arrays cannot be compared"
+    )
 
 
 def _ordinal(values: np.ndarray) -> np.ndarray:
@@ -175,15 +178,20 @@ def compare(actual: np.ndarray, expected: np.ndarray, *, max_report: int = 10) -
       A :class:`Comparison`.
 
     Raises:
-      TypeError: if ``expected`` is not an integer, float8 or float array.
+      TypeError: if ``expected`` is not an integer, float8 or float array (``None``, complex, strings).
       ValueError: if ``max_report`` is negative (or not an int).
     """
     if isinstance(max_report, (bool, np.bool_)) or not isinstance(max_report, (int, np.integer)) or max_report < 0:
-        raise ValueError(f"max_report must be an int >= 0, got {max_report!r}")
+        raise ValueError(f"max_report must be an int >= 0, got {max_report!r:.80}")
+    if expected is None:
+        raise TypeError("expected must be an array, got None")
     expected = np.asarray(expected)
-    actual = np.asarray(actual)
     kind = _kind(expected.dtype)
     unit = {"int": "LSB", "float8": "code", "float": "ulp"}[kind]
+    try:
+        actual = np.asarray(actual)
+    except (TypeError, ValueError) as error:  # e.g. a ragged list: reported as a mismatch, not raised
+        return Comparison(0, 0, unit, 0.0, (), error=f"actual cannot be made an array: {error}")
     coerced = _coerce(actual, expected)
     if isinstance(coerced, str):
         return Comparison(0, 0, unit, 0.0, (), error=coerced)
@@ -245,6 +253,10 @@ def format_report(comparison: Comparison, name: str = "", *, indent: str = "") -
     Returns:
       The report; one line when the arrays match.
     """
+    if not isinstance(comparison, Comparison):
+        raise TypeError(f"comparison must be a testing.Comparison (from compare), got {type(comparison).__name__}")
+    if not isinstance(name, str) or not isinstance(indent, str):
+        raise TypeError(f"name and indent must be strings, got {type(name).__name__} and {type(indent).__name__}")
     label = f"{name}: " if name else ""
     if comparison.error:
         return f"{indent}{label}{comparison.error}"
@@ -284,8 +296,13 @@ def assert_matches(actual: np.ndarray, expected: np.ndarray, *, name: str = "", 
       max_report: how many of the worst elements to list.
 
     Raises:
-      AssertionError: on any mismatch, a shape mismatch, or an incomparable dtype.
+      AssertionError: on any mismatch, a shape mismatch, or an ``actual`` of an incomparable dtype.
+      TypeError: if ``expected`` is not an integer, float8 or float array (as :func:`compare`), or ``name`` is not
+        a string.
+      ValueError: if ``max_report`` is not an int >= 0.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string, got {type(name).__name__}")
     comparison = compare(actual, expected, max_report=max_report)
     if not comparison.ok:
         raise AssertionError("\n" + format_report(comparison, name or "arrays"))
