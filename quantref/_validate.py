@@ -120,7 +120,8 @@ def float_array(value: object, name: str, *, error: type[Exception] = TypeError)
     array = as_array(value, name)
     if not is_float_dtype(array.dtype):
         raise error(f"{name} must be a real floating-point array, got dtype {array.dtype}")
-    return jnp.asarray(array)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, which the callers check
+        return jnp.asarray(array)
 
 
 def real_array(value: object, name: str) -> jax.Array:
@@ -134,7 +135,8 @@ def real_array(value: object, name: str) -> jax.Array:
         raise TypeError(f"{name} must be a real array (integers or floats), got dtype {array.dtype}")
     if isinstance(array, np.ndarray) and array.dtype.kind in "iu":
         array = array.astype(np.float64)  # exact for int32, and no wrap for wider integers
-    return jnp.asarray(array).astype(jnp.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, which the callers check
+        return jnp.asarray(array).astype(jnp.float32)
 
 
 def check_int(value: object, name: str, *, low: int | None = None, high: int | None = None) -> int:
@@ -248,7 +250,8 @@ def check_rounding(rounding: object, key: object) -> None:
     if rounding == "stochastic":
         if key is None:
             raise ValueError("rounding='stochastic' needs key=jax.random.key(seed)")
-        if not is_prng_key(key) or np.shape(key) not in ((), (2,)):
+        typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        if not is_prng_key(key) or np.shape(key) != (() if typed else (2,)):
             raise TypeError(
                 f"key must be one PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)) for "
                 f"rounding='stochastic', got {_type_name(key)} {key!r:.80}"

@@ -404,7 +404,9 @@ def _check_min_scale(min_scale) -> float:
     """A Python or numpy float, finite and at least the smallest normal float32 (else the scale could be zero)."""
     value = _validate.check_real(min_scale, "min_scale")
     tiny = float(np.finfo(np.float32).tiny)
-    if not (np.isfinite(value) and np.isfinite(np.float32(value)) and value >= tiny):
+    with np.errstate(over="ignore"):
+        finite32 = np.isfinite(np.float32(value))
+    if not (np.isfinite(value) and finite32 and value >= tiny):
         raise ValueError(
             f"min_scale must be a finite float32 >= {tiny:.6g} (the smallest normal float32; a smaller floor lets "
             f"the scale be flushed to zero), got {min_scale!r}"

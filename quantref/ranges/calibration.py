@@ -56,9 +56,13 @@ def calibrate(
     if progress is None:
         progress = hasattr(batches, "__len__") and len(batches) >= 100  # type: ignore[arg-type]
     iterator = iter(tqdm(batches, desc="calibrating", disable=not progress))
-    first = next(iterator, None)
-    if first is None:
+    empty = object()
+    first = next(iterator, empty)
+    if first is empty:
         raise ValueError("batches must hold at least one batch")
+    first_array = _validate.as_array(first, "x")  # the batch itself, before init reads its shape
+    if not (_validate.is_float_dtype(first_array.dtype) or _validate.is_integer_dtype(first_array.dtype)):
+        raise TypeError(f"x (a batch) must be a real (float or integer) array, got dtype {first_array.dtype}")
     update = jax.jit(observer.update)
     state = update(observer.init(first), first)
     for batch in iterator:
