@@ -567,3 +567,107 @@ def real_batch(x: object, name: str = "x") -> jax.Array:
     if isinstance(array, np.ndarray) and array.dtype.kind in "iu":
         array = array.astype(np.float64)  # no int64 wrap on the way to float32
     return jnp.asarray(array).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TFLite kernels' parameters, and requantization bounds
+
+
+def check_multiplier_shift(quantized_multiplier: jax.Array, shift: jax.Array, single_rounding: bool) -> None:
+    """A TFLite multiplier's shift in ``-31..30``, and a multiplier >= 0 for single rounding (concrete values)."""
+    if is_concrete(shift):
+        values = np.asarray(shift)
+        if values.size and (values.min() < -31 or values.max() > 30):
+            raise ValueError(f"shift must lie in -31..30, got values in [{values.min()}, {values.max()}]")
+    if single_rounding and is_concrete(quantized_multiplier):
+        values = np.asarray(quantized_multiplier)
+        if values.size and values.min() < 0:
+            raise ValueError(
+                f"quantized_multiplier must be >= 0 with single_rounding=True (TFLite DCHECKs it), got {values.min()}"
+            )
+
+
+def check_output_multipliers(output_multiplier, output_shift, channels: int, single_rounding: bool):
+    """Per-output-channel TFLite multipliers and shifts: int32, shape ``(channels,)``, shifts in range."""
+    output_multiplier = int_array(output_multiplier, "output_multiplier")
+    output_shift = int_array(output_shift, "output_shift")
+    for name, arr in (("output_multiplier", output_multiplier), ("output_shift", output_shift)):
+        if arr.shape != (channels,):
+            raise ValueError(f"{name} must have shape ({channels},), one per output channel, got {arr.shape}")
+    check_multiplier_shift(output_multiplier, output_shift, single_rounding)
+    return output_multiplier, output_shift
+
+
+def int8_array(arr, name: str) -> jax.Array:
+    """An int8 array (the dtype checked before any conversion)."""
+    return typed_array(arr, name, [np.int8])
+
+
+def check_int8_offsets(input_zero_point, output_zero_point, activation_min, activation_max):
+    """A TFLite int8 kernel's zero points and activation bounds: ints in ``[-128, 127]``, ordered."""
+    for name, value in (
+        ("input_zero_point", input_zero_point),
+        ("output_zero_point", output_zero_point),
+        ("activation_min", activation_min),
+        ("activation_max", activation_max),
+    ):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if not -128 <= value <= 127:
+            raise ValueError(f"{name} must lie in the int8 range [-128, 127], got {value}")
+    if activation_min > activation_max:
+        raise ValueError(f"activation_min ({activation_min}) must be <= activation_max ({activation_max})")
+
+
+def bias_int32(bias, channels: int) -> jax.Array:
+    """An int32 bias of shape ``(channels,)`` (int64 values checked before conversion), or zeros for None."""
+    if bias is None:
+        return jnp.zeros((channels,), jnp.int32)
+    bias = int_array(bias, "bias")
+    if bias.shape != (channels,):
+        raise ValueError(f"bias must have shape ({channels},), one per output channel, got {bias.shape}")
+    return bias
+
+
+def positive_pair(value, name: str) -> tuple[int, int]:
+    """A pair (tuple or list) of positive ints, such as strides or dilations."""
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 1 for v in value)
+    ):
+        raise ValueError(f"{name} must be a pair of positive ints, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def host_float64(value, name: str) -> np.ndarray:
+    """Real numbers (Python, numpy, or a concrete array) as a float64 numpy array; not complex, bool or None."""
+    array = as_array(value, name)
+    if not (is_float_dtype(array.dtype) or is_integer_dtype(array.dtype)):
+        raise TypeError(f"{name} must be real numbers, got dtype {array.dtype}")
+    if not is_concrete(array):
+        raise TypeError(f"{name} is computed on the host at prepare time; pass concrete values, not traced ones")
+    return np.asarray(array).astype(np.float64)
+
+
+def check_broadcast(**arrays: jax.Array) -> None:
+    """The arrays' shapes broadcast together, else a ValueError naming them."""
+    try:
+        jnp.broadcast_shapes(*(a.shape for a in arrays.values()))
+    except ValueError:
+        shapes = ", ".join(f"{name} {a.shape}" for name, a in arrays.items())
+        raise ValueError(f"{' and '.join(arrays)} must broadcast, got shapes {shapes}") from None
+
+
+def requantize_bounds(zero_point: jax.Array, qmin: jax.Array, qmax: jax.Array, exact_within: int) -> bool | None:
+    """For concrete bounds of a requantization: check them, and say whether ``qmin - z`` and ``qmax - z`` lie
+    within ``[-exact_within, exact_within]`` (where a fast rounding is exact); None when any is traced."""
+    if not all(is_concrete(v) for v in (zero_point, qmin, qmax)):
+        return None
+    z, low, high = (np.asarray(v, np.int64) for v in (zero_point, qmin, qmax))
+    if np.any(low > high):
+        raise ValueError(f"qmin must be <= qmax, got qmin={low.tolist()} and qmax={high.tolist()}")
+    low, high = low - z, high - z
+    if np.any(low < INT32_MIN) or np.any(high > INT32_MAX):
+        raise ValueError("qmin - zero_point and qmax - zero_point must fit int32 (the bounds MLAS clamps to)")
+    return bool(np.all(low >= -exact_within) and np.all(high <= exact_within))

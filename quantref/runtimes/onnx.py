@@ -68,10 +68,11 @@ import ml_dtypes
 import numpy as np
 
 from quantref import _validate, formats
-from quantref._validate import INT32_MAX, INT32_MIN, is_concrete
+from quantref._validate import is_concrete
 from quantref.affine import expand_param
 from quantref.affine import true_divide as _divide  # XLA rewrites x / constant as x * (1 / constant)
-from quantref.runtimes._x86 import float_to_int32
+from quantref.runtimes import _arith
+from quantref.runtimes._arith import float_to_int32
 
 __all__ = [
     "Flavor",
@@ -521,30 +522,7 @@ def conv_integer(
 # QLinearMatMul / QLinearConv: int32 accumulation, then requantization
 
 
-def _round_small_to_int32(value: jax.Array) -> jax.Array:
-    """Round half to even to int32, exactly for $|v| \\le 2^{22}$.
-
-    Adding $1.5 \\cdot 2^{23}$ moves $v$ to where the float32 spacing is 1, so the addition itself rounds half to even
-    and leaves the integer in the low mantissa bits. XLA's CPU backend has lowered ``round`` to a scalar call; this is
-    one vector add and a bitcast.
-    """
-    magic = jnp.float32(1.5 * 2**23)
-    return jax.lax.bitcast_convert_type(value + magic, jnp.int32) - jax.lax.bitcast_convert_type(magic, jnp.int32)
-
-
-def _round_to_int32(value: jax.Array) -> jax.Array:
-    """Round half to even to int32, exactly for every float32 in $[-2^{31}, 2^{31}]$ (saturating at the ends).
-
-    Below $2^{23}$ adding and subtracting $\\pm 2^{23}$ rounds half to even (the spacing there is 1); from $2^{23}$ on,
-    every float32 is an integer already.
-    """
-    offset = jnp.where(value < 0, jnp.float32(-(2**23)), jnp.float32(2**23))
-    rounded = jnp.where(jnp.abs(value) < 2**23, (value + offset) - offset, value)
-    inside = jnp.where(rounded >= 2.0**31, 0.0, rounded).astype(jnp.int32)
-    return jnp.where(rounded >= 2.0**31, jnp.int32(INT32_MAX), inside)
-
-
-_SMALL = 2**22  # the bound below which _round_small_to_int32 is exact
+_SMALL = 2**22  # the bound below which _arith.round_small_to_int32 is exact
 
 
 @functools.partial(jax.jit, static_argnames=("small",))
@@ -561,11 +539,11 @@ def _requantize_float(acc, multiplier, zero_point, qmin, qmax, *, small: bool | 
 
     def fast(values):  # the bounds are exact in float32, and the clamped values small enough for the magic number
         values = jnp.clip(values, low.astype(jnp.float32), high.astype(jnp.float32))
-        return _round_small_to_int32(values) + zero_point
+        return _arith.round_small_to_int32(values) + zero_point
 
     def exact(values):  # bounds beyond 2^24 are not exact in float32: clamp in int32, where they are
         values = jnp.clip(values, -(2.0**31), 2.0**31)
-        return jnp.clip(_round_to_int32(values), low, high) + zero_point
+        return jnp.clip(_arith.round_to_int32(values), low, high) + zero_point
 
     if small is None:
         small_bounds = jnp.all((low >= -_SMALL) & (high <= _SMALL))
@@ -628,7 +606,7 @@ def requantize(
             f"acc {acc.shape}, multiplier {multiplier.shape}, zero_point {zero_point.shape}, qmin {qmin.shape} and "
             f"qmax {qmax.shape} do not broadcast"
         ) from error
-    small = _small_bounds(zero_point, qmin, qmax)
+    small = _validate.requantize_bounds(zero_point, qmin, qmax, _SMALL)
     return _requantize_float(acc, multiplier, zero_point, qmin, qmax, small=small)
 
 
@@ -852,16 +830,3 @@ def qlinear_conv(
         group=int(group),
         flavor=flavor,
     )
-
-
-def _small_bounds(zero_point: jax.Array, qmin: jax.Array, qmax: jax.Array) -> bool | None:
-    """For concrete bounds: check them and say whether the fast rounding is exact; None when traced."""
-    if not all(_validate.is_concrete(v) for v in (zero_point, qmin, qmax)):
-        return None
-    z, low, high = (np.asarray(v, np.int64) for v in (zero_point, qmin, qmax))
-    if np.any(low > high):
-        raise ValueError(f"qmin must be <= qmax, got qmin={low.tolist()} and qmax={high.tolist()}")
-    low, high = low - z, high - z
-    if np.any(low < INT32_MIN) or np.any(high > INT32_MAX):
-        raise ValueError("qmin - zero_point and qmax - zero_point must fit int32 (the bounds MLAS clamps to)")
-    return bool(np.all(low >= -_SMALL) and np.all(high <= _SMALL))

@@ -56,7 +56,8 @@ import numpy as np
 from quantref import _validate, formats
 from quantref._validate import INT32_MAX, INT32_MIN, check_normal_float32, is_concrete
 from quantref.affine import true_divide as _divide  # XLA rewrites x / constant as x * (1 / constant)
-from quantref.runtimes._x86 import float_to_int32
+from quantref.runtimes import _arith
+from quantref.runtimes._arith import float_to_int32
 
 __all__ = [
     "TfliteDtype",
@@ -145,7 +146,7 @@ def quantize_multiplier_array(
       TypeError: if ``real_multipliers`` are not real numbers (complex, ``None``, strings).
       ValueError: if any multiplier is NaN or infinite.
     """
-    values = _real_float64(real_multipliers, "real_multipliers")
+    values = _validate.host_float64(real_multipliers, "real_multipliers")
     pairs = [quantize_multiplier(float(v), single_rounding=single_rounding) for v in values.ravel()]
     multipliers = np.array([p[0] for p in pairs], dtype=np.int64).reshape(values.shape)
     shifts = np.array([p[1] for p in pairs], dtype=np.int64).reshape(values.shape)
@@ -181,7 +182,7 @@ def per_channel_multipliers(
     """
     names = ("input_scale", "filter_scales", "output_scale")
     scales = [
-        _real_float64(value, name).astype(np.float32)
+        _validate.host_float64(value, name).astype(np.float32)
         for value, name in zip((input_scale, filter_scales, output_scale), names)
     ]
     for name, value in zip(names, scales):
@@ -193,60 +194,6 @@ def per_channel_multipliers(
         raise ValueError("input_scale and output_scale must be scalars and filter_scales 1-D")
     effective = scales[0].astype(np.float64) * scales[1].astype(np.float64) / scales[2].astype(np.float64)
     return quantize_multiplier_array(effective, single_rounding=single_rounding)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# 64-bit integer arithmetic from 32-bit pieces
-
-
-def _mul_u32(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Full 64-bit product of two uint32 arrays as ``(hi, lo)`` uint32 words (schoolbook on 16-bit halves)."""
-    mask = jnp.uint32(0xFFFF)
-    a_lo, a_hi = a & mask, a >> 16
-    b_lo, b_hi = b & mask, b >> 16
-    lo_lo = a_lo * b_lo
-    mid1 = a_hi * b_lo
-    mid2 = a_lo * b_hi
-    hi_hi = a_hi * b_hi
-    # cross = (lo_lo >> 16) + low halves of the middle products: < 3 * 2^16, no overflow.
-    cross = (lo_lo >> 16) + (mid1 & mask) + (mid2 & mask)
-    lo = (cross << 16) | (lo_lo & mask)
-    hi = hi_hi + (mid1 >> 16) + (mid2 >> 16) + (cross >> 16)
-    return hi, lo
-
-
-def _add_u64(hi: jax.Array, lo: jax.Array, add_hi: jax.Array, add_lo: jax.Array) -> tuple[jax.Array, jax.Array]:
-    new_lo = lo + add_lo
-    carry = (new_lo < lo).astype(jnp.uint32)
-    return hi + add_hi + carry, new_lo
-
-
-def _negate_u64(hi: jax.Array, lo: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return _add_u64(~hi, ~lo, jnp.uint32(0), jnp.uint32(1))
-
-
-def _magnitude(x: jax.Array) -> jax.Array:
-    """|x| of an int32 array as uint32 (exact also for INT32_MIN)."""
-    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    return jnp.where(x < 0, jnp.uint32(0) - bits, bits)
-
-
-def _signed_product(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The exact int64 product of two int32 arrays, as two's-complement ``(hi, lo)`` uint32 words."""
-    hi, lo = _mul_u32(_magnitude(a), _magnitude(b))
-    negative = (a < 0) != (b < 0)
-    neg_hi, neg_lo = _negate_u64(hi, lo)
-    return jnp.where(negative, neg_hi, hi), jnp.where(negative, neg_lo, lo)
-
-
-def _shift_right_low32(hi: jax.Array, lo: jax.Array, amount: jax.Array) -> jax.Array:
-    """Low 32 bits of the arithmetic right shift of a two's-complement int64 ``(hi, lo)`` by 1..62, as int32."""
-    small = amount < 32
-    amount_small = jnp.clip(amount, 1, 31).astype(jnp.uint32)
-    from_small = (lo >> amount_small) | (hi << (jnp.uint32(32) - amount_small))
-    hi_signed = jax.lax.bitcast_convert_type(hi, jnp.int32)
-    from_large = hi_signed >> jnp.clip(amount - 32, 0, 31)
-    return jnp.where(small, jax.lax.bitcast_convert_type(from_small, jnp.int32), from_large)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -281,13 +228,13 @@ def saturating_rounding_doubling_high_mul(a: jax.Array, b: jax.Array) -> jax.Arr
         not broadcast.
     """
     a, b = _validate.int_array(a, "a"), _validate.int_array(b, "b")
-    _broadcast_shapes(a=a, b=b)
+    _validate.check_broadcast(a=a, b=b)
     a, b = jnp.broadcast_arrays(a, b)
-    hi, lo = _mul_u32(_magnitude(a), _magnitude(b))
+    hi, lo = _arith.mul_u32(_arith.magnitude(a), _arith.magnitude(b))
     negative = ((a < 0) != (b < 0)) & ((a != 0) & (b != 0))
     # |result| = floor((|ab| + 2^30 - [ab < 0]) / 2^31): trunc((ab + nudge) / 2^31) in sign-magnitude form.
     nudge = jnp.where(negative, jnp.uint32(2**30 - 1), jnp.uint32(2**30))
-    hi, lo = _add_u64(hi, lo, jnp.uint32(0), nudge)
+    hi, lo = _arith.add_u64(hi, lo, jnp.uint32(0), nudge)
     magnitude = (hi << 1) | (lo >> 31)
     value = jax.lax.bitcast_convert_type(magnitude, jnp.int32)
     result = jnp.where(negative, -value, value)
@@ -319,7 +266,7 @@ def rounding_divide_by_pot(x: jax.Array, exponent: jax.Array | int) -> jax.Array
     """
     x = _validate.int_array(x, "x")
     exponent = _validate.int_array(exponent, "exponent")
-    _broadcast_shapes(x=x, exponent=exponent)
+    _validate.check_broadcast(x=x, exponent=exponent)
     if is_concrete(exponent):
         values = np.asarray(exponent)
         if values.size and (values.min() < 0 or values.max() > 31):
@@ -341,12 +288,12 @@ def _mbqm(x, quantized_multiplier, shift, *, single_rounding):
     if single_rounding:
         # (x * qm + 2^(30 - shift)) >> (31 - shift) in int64, then truncated to int32.
         total_shift = 31 - shift
-        hi, lo = _signed_product(x, quantized_multiplier)
+        hi, lo = _arith.signed_product(x, quantized_multiplier)
         round_bit = total_shift - 1  # 0..61
         round_lo = jnp.where(round_bit < 32, jnp.uint32(1) << jnp.clip(round_bit, 0, 31).astype(jnp.uint32), 0)
         round_hi = jnp.where(round_bit >= 32, jnp.uint32(1) << jnp.clip(round_bit - 32, 0, 31).astype(jnp.uint32), 0)
-        hi, lo = _add_u64(hi, lo, round_hi.astype(jnp.uint32), round_lo.astype(jnp.uint32))
-        return _shift_right_low32(hi, lo, total_shift)
+        hi, lo = _arith.add_u64(hi, lo, round_hi.astype(jnp.uint32), round_lo.astype(jnp.uint32))
+        return _arith.shift_right_low32(hi, lo, total_shift)
     left_shift = jnp.maximum(shift, 0)
     right_shift = jnp.maximum(-shift, 0)
     # x * (1 << left_shift) in int32 wraps on overflow, as the C++ does in practice.
@@ -354,19 +301,6 @@ def _mbqm(x, quantized_multiplier, shift, *, single_rounding):
         jax.lax.bitcast_convert_type(x, jnp.uint32) << left_shift.astype(jnp.uint32), jnp.int32
     )
     return _rounding_divide_by_pot(saturating_rounding_doubling_high_mul(scaled, quantized_multiplier), right_shift)
-
-
-def _check_multiplier_shift(quantized_multiplier: jax.Array, shift: jax.Array, single_rounding: bool) -> None:
-    if is_concrete(shift):
-        values = np.asarray(shift)
-        if values.size and (values.min() < -31 or values.max() > 30):
-            raise ValueError(f"shift must lie in -31..30, got values in [{values.min()}, {values.max()}]")
-    if single_rounding and is_concrete(quantized_multiplier):
-        values = np.asarray(quantized_multiplier)
-        if values.size and values.min() < 0:
-            raise ValueError(
-                f"quantized_multiplier must be >= 0 with single_rounding=True (TFLite DCHECKs it), got {values.min()}"
-            )
 
 
 def multiply_by_quantized_multiplier(
@@ -417,7 +351,7 @@ def multiply_by_quantized_multiplier(
     shift = _validate.int_array(shift, "shift")
     if not isinstance(single_rounding, (bool, np.bool_)):
         raise TypeError(f"single_rounding must be a bool, got {single_rounding!r}")
-    _check_multiplier_shift(quantized_multiplier, shift, bool(single_rounding))
+    _validate.check_multiplier_shift(quantized_multiplier, shift, bool(single_rounding))
     try:
         jnp.broadcast_shapes(x.shape, quantized_multiplier.shape, shift.shape)
     except ValueError as err:
@@ -484,7 +418,7 @@ def requantize(
     qmin = _validate.int_array(qmin, "qmin")
     qmax = _validate.int_array(qmax, "qmax")
     single_rounding = _validate.check_bool(single_rounding, "single_rounding")
-    _check_multiplier_shift(quantized_multiplier, shift, single_rounding)
+    _validate.check_multiplier_shift(quantized_multiplier, shift, single_rounding)
     if is_concrete(qmin) and is_concrete(qmax) and np.any(np.asarray(qmin) > np.asarray(qmax)):
         raise ValueError(
             f"qmin must be <= qmax, got qmin={np.asarray(qmin).tolist()} and qmax={np.asarray(qmax).tolist()}"
@@ -502,12 +436,6 @@ def requantize(
 
 # ---------------------------------------------------------------------------------------------------------------
 # reference kernels
-
-
-def _check_dtype(dtype: str) -> formats.IntFormat:
-    if not isinstance(dtype, str) or dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {dtype!r}")
-    return _DTYPES[dtype]
 
 
 @functools.partial(jax.jit, static_argnames=("fmt",))
@@ -551,7 +479,7 @@ def quantize(x: jax.Array | np.ndarray, scale: float, zero_point: int, dtype: Tf
         point outside the range.
       TypeError: for a non-float ``x``, a non-numeric ``scale`` or a non-int ``zero_point``.
     """
-    fmt = _check_dtype(dtype)
+    fmt = _DTYPES[_validate.check_choice(dtype, "dtype", tuple(_DTYPES))]
     x = _validate.float_array(x, "x")
     if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
         raise TypeError(f"scale must be a float, got {scale!r}")
@@ -564,44 +492,6 @@ def quantize(x: jax.Array | np.ndarray, scale: float, zero_point: int, dtype: Tf
     if not fmt.qmin <= zero_point <= fmt.qmax:
         raise ValueError(f"zero_point must lie in the {dtype} range [{fmt.qmin}, {fmt.qmax}], got {zero_point}")
     return _quantize(x.astype(jnp.float32), jnp.float32(scale32), jnp.int32(zero_point), fmt=fmt)
-
-
-def _check_requant(output_multiplier, output_shift, channels: int, single_rounding: bool):
-    output_multiplier = _validate.int_array(output_multiplier, "output_multiplier")
-    output_shift = _validate.int_array(output_shift, "output_shift")
-    for name, arr in (("output_multiplier", output_multiplier), ("output_shift", output_shift)):
-        if arr.shape != (channels,):
-            raise ValueError(f"{name} must have shape ({channels},), one per output channel, got {arr.shape}")
-    _check_multiplier_shift(output_multiplier, output_shift, single_rounding)
-    return output_multiplier, output_shift
-
-
-def _check_int8(arr, name: str) -> jax.Array:
-    return _validate.typed_array(arr, name, [np.int8])
-
-
-def _check_offsets(input_zero_point, output_zero_point, activation_min, activation_max):
-    for name, value in (
-        ("input_zero_point", input_zero_point),
-        ("output_zero_point", output_zero_point),
-        ("activation_min", activation_min),
-        ("activation_max", activation_max),
-    ):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {value!r}")
-        if not -128 <= value <= 127:
-            raise ValueError(f"{name} must lie in the int8 range [-128, 127], got {value}")
-    if activation_min > activation_max:
-        raise ValueError(f"activation_min ({activation_min}) must be <= activation_max ({activation_max})")
-
-
-def _check_bias(bias, channels: int) -> jax.Array:
-    if bias is None:
-        return jnp.zeros((channels,), jnp.int32)
-    bias = _validate.int_array(bias, "bias")
-    if bias.shape != (channels,):
-        raise ValueError(f"bias must have shape ({channels},), one per output channel, got {bias.shape}")
-    return bias
 
 
 def _requantize(
@@ -690,16 +580,18 @@ def fully_connected(
       ValueError: for mismatched depths, per-channel parameters of the wrong length, or out-of-range zero points,
         activation bounds or shifts.
     """
-    x = _check_int8(x, "x")
-    filters = _check_int8(filters, "filters")
+    x = _validate.int8_array(x, "x")
+    filters = _validate.int8_array(filters, "filters")
     if filters.ndim != 2:
         raise ValueError(f"filters must be 2-D (out_channels, depth), got shape {filters.shape}")
     if x.ndim < 1 or x.shape[-1] != filters.shape[1]:
         raise ValueError(f"x's last dimension must equal filters' depth {filters.shape[1]}, got x.shape {x.shape}")
     channels = filters.shape[0]
-    output_multiplier, output_shift = _check_requant(output_multiplier, output_shift, channels, single_rounding)
-    bias = _check_bias(bias, channels)
-    _check_offsets(input_zero_point, output_zero_point, activation_min, activation_max)
+    output_multiplier, output_shift = _validate.check_output_multipliers(
+        output_multiplier, output_shift, channels, single_rounding
+    )
+    bias = _validate.bias_int32(bias, channels)
+    _validate.check_int8_offsets(input_zero_point, output_zero_point, activation_min, activation_max)
     return _fully_connected(
         x,
         filters,
@@ -712,16 +604,6 @@ def fully_connected(
         activation_max=int(activation_max),
         single_rounding=bool(single_rounding),
     )
-
-
-def _pair(value, name: str) -> tuple[int, int]:
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in value)
-    ):
-        raise ValueError(f"{name} must be a pair of positive ints, got {value!r}")
-    return int(value[0]), int(value[1])
 
 
 def _same_padding(size: int, filter_size: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -839,8 +721,8 @@ def conv2d(
         divisible by the groups, bad strides/dilations/padding, per-channel parameters of the wrong length, or
         out-of-range zero points, activation bounds or shifts.
     """
-    x = _check_int8(x, "x")
-    filters = _check_int8(filters, "filters")
+    x = _validate.int8_array(x, "x")
+    filters = _validate.int8_array(filters, "filters")
     if x.ndim != 4 or filters.ndim != 4:
         raise ValueError(f"x and filters must be 4-D (NHWC and OHWI), got shapes {x.shape} and {filters.shape}")
     in_channels, filter_depth, channels = x.shape[3], filters.shape[3], filters.shape[0]
@@ -854,8 +736,8 @@ def conv2d(
             f"x's channels ({in_channels}) must be a multiple of filters' input depth ({filter_depth}) and "
             f"out_channels ({channels}) divisible by the resulting groups"
         )
-    strides = _pair(strides, "strides")
-    dilations = _pair(dilations, "dilations")
+    strides = _validate.positive_pair(strides, "strides")
+    dilations = _validate.positive_pair(dilations, "dilations")
     if padding == "SAME":
         pads = tuple(_same_padding(x.shape[1 + i], filters.shape[1 + i], strides[i], dilations[i]) for i in range(2))
     elif padding == "VALID":
@@ -873,9 +755,11 @@ def conv2d(
         effective = (filters.shape[1 + i] - 1) * dilations[i] + 1
         if x.shape[1 + i] + sum(pads[i]) < effective:
             raise ValueError(f"the dilated filter ({effective}) is larger than the padded input {name}")
-    output_multiplier, output_shift = _check_requant(output_multiplier, output_shift, channels, single_rounding)
-    bias = _check_bias(bias, channels)
-    _check_offsets(input_zero_point, output_zero_point, activation_min, activation_max)
+    output_multiplier, output_shift = _validate.check_output_multipliers(
+        output_multiplier, output_shift, channels, single_rounding
+    )
+    bias = _validate.bias_int32(bias, channels)
+    _validate.check_int8_offsets(input_zero_point, output_zero_point, activation_min, activation_max)
     return _conv2d(
         x,
         filters,
@@ -896,21 +780,3 @@ def conv2d(
 
 # ---------------------------------------------------------------------------------------------------------------
 # argument checks specific to these functions
-
-
-def _real_float64(value, name: str) -> np.ndarray:
-    """Real numbers (Python, numpy, or a concrete array) as a float64 numpy array; not complex, bool or None."""
-    array = _validate.as_array(value, name)
-    if not (_validate.is_float_dtype(array.dtype) or _validate.is_integer_dtype(array.dtype)):
-        raise TypeError(f"{name} must be real numbers, got dtype {array.dtype}")
-    if not is_concrete(array):
-        raise TypeError(f"{name} is computed on the host at prepare time; pass concrete values, not traced ones")
-    return np.asarray(array).astype(np.float64)
-
-
-def _broadcast_shapes(**arrays: jax.Array) -> None:
-    try:
-        jnp.broadcast_shapes(*(a.shape for a in arrays.values()))
-    except ValueError:
-        shapes = ", ".join(f"{name} {a.shape}" for name, a in arrays.items())
-        raise ValueError(f"{' and '.join(arrays)} must broadcast, got shapes {shapes}") from None

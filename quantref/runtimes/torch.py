@@ -60,7 +60,7 @@ import numpy as np
 from quantref import _validate, formats
 from quantref._validate import INT32_MAX, INT32_MIN, check_normal_float32, is_concrete
 from quantref.affine import true_divide as _divide  # XLA rewrites x / constant as x * (1 / constant)
-from quantref.runtimes._x86 import float_to_int32
+from quantref.runtimes._arith import float_to_int32
 
 __all__ = [
     "TorchQDtype",
