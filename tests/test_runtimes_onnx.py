@@ -18,7 +18,7 @@ ort = pytest.importorskip("onnxruntime", reason="the ONNX cross-checks need the 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
-from quantref.runtimes import onnx as qo  # noqa: E402
+from quantref.runtimes import onnx as qonnx  # noqa: E402
 
 INT_DTYPES = [
     np.dtype(d)
@@ -233,7 +233,7 @@ def test_quantize_linear_int_ties_saturation_and_specials(dtype, flavor, runner)
         for zero in sorted({qmin, (qmin + qmax) // 2 + 1, qmax, 0, 1}):
             zero_point = np.array(zero, dtype)
             expected = quantize_node(x, scale, zero_point, dtype, runner)
-            actual = qo.quantize_linear(x, scale, zero_point, flavor=flavor)
+            actual = qonnx.quantize_linear(x, scale, zero_point, flavor=flavor)
             assert np.asarray(actual).dtype == dtype
             assert_same(actual, expected, x, f"{dtype} s={scale} z={zero}")
 
@@ -258,7 +258,7 @@ def test_quantize_linear_int_fuzz_per_axis_and_blocked(dtype, flavor, runner):
         expected = quantize_node(
             x, case["scale"], zero_point, dtype, runner, axis=case["axis"], block_size=case["block_size"]
         )
-        actual = qo.quantize_linear(
+        actual = qonnx.quantize_linear(
             x, case["scale"], zero_point, axis=case["axis"], block_size=case["block_size"], flavor=flavor
         )
         assert_same(actual, expected, x, f"{dtype} axis={case['axis']} block={case['block_size']}")
@@ -288,7 +288,7 @@ def test_quantize_linear_float8_bit_exact(dtype, saturate, flavor, runner):
     zero_point = np.array(0, dtype)
     for scale in (np.float32(1.0), np.float32(0.75)):
         expected = quantize_node(x, scale, zero_point, dtype, runner, saturate=saturate)
-        actual = qo.quantize_linear(x, scale, zero_point, saturate=saturate, flavor=flavor)
+        actual = qonnx.quantize_linear(x, scale, zero_point, saturate=saturate, flavor=flavor)
         assert np.asarray(actual).dtype == dtype
         assert_same(actual, expected, x, f"{dtype} saturate={saturate} s={scale}")
     # Per-axis and blocked float8 (output type from output_dtype, no zero point input).
@@ -298,7 +298,7 @@ def test_quantize_linear_float8_bit_exact(dtype, saturate, flavor, runner):
         if block:
             attrs["block_size"] = block
         expected = runner("QuantizeLinear", [("x", x), ("s", scale)], [("y", dtype)], attrs, constants=("s",))[0]
-        actual = qo.quantize_linear(
+        actual = qonnx.quantize_linear(
             x, scale, axis=axis, block_size=block, saturate=saturate, output_dtype=dtype, flavor=flavor
         )
         assert_same(actual, expected, x, f"{dtype} axis={axis} block={block}")
@@ -311,12 +311,12 @@ def test_quantize_linear_output_dtype_and_default_uint8():
         expected = run_ort(
             "QuantizeLinear", [("x", x), ("s", np.float32(0.3))], [("y", dtype)], attrs, constants=("s",)
         )[0]
-        actual = qo.quantize_linear(x, np.float32(0.3), output_dtype=dtype)
+        actual = qonnx.quantize_linear(x, np.float32(0.3), output_dtype=dtype)
         assert np.asarray(actual).dtype == dtype
         assert_same(actual, expected, x, str(dtype))
-    assert np.asarray(qo.quantize_linear(x, np.float32(0.3), output_dtype="int4")).dtype == ml_dtypes.int4
+    assert np.asarray(qonnx.quantize_linear(x, np.float32(0.3), output_dtype="int4")).dtype == ml_dtypes.int4
     expected = run_ort("QuantizeLinear", [("x", x), ("s", np.float32(0.3))], [("y", np.uint8)], constants=("s",))[0]
-    assert_same(qo.quantize_linear(x, np.float32(0.3)), expected, x, "default uint8")
+    assert_same(qonnx.quantize_linear(x, np.float32(0.3)), expected, x, "default uint8")
 
 
 def test_quantize_linear_jit_matches_eager():
@@ -324,8 +324,8 @@ def test_quantize_linear_jit_matches_eager():
     x = (rng.standard_normal((8, 1000)) * 50).astype(np.float32)
     scale = random_scales(rng, (1000,))
     zero_point = rng.integers(-128, 128, (1000,)).astype(np.int8)
-    eager = qo.quantize_linear(x, scale, zero_point, axis=-1)
-    jitted = jax.jit(lambda x, s, z: qo.quantize_linear(x, s, z, axis=-1))(x, scale, zero_point)
+    eager = qonnx.quantize_linear(x, scale, zero_point, axis=-1)
+    jitted = jax.jit(lambda x, s, z: qonnx.quantize_linear(x, s, z, axis=-1))(x, scale, zero_point)
     np.testing.assert_array_equal(np.asarray(eager), np.asarray(jitted))
     expected = quantize_node(x, scale, zero_point, np.dtype(np.int8), run_ort, axis=-1)
     assert_same(jitted, expected, x, "jit")
@@ -361,7 +361,7 @@ def test_dequantize_linear_matches_onnxruntime(dtype):
         expected = run_ort(
             "DequantizeLinear", inputs, [("y", np.float32)], attrs, constants=constants, opset=opset_for(dtype)
         )[0]
-        actual = qo.dequantize_linear(x, scale, zero_point, axis=axis, block_size=block)
+        actual = qonnx.dequantize_linear(x, scale, zero_point, axis=axis, block_size=block)
         assert np.asarray(actual).dtype == np.float32
         assert_same_float(actual, expected, f"{dtype} axis={axis} block={block}")
         runner_inputs.append((inputs, attrs, actual))
@@ -381,7 +381,7 @@ DYNAMIC_OUTPUTS = [("y", np.uint8), ("s", np.float32), ("z", np.uint8)]
 
 def check_dynamic(x, flavor, runner):
     expected = runner("DynamicQuantizeLinear", [("x", x)], DYNAMIC_OUTPUTS, opset=11)
-    y, scale, zero_point = qo.dynamic_quantize_linear(x, flavor=flavor)
+    y, scale, zero_point = qonnx.dynamic_quantize_linear(x, flavor=flavor)
     assert_same(y, expected[0], x, "y")
     assert_same_float(scale, expected[1], "y_scale")
     assert_same(zero_point, expected[2], None, "y_zero_point")
@@ -431,7 +431,7 @@ def test_matmul_integer(a_dtype, b_dtype, flavor, runner):
             ("zb", None if b_zp is None else np.asarray(b_zp)),
         ]
         expected = runner("MatMulInteger", inputs, [("y", np.int32)], constants=("za", "zb"), opset=10)[0]
-        np.testing.assert_array_equal(np.asarray(qo.matmul_integer(a, b, a_zp, b_zp)), expected)
+        np.testing.assert_array_equal(np.asarray(qonnx.matmul_integer(a, b, a_zp, b_zp)), expected)
 
 
 CONV_CASES = [
@@ -469,7 +469,7 @@ def test_conv_integer(case, flavor, runner):
         expected = runner(
             "ConvInteger", inputs, [("y", np.int32)], conv_attrs(case, w.shape), constants=("w", "zx", "zw"), opset=10
         )[0]
-        actual = qo.conv_integer(
+        actual = qonnx.conv_integer(
             x, w, x_zp, w_zp, strides=case["strides"], pads=case["pads"], dilations=case["dilations"], group=group
         )
         np.testing.assert_array_equal(np.asarray(actual), expected)
@@ -511,7 +511,7 @@ def test_qlinear_matmul_fuzz(a_dtype, b_dtype, y_dtype, flavor, runner):
             for i, d in ((info_a, a_dtype), (info_b, b_dtype), (info_y, y_dtype))
         )
         expected = qlinear_matmul_node(runner, a, sa, za, b, sb, zb, sy, zy, constants)
-        actual = qo.qlinear_matmul(a, sa, za, b, sb, zb, sy, zy, flavor=flavor)
+        actual = qonnx.qlinear_matmul(a, sa, za, b, sb, zb, sy, zy, flavor=flavor)
         assert_same(actual, expected, None, f"k={k}")
 
 
@@ -533,7 +533,7 @@ def test_qlinear_matmul_ties(flavor, runner):
         for zy in (np.uint8(0), np.uint8(127), np.uint8(255)):
             args = (a, np.float32(sa), np.uint8(128), b, np.float32(sb), np.int8(0), np.float32(sy), zy)
             expected = qlinear_matmul_node(runner, *args)
-            assert_same(qo.qlinear_matmul(*args, flavor=flavor), expected, None, f"s={sa, sb, sy} zy={zy}")
+            assert_same(qonnx.qlinear_matmul(*args, flavor=flavor), expected, None, f"s={sa, sb, sy} zy={zy}")
 
 
 @pytest.mark.parametrize("flavor,runner", FLAVOR_RUNNERS, ids=["ort", "ref"])
@@ -545,7 +545,7 @@ def test_qlinear_matmul_per_column_b(flavor, runner):
     zb = np.zeros(48, np.int8)
     args = (a, np.float32(0.02), np.uint8(120), b, sb, zb, np.float32(0.5), np.uint8(128))
     expected = qlinear_matmul_node(runner, *args)
-    assert_same(qo.qlinear_matmul(*args, flavor=flavor), expected, None, "per-column")
+    assert_same(qonnx.qlinear_matmul(*args, flavor=flavor), expected, None, "per-column")
 
 
 def qlinear_conv_node(runner, x, sx, zx, w, sw, zw, sy, zy, bias, case, w_constant=True):
@@ -583,7 +583,7 @@ def test_qlinear_conv_fuzz_per_channel(x_dtype, y_dtype, case, flavor, runner):
     zx = np.asarray(rng.integers(info_x.min, info_x.max, endpoint=True)).astype(x_dtype)
     zy = np.asarray(rng.integers(info_y.min, info_y.max, endpoint=True)).astype(y_dtype)
     kwargs = dict(strides=case["strides"], pads=case["pads"], dilations=case["dilations"], group=group)
-    actual = qo.qlinear_conv(x, sx, zx, w, sw, np.int8(0), sy, zy, bias, flavor=flavor, **kwargs)
+    actual = qonnx.qlinear_conv(x, sx, zx, w, sw, np.int8(0), sy, zy, bias, flavor=flavor, **kwargs)
     assert np.asarray(actual).size >= 10**5 or case["strides"] != (1, 1)
     for w_constant in (True, False) if runner is run_ort else (True,):
         expected = qlinear_conv_node(runner, x, sx, zx, w, sw, np.int8(0), sy, zy, bias, case, w_constant)
@@ -600,7 +600,7 @@ def test_qlinear_conv_ties(flavor, runner):
         for zy in (np.uint8(0), np.uint8(127), np.uint8(128)):
             args = (x, np.float32(0.5), np.uint8(0), w, np.float32(1.0), np.int8(0), np.float32(1.0), zy, bias)
             expected = qlinear_conv_node(runner, *args, case)
-            assert_same(qo.qlinear_conv(*args, flavor=flavor), expected, None, f"bias={bias} zy={zy}")
+            assert_same(qonnx.qlinear_conv(*args, flavor=flavor), expected, None, f"bias={bias} zy={zy}")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -640,7 +640,7 @@ def test_disagreement_quantize_linear(name):
     )
     assert as_bits(ort_out).item() == ort_answer and as_bits(ref_out).item() == ref_answer
     for flavor, answer in (("onnxruntime", ort_answer), ("reference", ref_answer)):
-        actual = qo.quantize_linear(x, np.float32(scale), zero_point, saturate=saturate, flavor=flavor)
+        actual = qonnx.quantize_linear(x, np.float32(scale), zero_point, saturate=saturate, flavor=flavor)
         assert as_bits(actual).item() == answer
 
 
@@ -650,7 +650,7 @@ def test_disagreement_dequantize_int32():
     ort_out, ref_out = both("DequantizeLinear", inputs, [("y", np.float32)], constants=("s", "z"))
     # onnxruntime: int32 x − z wraps to −2^31 + 6; the reference rounds x to float32 first and does not wrap.
     assert ort_out[0] < 0 < ref_out[0] and ort_out[1] != ref_out[1]
-    assert_same_float(qo.dequantize_linear(x, np.float32(0.3), np.int32(-7)), ort_out, "int32")
+    assert_same_float(qonnx.dequantize_linear(x, np.float32(0.3), np.int32(-7)), ort_out, "int32")
 
 
 def test_disagreement_dynamic_quantize_all_zero_and_nan():
@@ -687,8 +687,8 @@ def test_disagreement_qlinear_matmul_zero_point_before_rounding():
     )
     assert qlinear_matmul_node(run_ort, *args).item() == 1
     assert qlinear_matmul_node(run_ref, *args).item() == 2
-    assert np.asarray(qo.qlinear_matmul(*args)).item() == 1
-    assert np.asarray(qo.qlinear_matmul(*args, flavor="reference")).item() == 2
+    assert np.asarray(qonnx.qlinear_matmul(*args)).item() == 1
+    assert np.asarray(qonnx.qlinear_matmul(*args, flavor="reference")).item() == 2
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -698,70 +698,70 @@ def test_disagreement_qlinear_matmul_zero_point_before_rounding():
 def test_bad_input_quantize_linear():
     x = np.ones((2, 3, 4), np.float32)
     with pytest.raises(ValueError, match="output_dtype"):
-        qo.quantize_linear(x, 1.0, output_dtype="int32")
+        qonnx.quantize_linear(x, 1.0, output_dtype="int32")
     with pytest.raises(ValueError, match="output_dtype"):
-        qo.quantize_linear(x, 1.0, np.int8(0), output_dtype=np.uint8)
+        qonnx.quantize_linear(x, 1.0, np.int8(0), output_dtype=np.uint8)
     with pytest.raises(TypeError, match="y_zero_point"):
-        qo.quantize_linear(x, 1.0, np.int32(0))
+        qonnx.quantize_linear(x, 1.0, np.int32(0))
     with pytest.raises(TypeError, match="x must"):
-        qo.quantize_linear(x.astype(np.int32), 1.0)
+        qonnx.quantize_linear(x.astype(np.int32), 1.0)
     with pytest.raises(ValueError, match="y_scale"):
-        qo.quantize_linear(x, np.ones(4, np.float32))  # per-axis scale of the wrong length (axis=1 has 3)
+        qonnx.quantize_linear(x, np.ones(4, np.float32))  # per-axis scale of the wrong length (axis=1 has 3)
     with pytest.raises(ValueError, match="y_scale"):
-        qo.quantize_linear(x, np.ones((2, 3, 3), np.float32), axis=2, block_size=3)  # needs ceil(4/3) = 2
+        qonnx.quantize_linear(x, np.ones((2, 3, 3), np.float32), axis=2, block_size=3)  # needs ceil(4/3) = 2
     with pytest.raises(ValueError, match="y_zero_point"):
-        qo.quantize_linear(x, np.ones(3, np.float32), np.zeros(2, np.uint8))
+        qonnx.quantize_linear(x, np.ones(3, np.float32), np.zeros(2, np.uint8))
     with pytest.raises(ValueError, match="axis"):
-        qo.quantize_linear(x, np.ones(3, np.float32), axis=5)
+        qonnx.quantize_linear(x, np.ones(3, np.float32), axis=5)
     with pytest.raises(ValueError, match="block_size"):
-        qo.quantize_linear(x, np.ones(3, np.float32), block_size=-1)
+        qonnx.quantize_linear(x, np.ones(3, np.float32), block_size=-1)
     for scale in (0.0, -1.0, np.nan, np.inf):
         with pytest.raises(ValueError, match="y_scale"):
-            qo.quantize_linear(x, np.float32(scale))
+            qonnx.quantize_linear(x, np.float32(scale))
     with pytest.raises(ValueError, match="flavor"):
-        qo.quantize_linear(x, 1.0, flavor="tflite")
+        qonnx.quantize_linear(x, 1.0, flavor="tflite")
 
 
 def test_bad_input_dequantize_linear():
     with pytest.raises(TypeError, match="x must"):
-        qo.dequantize_linear(np.ones(3, np.float32), 1.0)
+        qonnx.dequantize_linear(np.ones(3, np.float32), 1.0)
     with pytest.raises(TypeError, match="x_zero_point"):
-        qo.dequantize_linear(np.ones(3, np.uint8), 1.0, np.int8(0))
+        qonnx.dequantize_linear(np.ones(3, np.uint8), 1.0, np.int8(0))
     with pytest.raises(ValueError, match="x_scale"):
-        qo.dequantize_linear(np.ones((3, 4), np.uint8), np.ones(5, np.float32))
+        qonnx.dequantize_linear(np.ones((3, 4), np.uint8), np.ones(5, np.float32))
     with pytest.raises(ValueError, match="x_scale"):
-        qo.dequantize_linear(np.ones(3, np.uint8), np.float32(0.0))
+        qonnx.dequantize_linear(np.ones(3, np.uint8), np.float32(0.0))
 
 
 def test_bad_input_matmul_and_conv():
     a, b = np.ones((3, 4), np.uint8), np.ones((5, 6), np.int8)
     with pytest.raises(ValueError, match="a's last dimension"):
-        qo.matmul_integer(a, b)
+        qonnx.matmul_integer(a, b)
     with pytest.raises(TypeError, match="b must"):
-        qo.matmul_integer(a, np.ones((4, 6), np.int16))
+        qonnx.matmul_integer(a, np.ones((4, 6), np.int16))
     with pytest.raises(ValueError, match="b_zero_point"):
-        qo.matmul_integer(a, np.ones((4, 6), np.int8), None, np.zeros(5, np.int8))
+        qonnx.matmul_integer(a, np.ones((4, 6), np.int8), None, np.zeros(5, np.int8))
     with pytest.raises(ValueError, match="b_scale"):
-        qo.qlinear_matmul(
+        qonnx.qlinear_matmul(
             a, 1.0, np.uint8(0), np.ones((4, 6), np.int8), np.ones(5, np.float32), np.int8(0), 1.0, np.uint8(0)
         )
     with pytest.raises(ValueError, match="y_scale"):
-        qo.qlinear_matmul(a, 1.0, np.uint8(0), np.ones((4, 6), np.int8), 1.0, np.int8(0), -1.0, np.uint8(0))
+        qonnx.qlinear_matmul(a, 1.0, np.uint8(0), np.ones((4, 6), np.int8), 1.0, np.int8(0), -1.0, np.uint8(0))
     x, w = np.ones((1, 4, 8, 8), np.uint8), np.ones((6, 2, 3, 3), np.int8)
     with pytest.raises(ValueError, match="w.shape"):
-        qo.conv_integer(x, w)  # group=1 needs w.shape[1] == 4
+        qonnx.conv_integer(x, w)  # group=1 needs w.shape[1] == 4
     with pytest.raises(ValueError, match="group"):
-        qo.conv_integer(x, w, group=3)
+        qonnx.conv_integer(x, w, group=3)
     with pytest.raises(ValueError, match="x must be 4-D"):
-        qo.conv_integer(x[0], w, group=2)
+        qonnx.conv_integer(x[0], w, group=2)
     with pytest.raises(ValueError, match="pads"):
-        qo.conv_integer(x, w, pads=(1, 1), group=2)
+        qonnx.conv_integer(x, w, pads=(1, 1), group=2)
     with pytest.raises(ValueError, match="w_scale"):
-        qo.qlinear_conv(x, 1.0, np.uint8(0), w, np.ones(4, np.float32), np.int8(0), 1.0, np.uint8(0), group=2)
+        qonnx.qlinear_conv(x, 1.0, np.uint8(0), w, np.ones(4, np.float32), np.int8(0), 1.0, np.uint8(0), group=2)
     with pytest.raises(ValueError, match="bias"):
-        qo.qlinear_conv(x, 1.0, np.uint8(0), w, 1.0, np.int8(0), 1.0, np.uint8(0), np.zeros(4, np.int32), group=2)
+        qonnx.qlinear_conv(x, 1.0, np.uint8(0), w, 1.0, np.int8(0), 1.0, np.uint8(0), np.zeros(4, np.int32), group=2)
     with pytest.raises(TypeError, match="y_zero_point"):
-        qo.qlinear_conv(x, 1.0, np.uint8(0), w, 1.0, np.int8(0), 1.0, np.int16(0), group=2)
+        qonnx.qlinear_conv(x, 1.0, np.uint8(0), w, 1.0, np.int8(0), 1.0, np.int16(0), group=2)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -791,7 +791,7 @@ def test_qlinear_conv_weight_zero_points(flavor, runner):
             bias,
         )
         expected = qlinear_conv_node(runner, *args, case)
-        actual = qo.qlinear_conv(*args, pads=case["pads"], flavor=flavor)
+        actual = qonnx.qlinear_conv(*args, pads=case["pads"], flavor=flavor)
         assert_same(actual, expected, None, f"w {w.dtype} zero point {w_zp}")
 
 
@@ -806,7 +806,7 @@ def test_conv_integer_per_channel_weight_zero_point_reference_only():
     expected = run_ref(
         "ConvInteger", inputs, [("y", np.int32)], conv_attrs(case, w.shape), constants=("w", "zx", "zw"), opset=10
     )[0]
-    np.testing.assert_array_equal(np.asarray(qo.conv_integer(x, w, np.uint8(3), w_zp, pads=case["pads"])), expected)
+    np.testing.assert_array_equal(np.asarray(qonnx.conv_integer(x, w, np.uint8(3), w_zp, pads=case["pads"])), expected)
     with pytest.raises(Exception, match="per tensor|Non per-tensor"):
         run_ort(
             "ConvInteger", inputs, [("y", np.int32)], conv_attrs(case, w.shape), constants=("w", "zx", "zw"), opset=10
@@ -825,18 +825,18 @@ def test_subnormal_scale_is_rejected_where_onnxruntime_differs():
     ort_out = run_ort("QuantizeLinear", [("x", x), ("s", np.float32(1e-40)), ("z", np.int8(0))], [("y", np.int8)])[0]
     np.testing.assert_array_equal(ort_out, np.int8([1, 3, 127, -1]))  # what a flushing implementation cannot give
     with pytest.raises(ValueError, match=f"y_scale.*{SUBNORMAL_MESSAGE}"):
-        qo.quantize_linear(x, np.float32(1e-40), np.int8(0))
+        qonnx.quantize_linear(x, np.float32(1e-40), np.int8(0))
     with pytest.raises(ValueError, match=f"x_scale.*{SUBNORMAL_MESSAGE}"):
-        qo.dequantize_linear(np.int8([1]), np.float32([1.0, 1e-39])[1:])
+        qonnx.dequantize_linear(np.int8([1]), np.float32([1.0, 1e-39])[1:])
     with pytest.raises(ValueError, match=f"y_scale.*{SUBNORMAL_MESSAGE}"):
-        qo.quantize_linear(np.float32([[1, 2]]), np.float32([1.0, 5e-39]), np.int8([0, 0]), axis=1)
+        qonnx.quantize_linear(np.float32([[1, 2]]), np.float32([1.0, 5e-39]), np.int8([0, 0]), axis=1)
 
 
 def test_smallest_normal_scale_matches_onnxruntime():
     tiny = np.finfo(np.float32).tiny
     x = np.float32([tiny, 3 * tiny, 100 * tiny, -2.5 * tiny, 1])
     expected = run_ort("QuantizeLinear", [("x", x), ("s", tiny), ("z", np.int8(0))], [("y", np.int8)])[0]
-    np.testing.assert_array_equal(np.asarray(qo.quantize_linear(x, tiny, np.int8(0))), expected)
+    np.testing.assert_array_equal(np.asarray(qonnx.quantize_linear(x, tiny, np.int8(0))), expected)
 
 
 def test_qlinear_subnormal_scale_product_is_rejected():
@@ -853,9 +853,9 @@ def test_qlinear_subnormal_scale_product_is_rejected():
     ]
     assert run_ort("QLinearMatMul", inputs, [("y", np.uint8)])[0].item() == 4  # needs the subnormal 1e-40
     with pytest.raises(ValueError, match=f"a_scale \\* b_scale.*{SUBNORMAL_MESSAGE}"):
-        qo.qlinear_matmul(*[value for _, value in inputs])
+        qonnx.qlinear_matmul(*[value for _, value in inputs])
     with pytest.raises(ValueError, match=f"x_scale \\* w_scale.*{SUBNORMAL_MESSAGE}"):
-        qo.qlinear_conv(
+        qonnx.qlinear_conv(
             np.uint8(np.ones((1, 1, 1, 1))),
             f(1e-20),
             np.uint8(0),
@@ -872,18 +872,18 @@ def test_dynamic_quantize_linear_subnormal_scale_is_rejected():
     scale = run_ort("DynamicQuantizeLinear", [("x", x)], [("y", np.uint8), ("s", np.float32), ("z", np.uint8)])[1]
     assert 0 < scale < np.finfo(np.float32).tiny
     with pytest.raises(ValueError, match=SUBNORMAL_MESSAGE):
-        qo.dynamic_quantize_linear(x)
+        qonnx.dynamic_quantize_linear(x)
 
 
 @pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
 def test_half_precision_scales_are_rejected(dtype):
     message = "float32 only; float16/bfloat16 scales \\(opset 23 precision\\) are not supported"
     with pytest.raises(TypeError, match=f"y_scale.*{message}"):
-        qo.quantize_linear(np.float32([1.0]), np.asarray(0.5, dtype), np.int8(0))
+        qonnx.quantize_linear(np.float32([1.0]), np.asarray(0.5, dtype), np.int8(0))
     with pytest.raises(TypeError, match=f"x_scale.*{message}"):
-        qo.dequantize_linear(np.int8([1]), np.asarray(0.5, dtype))
+        qonnx.dequantize_linear(np.int8([1]), np.asarray(0.5, dtype))
     with pytest.raises(TypeError, match=f"b_scale.*{message}"):
-        qo.qlinear_matmul(
+        qonnx.qlinear_matmul(
             np.uint8([[1]]),
             np.float32(1),
             np.uint8(0),
@@ -909,4 +909,4 @@ def test_dequantize_float16_scale_differs_in_onnxruntime():
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert session.run(None, feeds)[0].dtype == np.float16
     with pytest.raises(TypeError, match="float32 only"):
-        qo.dequantize_linear(np.int8([3]), np.float16(0.1))
+        qonnx.dequantize_linear(np.int8([3]), np.float16(0.1))

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quantref.runtimes import onnx as qo
-from quantref.runtimes import tflite as tl
+from quantref.runtimes import onnx as qonnx
+from quantref.runtimes import tflite as qtflite
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 RNG = np.random.default_rng(7)
@@ -45,17 +45,17 @@ def onnxruntime_reference(acc, multiplier, zero_point, qmin, qmax):
 @pytest.mark.parametrize(("zero_point", "qmin", "qmax"), BOUNDS)
 def test_onnx_requantize_is_exact(multiplier, zero_point, qmin, qmax):
     expected = onnxruntime_reference(ACC, multiplier, zero_point, qmin, qmax)
-    eager = qo.requantize(ACC, np.float32(multiplier), zero_point, qmin, qmax)
+    eager = qonnx.requantize(ACC, np.float32(multiplier), zero_point, qmin, qmax)
     assert eager.dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(eager, np.int64), expected)
     # Traced bounds (a ReLU's qmin under jit): the rounding is chosen at run time, with the same result.
-    traced = jax.jit(qo.requantize)(ACC, jnp.float32(multiplier), jnp.int32(zero_point), jnp.int32(qmin), qmax)
+    traced = jax.jit(qonnx.requantize)(ACC, jnp.float32(multiplier), jnp.int32(zero_point), jnp.int32(qmin), qmax)
     np.testing.assert_array_equal(np.asarray(traced, np.int64), expected)
 
 
 def test_onnx_requantize_rounds_half_to_even_before_adding_the_zero_point():
     acc = np.arange(-9, 10, dtype=np.int32)  # M = 1/2: every odd acc is a tie
-    got = np.asarray(qo.requantize(acc, np.float32(0.5), 3, 0, 255))
+    got = np.asarray(qonnx.requantize(acc, np.float32(0.5), 3, 0, 255))
     np.testing.assert_array_equal(got, np.clip(np.rint(acc / 2) + 3, 0, 255))
     # Adding z before rounding (the reference evaluator) would give rint(acc / 2 + 3): different for odd acc.
     assert not np.array_equal(got, np.clip(np.rint(acc / 2 + 3), 0, 255))
@@ -65,7 +65,7 @@ def test_onnx_requantize_per_channel_and_relu():
     acc = RNG.integers(-50000, 50000, (4, 5, 6)).astype(np.int32)
     multiplier = RNG.uniform(1e-4, 1e-2, 6).astype(np.float32)
     zero_point = np.int32(-5)
-    got = qo.requantize(acc, multiplier, zero_point, max(-128, int(zero_point)), 127)
+    got = qonnx.requantize(acc, multiplier, zero_point, max(-128, int(zero_point)), 127)
     expected = np.clip(np.rint((acc.astype(np.float32) * multiplier).astype(np.float64)) - 5, -5, 127)
     np.testing.assert_array_equal(np.asarray(got), expected)
 
@@ -76,8 +76,8 @@ def test_onnx_requantize_is_qlinear_matmul_output_stage():
     sa, sb, sy = np.float32(0.0173), np.float32(0.0091), np.float32(0.0537)
     acc = (a.astype(np.int32) - 131) @ b.astype(np.int32)
     multiplier = np.float32(np.float32(sa * sb) / sy)
-    expected = qo.qlinear_matmul(a, sa, np.uint8(131), b, sb, np.int8(0), sy, np.uint8(120))
-    got = qo.requantize(acc, multiplier, 120, 0, 255)
+    expected = qonnx.qlinear_matmul(a, sa, np.uint8(131), b, sb, np.int8(0), sy, np.uint8(120))
+    got = qonnx.requantize(acc, multiplier, 120, 0, 255)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected).astype(np.int32))
 
 
@@ -99,49 +99,49 @@ def _mbqm_exact(x: int, quantized_multiplier: int, shift: int) -> int:
 @pytest.mark.parametrize("real_multiplier", [0.0037, 0.5, 0.75, 1.7, 3.05e-5])
 @pytest.mark.parametrize(("zero_point", "qmin", "qmax"), [(3, 0, 255), (-7, -128, 127), (6, 6, 127), (100, -100, 500)])
 def test_tflite_requantize_matches_python_integers(real_multiplier, zero_point, qmin, qmax):
-    quantized_multiplier, shift = tl.quantize_multiplier(real_multiplier)
+    quantized_multiplier, shift = qtflite.quantize_multiplier(real_multiplier)
     acc = ACC[::7]
     wrapped = [((_mbqm_exact(int(x), quantized_multiplier, shift) + zero_point + 2**31) % 2**32) - 2**31 for x in acc]
     expected = np.clip(np.array(wrapped, np.int64), qmin, qmax)
-    got = tl.requantize(acc, quantized_multiplier, shift, zero_point, qmin, qmax)
+    got = qtflite.requantize(acc, quantized_multiplier, shift, zero_point, qmin, qmax)
     np.testing.assert_array_equal(np.asarray(got, np.int64), expected)
-    traced = jax.jit(tl.requantize)(acc, quantized_multiplier, shift, jnp.int32(zero_point), jnp.int32(qmin), qmax)
+    traced = jax.jit(qtflite.requantize)(acc, quantized_multiplier, shift, jnp.int32(zero_point), jnp.int32(qmin), qmax)
     np.testing.assert_array_equal(np.asarray(traced, np.int64), expected)
 
 
 def test_tflite_requantize_single_rounding_and_per_channel():
-    multipliers, shifts = tl.quantize_multiplier_array(np.array([0.002, 0.013, 0.7]))
+    multipliers, shifts = qtflite.quantize_multiplier_array(np.array([0.002, 0.013, 0.7]))
     acc = RNG.integers(-(2**20), 2**20, (5, 3)).astype(np.int32)
     for single in (False, True):
         expected = np.clip(
-            np.asarray(tl.multiply_by_quantized_multiplier(acc, multipliers, shifts, single_rounding=single)) - 4,
+            np.asarray(qtflite.multiply_by_quantized_multiplier(acc, multipliers, shifts, single_rounding=single)) - 4,
             -128,
             127,
         )
-        got = tl.requantize(acc, multipliers, shifts, -4, -128, 127, single_rounding=single)
+        got = qtflite.requantize(acc, multipliers, shifts, -4, -128, 127, single_rounding=single)
         np.testing.assert_array_equal(np.asarray(got), expected)
 
 
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda: qo.requantize(np.int64([2**33]), np.float32(0.5), 0, 0, 255), ValueError, "acc"),
-        (lambda: qo.requantize(np.float32([1.5]), np.float32(0.5), 0, 0, 255), TypeError, "acc"),
-        (lambda: qo.requantize(np.int32([1]), 0.0, 0, 0, 255), ValueError, "multiplier"),
-        (lambda: qo.requantize(np.int32([1]), np.float32(1e-40), 0, 0, 255), ValueError, "multiplier"),
-        (lambda: qo.requantize(np.int32([1]), np.nan, 0, 0, 255), ValueError, "multiplier"),
-        (lambda: qo.requantize(np.int32([1]), 3, 0, 0, 255), TypeError, "multiplier"),
-        (lambda: qo.requantize(np.int32([1]), 0.5, 1.5, 0, 255), TypeError, "zero_point"),
-        (lambda: qo.requantize(np.int32([1]), 0.5, np.int64(2**32 + 3), 0, 255), ValueError, "zero_point"),
-        (lambda: qo.requantize(np.int32([1]), 0.5, 0, 10, 5), ValueError, "qmin"),
-        (lambda: qo.requantize(np.int32([1]), 0.5, 5, INT32_MIN, 0), ValueError, "qmin - zero_point"),
-        (lambda: qo.requantize(None, 0.5, 0, 0, 255), TypeError, "acc"),
-        (lambda: qo.requantize(np.int32([1, 2]), np.float32([1, 2, 3]), 0, 0, 255), ValueError, "broadcast"),
-        (lambda: tl.requantize(np.int32([1]), 2**30, 40, 0, 0, 255), ValueError, "shift"),
-        (lambda: tl.requantize(np.int32([1]), 2**33, 0, 0, 0, 255), ValueError, "quantized_multiplier"),
-        (lambda: tl.requantize(np.int32([1]), 2**30, 0, 0, 9, 3), ValueError, "qmin"),
-        (lambda: tl.requantize(np.int32([1]), 2**30, 0, 0.5, 0, 3), TypeError, "zero_point"),
-        (lambda: tl.requantize(np.int32([1]), 2**30, 0, 0, 0, 3, single_rounding=1), TypeError, "single_rounding"),
+        (lambda: qonnx.requantize(np.int64([2**33]), np.float32(0.5), 0, 0, 255), ValueError, "acc"),
+        (lambda: qonnx.requantize(np.float32([1.5]), np.float32(0.5), 0, 0, 255), TypeError, "acc"),
+        (lambda: qonnx.requantize(np.int32([1]), 0.0, 0, 0, 255), ValueError, "multiplier"),
+        (lambda: qonnx.requantize(np.int32([1]), np.float32(1e-40), 0, 0, 255), ValueError, "multiplier"),
+        (lambda: qonnx.requantize(np.int32([1]), np.nan, 0, 0, 255), ValueError, "multiplier"),
+        (lambda: qonnx.requantize(np.int32([1]), 3, 0, 0, 255), TypeError, "multiplier"),
+        (lambda: qonnx.requantize(np.int32([1]), 0.5, 1.5, 0, 255), TypeError, "zero_point"),
+        (lambda: qonnx.requantize(np.int32([1]), 0.5, np.int64(2**32 + 3), 0, 255), ValueError, "zero_point"),
+        (lambda: qonnx.requantize(np.int32([1]), 0.5, 0, 10, 5), ValueError, "qmin"),
+        (lambda: qonnx.requantize(np.int32([1]), 0.5, 5, INT32_MIN, 0), ValueError, "qmin - zero_point"),
+        (lambda: qonnx.requantize(None, 0.5, 0, 0, 255), TypeError, "acc"),
+        (lambda: qonnx.requantize(np.int32([1, 2]), np.float32([1, 2, 3]), 0, 0, 255), ValueError, "broadcast"),
+        (lambda: qtflite.requantize(np.int32([1]), 2**30, 40, 0, 0, 255), ValueError, "shift"),
+        (lambda: qtflite.requantize(np.int32([1]), 2**33, 0, 0, 0, 255), ValueError, "quantized_multiplier"),
+        (lambda: qtflite.requantize(np.int32([1]), 2**30, 0, 0, 9, 3), ValueError, "qmin"),
+        (lambda: qtflite.requantize(np.int32([1]), 2**30, 0, 0.5, 0, 3), TypeError, "zero_point"),
+        (lambda: qtflite.requantize(np.int32([1]), 2**30, 0, 0, 0, 3, single_rounding=1), TypeError, "single_rounding"),
     ],
 )
 def test_requantize_rejects_bad_arguments(call, error, match):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quantref.runtimes import tflite as tl
+from quantref.runtimes import tflite as qtflite
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 EDGES = [
@@ -93,47 +93,47 @@ def _mbqm_numpy(acc, multiplier, shift):
 
 def test_quantize_multiplier_upstream_expectations():
     # tensorflow/lite/kernels/internal/quantization_util_test.cc, QuantizeMultiplierSmallerThanOneExp
-    assert tl.quantize_multiplier(0.25) == (1073741824, -1)
-    assert tl.quantize_multiplier(0.50 - 5e-9) == (2147483627, -1)
-    assert tl.quantize_multiplier(0.50 - 1e-10) == (1073741824, 0)
-    assert tl.quantize_multiplier(0.50) == (1073741824, 0)
-    assert tl.quantize_multiplier(0.75) == (1610612736, 0)
-    assert tl.quantize_multiplier(1 - 1e-9) == (2147483646, 0)
+    assert qtflite.quantize_multiplier(0.25) == (1073741824, -1)
+    assert qtflite.quantize_multiplier(0.50 - 5e-9) == (2147483627, -1)
+    assert qtflite.quantize_multiplier(0.50 - 1e-10) == (1073741824, 0)
+    assert qtflite.quantize_multiplier(0.50) == (1073741824, 0)
+    assert qtflite.quantize_multiplier(0.75) == (1610612736, 0)
+    assert qtflite.quantize_multiplier(1 - 1e-9) == (2147483646, 0)
     # QuantizeMultiplierGreaterThanOne
-    assert tl.quantize_multiplier(1 + 1e-11) == (1073741824, 1)
-    assert tl.quantize_multiplier(1.25) == (1342177280, 1)
-    assert tl.quantize_multiplier(1.50) == (1610612736, 1)
-    assert tl.quantize_multiplier(1.75) == (1879048192, 1)
-    assert tl.quantize_multiplier(2 - 1e-9) == (2147483647, 1)
-    assert tl.quantize_multiplier(2 - 1e-11) == (1073741824, 2)
-    assert tl.quantize_multiplier(2) == (1073741824, 2)
+    assert qtflite.quantize_multiplier(1 + 1e-11) == (1073741824, 1)
+    assert qtflite.quantize_multiplier(1.25) == (1342177280, 1)
+    assert qtflite.quantize_multiplier(1.50) == (1610612736, 1)
+    assert qtflite.quantize_multiplier(1.75) == (1879048192, 1)
+    assert qtflite.quantize_multiplier(2 - 1e-9) == (2147483647, 1)
+    assert qtflite.quantize_multiplier(2 - 1e-11) == (1073741824, 2)
+    assert qtflite.quantize_multiplier(2) == (1073741824, 2)
     # QuantizeMultiplierUnderflow (std::ldexp of a float32 1.0f / 0.99f)
-    assert tl.quantize_multiplier(math.ldexp(1.0, -31)) == (1073741824, -30)
-    assert tl.quantize_multiplier(math.ldexp(1.0, -32)) == (1073741824, -31)
-    assert tl.quantize_multiplier(math.ldexp(float(np.float32(0.99)), -32)) == (0, 0)
-    assert tl.quantize_multiplier(math.ldexp(1.0, -33)) == (0, 0)
+    assert qtflite.quantize_multiplier(math.ldexp(1.0, -31)) == (1073741824, -30)
+    assert qtflite.quantize_multiplier(math.ldexp(1.0, -32)) == (1073741824, -31)
+    assert qtflite.quantize_multiplier(math.ldexp(float(np.float32(0.99)), -32)) == (0, 0)
+    assert qtflite.quantize_multiplier(math.ldexp(1.0, -33)) == (0, 0)
 
 
 def test_quantize_multiplier_array_upstream_expectations():
     # quantization_util_test.cc, QuantizeMultiplierArray
     weights = [-4, -2, -1, -0.5, -0.25, -0.125, 0, 0.125, 0.25, 0.5, 1, 2, 4]
-    multipliers, shifts = tl.quantize_multiplier_array(weights)
+    multipliers, shifts = qtflite.quantize_multiplier_array(weights)
     assert multipliers.tolist() == [-1073741824] * 6 + [0] + [1073741824] * 6
     assert shifts.tolist() == [3, 2, 1, 0, -1, -2, 0, -2, -1, 0, 1, 2, 3]
     assert multipliers.dtype == np.int32 and shifts.dtype == np.int32
 
 
 def test_quantize_multiplier_single_rounding_saturates_large_shifts():
-    assert tl.quantize_multiplier(2.0**40, single_rounding=True) == (2**31 - 1, 30)
-    assert tl.quantize_multiplier(2.0**40) == (2**30, 41)
+    assert qtflite.quantize_multiplier(2.0**40, single_rounding=True) == (2**31 - 1, 30)
+    assert qtflite.quantize_multiplier(2.0**40) == (2**30, 41)
 
 
 def test_multiply_by_quantized_multiplier_upstream_expectations():
     # quantization_util_test.cc, MultiplyByQuantizedMultiplierInt32 (both builds, and negative multipliers in the
     # double-rounding build only)
     def quant_and_multiply(x, multiplier, single_rounding=False):
-        qm, shift = tl.quantize_multiplier(multiplier)
-        return int(tl.multiply_by_quantized_multiplier(np.int32(x), qm, shift, single_rounding=single_rounding))
+        qm, shift = qtflite.quantize_multiplier(multiplier)
+        return int(qtflite.multiply_by_quantized_multiplier(np.int32(x), qm, shift, single_rounding=single_rounding))
 
     for single in (False, True):
         assert quant_and_multiply(0, 0.1, single) == 0
@@ -150,11 +150,11 @@ def test_multiply_by_quantized_multiplier_upstream_expectations():
     expected = round(Fraction(INT32_MAX * INT32_MAX, 2**34))
     for single in (False, True):
         assert (
-            int(tl.multiply_by_quantized_multiplier(np.int32(INT32_MAX), INT32_MAX, -3, single_rounding=single))
+            int(qtflite.multiply_by_quantized_multiplier(np.int32(INT32_MAX), INT32_MAX, -3, single_rounding=single))
             == expected
         )
         assert (
-            int(tl.multiply_by_quantized_multiplier(np.int32(-INT32_MAX), INT32_MAX, -3, single_rounding=single))
+            int(qtflite.multiply_by_quantized_multiplier(np.int32(-INT32_MAX), INT32_MAX, -3, single_rounding=single))
             == -expected
         )
 
@@ -162,7 +162,7 @@ def test_multiply_by_quantized_multiplier_upstream_expectations():
 def test_quantize_multiplier_round_trip_random():
     rng = np.random.default_rng(0)
     for value in np.exp(rng.uniform(-20, 20, 2000)) * rng.choice([-1, 1], 2000):
-        qm, shift = tl.quantize_multiplier(float(value))
+        qm, shift = qtflite.quantize_multiplier(float(value))
         assert 2**30 <= abs(qm) < 2**31
         assert abs(qm * 2.0 ** (shift - 31) - value) <= 2.0 ** (shift - 32) * (1 + 1e-12)
 
@@ -173,13 +173,15 @@ def test_quantize_multiplier_round_trip_random():
 def test_srdhm_exhaustive_small_and_edges():
     a = np.arange(-1024, 1025, dtype=np.int32)
     for b in [2**30, -(2**30), 2**30 + 1, -(2**30) - 1, INT32_MAX, INT32_MIN, 3 * 2**28, 1, -1, 0, 2**29 + 7]:
-        got = np.asarray(tl.saturating_rounding_doubling_high_mul(a, np.int32(b)))
+        got = np.asarray(qtflite.saturating_rounding_doubling_high_mul(a, np.int32(b)))
         np.testing.assert_array_equal(got, _vectorize(_srdhm, a, np.int64(b)), err_msg=f"b={b}")
     edges = np.array(EDGES, np.int32)
-    got = np.asarray(tl.saturating_rounding_doubling_high_mul(edges[:, None], edges[None, :]))
+    got = np.asarray(qtflite.saturating_rounding_doubling_high_mul(edges[:, None], edges[None, :]))
     np.testing.assert_array_equal(got, _vectorize(_srdhm, edges[:, None], edges[None, :]))
     # ties go towards +inf: 0.5 -> 1, -0.5 -> 0 (b = 2^30 means multiply by 1/2)
-    assert np.asarray(tl.saturating_rounding_doubling_high_mul(np.int32([1, -1, 3, -3]), np.int32(2**30))).tolist() == [
+    assert np.asarray(
+        qtflite.saturating_rounding_doubling_high_mul(np.int32([1, -1, 3, -3]), np.int32(2**30))
+    ).tolist() == [
         1,
         0,
         2,
@@ -190,15 +192,22 @@ def test_srdhm_exhaustive_small_and_edges():
 def test_rounding_divide_by_pot_exhaustive_small():
     x = np.arange(-4096, 4097, dtype=np.int32)
     for exponent in range(0, 14):
-        got = np.asarray(tl.rounding_divide_by_pot(x, exponent))
+        got = np.asarray(qtflite.rounding_divide_by_pot(x, exponent))
         np.testing.assert_array_equal(got, _vectorize(_rdbpot, x, np.int64(exponent)), err_msg=f"exponent={exponent}")
     edges = np.array(EDGES, np.int32)
     for exponent in (0, 1, 15, 30, 31):
         np.testing.assert_array_equal(
-            tl.rounding_divide_by_pot(edges, exponent), _vectorize(_rdbpot, edges, np.int64(exponent))
+            qtflite.rounding_divide_by_pot(edges, exponent), _vectorize(_rdbpot, edges, np.int64(exponent))
         )
     # ties away from zero
-    assert np.asarray(tl.rounding_divide_by_pot(np.int32([1, -1, 3, -3, 5, -5]), 1)).tolist() == [1, -1, 2, -2, 3, -3]
+    assert np.asarray(qtflite.rounding_divide_by_pot(np.int32([1, -1, 3, -3, 5, -5]), 1)).tolist() == [
+        1,
+        -1,
+        2,
+        -2,
+        3,
+        -3,
+    ]
 
 
 @pytest.mark.parametrize("single_rounding", [False, True])
@@ -206,7 +215,7 @@ def test_mbqm_sweeps_and_random(single_rounding):
     reference = _mbqm_single if single_rounding else _mbqm
     x = np.arange(-3000, 3001, dtype=np.int32)
     for qm, shift in [(2**30, -1), (2**30, -3), (1610612736, 0), (2147483647, 1), (1342177280, -7), (1073741825, 2)]:
-        got = np.asarray(tl.multiply_by_quantized_multiplier(x, qm, shift, single_rounding=single_rounding))
+        got = np.asarray(qtflite.multiply_by_quantized_multiplier(x, qm, shift, single_rounding=single_rounding))
         np.testing.assert_array_equal(
             got, _vectorize(reference, x, np.int64(qm), np.int64(shift)), err_msg=f"{qm},{shift}"
         )
@@ -218,22 +227,22 @@ def test_mbqm_sweeps_and_random(single_rounding):
         [rng.integers(low, INT32_MAX, n, endpoint=True), np.abs(np.resize(EDGES, 200)[::-1]).clip(0, INT32_MAX)]
     ).astype(np.int32)
     shift = rng.integers(-31, 31, x.size).astype(np.int32)
-    got = np.asarray(tl.multiply_by_quantized_multiplier(x, qm, shift, single_rounding=single_rounding))
+    got = np.asarray(qtflite.multiply_by_quantized_multiplier(x, qm, shift, single_rounding=single_rounding))
     np.testing.assert_array_equal(got, _vectorize(reference, x, qm, shift))
 
 
 def test_single_and_double_rounding_differ_where_expected():
     # Negative ties: double rounding goes away from zero, single rounding towards +inf.
-    assert int(tl.multiply_by_quantized_multiplier(np.int32(-2), 2**30, -1)) == -1
-    assert int(tl.multiply_by_quantized_multiplier(np.int32(-2), 2**30, -1, single_rounding=True)) == 0
+    assert int(qtflite.multiply_by_quantized_multiplier(np.int32(-2), 2**30, -1)) == -1
+    assert int(qtflite.multiply_by_quantized_multiplier(np.int32(-2), 2**30, -1, single_rounding=True)) == 0
     # Positive values: single and double rounding differ where SRDHM's rounding pushes a value onto or off a tie of
     # the final shift; the measured errors against the exact rational product show the 0.5 and 0.75 LSB bounds.
     rng = np.random.default_rng(2)
     x = rng.integers(-(2**24), 2**24, 200_000).astype(np.int32)
     qm = rng.integers(2**30, 2**31, 200_000).astype(np.int32)
     shift = rng.integers(-8, 0, 200_000).astype(np.int32)
-    double = np.asarray(tl.multiply_by_quantized_multiplier(x, qm, shift)).astype(np.int64)
-    single = np.asarray(tl.multiply_by_quantized_multiplier(x, qm, shift, single_rounding=True)).astype(np.int64)
+    double = np.asarray(qtflite.multiply_by_quantized_multiplier(x, qm, shift)).astype(np.int64)
+    single = np.asarray(qtflite.multiply_by_quantized_multiplier(x, qm, shift, single_rounding=True)).astype(np.int64)
     assert (double != single).mean() > 0.01
     # Exact rational x·qm·2^(shift-31): the error of each rounding, in LSBs.
     exact_num = x.astype(np.int64) * qm.astype(np.int64)  # < 2^55: exact in int64
@@ -266,10 +275,10 @@ def _wrap_array(values):
 def test_quantize_ties_away_and_fuzz(dtype, qmin, qmax):
     ties = np.array([0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 0.49999997, -0.49999997], np.float32)
     zero = max(qmin, 0) if dtype == "uint8" else 0
-    got = np.asarray(tl.quantize(ties * 0.25, 0.25, zero, dtype)).astype(np.int64) - zero
+    got = np.asarray(qtflite.quantize(ties * 0.25, 0.25, zero, dtype)).astype(np.int64) - zero
     expected = np.array([1, -1, 2, -2, 3, -3, 0, 0]) if dtype != "uint8" else np.array([1, 0, 2, 0, 3, 0, 0, 0])
     assert got.tolist() == expected.tolist()
-    assert int(tl.quantize(np.float32([2.5]), 1.0, 0, dtype)[0]) == 3  # rne would give 2
+    assert int(qtflite.quantize(np.float32([2.5]), 1.0, 0, dtype)[0]) == 3  # rne would give 2
     rng = np.random.default_rng(3)
     x = np.concatenate(
         [
@@ -278,14 +287,16 @@ def test_quantize_ties_away_and_fuzz(dtype, qmin, qmax):
         ]
     )
     for scale, zp in ((0.37, int(np.clip(5, qmin, qmax))), (2.0, qmax), (0.01, qmin)):
-        np.testing.assert_array_equal(tl.quantize(x, scale, zp, dtype), _quantize_reference(x, scale, zp, qmin, qmax))
+        np.testing.assert_array_equal(
+            qtflite.quantize(x, scale, zp, dtype), _quantize_reference(x, scale, zp, qmin, qmax)
+        )
 
 
 def test_quantize_x86_out_of_range_semantics():
     # static_cast<int32_t> of NaN/Inf/huge is INT32_MIN on x86-64, then + zp wraps.
     special = np.array([np.nan, np.inf, -np.inf], np.float32)
-    assert np.asarray(tl.quantize(special, 1.0, 0, "int8")).tolist() == [-128, -128, -128]
-    assert np.asarray(tl.quantize(special, 1.0, -1, "int8")).tolist() == [127, 127, 127]
+    assert np.asarray(qtflite.quantize(special, 1.0, 0, "int8")).tolist() == [-128, -128, -128]
+    assert np.asarray(qtflite.quantize(special, 1.0, -1, "int8")).tolist() == [127, 127, 127]
 
 
 # --------------------------------------------------------------------------------------------------- FC and conv
@@ -294,7 +305,7 @@ def test_quantize_x86_out_of_range_semantics():
 def _random_layer(rng, channels, depth):
     filters = rng.integers(-127, 128, (channels, depth)).astype(np.int8)
     bias = rng.integers(-20000, 20000, channels).astype(np.int32)
-    multipliers, shifts = tl.per_channel_multipliers(0.02, rng.uniform(0.001, 0.02, channels), 0.05)
+    multipliers, shifts = qtflite.per_channel_multipliers(0.02, rng.uniform(0.001, 0.02, channels), 0.05)
     return filters, bias, multipliers, shifts
 
 
@@ -303,7 +314,7 @@ def test_fully_connected_against_numpy():
     x = rng.integers(-128, 128, (64, 37)).astype(np.int8)
     filters, bias, multipliers, shifts = _random_layer(rng, 11, 37)
     for single in (False, True):
-        got = tl.fully_connected(
+        got = qtflite.fully_connected(
             x,
             filters,
             bias,
@@ -362,8 +373,8 @@ def test_conv2d_against_numpy(strides, padding, dilations, groups):
     x = rng.integers(-128, 128, (2, 9, 8, 4)).astype(np.int8)
     filters = rng.integers(-127, 128, (6, 3, 3, 4 // groups)).astype(np.int8)
     bias = rng.integers(-5000, 5000, 6).astype(np.int32)
-    multipliers, shifts = tl.per_channel_multipliers(0.05, rng.uniform(0.001, 0.02, 6), 0.08)
-    got = tl.conv2d(
+    multipliers, shifts = qtflite.per_channel_multipliers(0.05, rng.uniform(0.001, 0.02, 6), 0.08)
+    got = qtflite.conv2d(
         x,
         filters,
         bias,
@@ -393,7 +404,7 @@ def test_conv2d_against_numpy(strides, padding, dilations, groups):
 
 def test_jit_and_traced_parameters():
     x = np.arange(-1000, 1000, dtype=np.int32) * 1237
-    fn = jax.jit(lambda v, m, s: tl.multiply_by_quantized_multiplier(v, m, s))
+    fn = jax.jit(lambda v, m, s: qtflite.multiply_by_quantized_multiplier(v, m, s))
     np.testing.assert_array_equal(
         fn(x, np.int32(1518500250), np.int32(-5)), _vectorize(_mbqm, x, np.int64(1518500250), np.int64(-5))
     )
@@ -404,30 +415,30 @@ def test_jit_and_traced_parameters():
 @pytest.mark.parametrize(
     "call,error,match",
     [
-        (lambda: tl.quantize(np.ones(3, np.float32), 0.1, 0, "int4"), ValueError, "dtype"),
-        (lambda: tl.quantize(np.ones(3, np.float32), 0.0, 0, "int8"), ValueError, "scale"),
-        (lambda: tl.quantize(np.ones(3, np.float32), -1.0, 0, "int8"), ValueError, "scale"),
-        (lambda: tl.quantize(np.ones(3, np.float32), 0.1, 200, "int8"), ValueError, "zero_point"),
-        (lambda: tl.quantize(np.ones(3, np.int32), 0.1, 0, "int8"), TypeError, "x"),
-        (lambda: tl.quantize_multiplier(float("nan")), ValueError, "finite"),
-        (lambda: tl.quantize_multiplier("0.5"), TypeError, "real_multiplier"),
-        (lambda: tl.multiply_by_quantized_multiplier(np.int32([1]), 2**30, 31), ValueError, "shift"),
-        (lambda: tl.multiply_by_quantized_multiplier(np.int32([1]), 2**30, -32), ValueError, "shift"),
-        (lambda: tl.multiply_by_quantized_multiplier(np.int64([2**40]), 2**30, 0), ValueError, "x"),
+        (lambda: qtflite.quantize(np.ones(3, np.float32), 0.1, 0, "int4"), ValueError, "dtype"),
+        (lambda: qtflite.quantize(np.ones(3, np.float32), 0.0, 0, "int8"), ValueError, "scale"),
+        (lambda: qtflite.quantize(np.ones(3, np.float32), -1.0, 0, "int8"), ValueError, "scale"),
+        (lambda: qtflite.quantize(np.ones(3, np.float32), 0.1, 200, "int8"), ValueError, "zero_point"),
+        (lambda: qtflite.quantize(np.ones(3, np.int32), 0.1, 0, "int8"), TypeError, "x"),
+        (lambda: qtflite.quantize_multiplier(float("nan")), ValueError, "finite"),
+        (lambda: qtflite.quantize_multiplier("0.5"), TypeError, "real_multiplier"),
+        (lambda: qtflite.multiply_by_quantized_multiplier(np.int32([1]), 2**30, 31), ValueError, "shift"),
+        (lambda: qtflite.multiply_by_quantized_multiplier(np.int32([1]), 2**30, -32), ValueError, "shift"),
+        (lambda: qtflite.multiply_by_quantized_multiplier(np.int64([2**40]), 2**30, 0), ValueError, "x"),
         (
-            lambda: tl.multiply_by_quantized_multiplier(np.int32([1]), -5, 0, single_rounding=True),
+            lambda: qtflite.multiply_by_quantized_multiplier(np.int32([1]), -5, 0, single_rounding=True),
             ValueError,
             "quantized_multiplier",
         ),
-        (lambda: tl.multiply_by_quantized_multiplier(np.float32([1]), 2**30, 0), TypeError, "x"),
+        (lambda: qtflite.multiply_by_quantized_multiplier(np.float32([1]), 2**30, 0), TypeError, "x"),
         (
-            lambda: tl.multiply_by_quantized_multiplier(np.int32([1, 2]), np.int32([1, 2, 3]), 0),
+            lambda: qtflite.multiply_by_quantized_multiplier(np.int32([1, 2]), np.int32([1, 2, 3]), 0),
             ValueError,
             "broadcast",
         ),
-        (lambda: tl.rounding_divide_by_pot(np.int32([1]), 32), ValueError, "exponent"),
+        (lambda: qtflite.rounding_divide_by_pot(np.int32([1]), 32), ValueError, "exponent"),
         (
-            lambda: tl.fully_connected(
+            lambda: qtflite.fully_connected(
                 np.zeros((2, 3), np.int8),
                 np.zeros((4, 5), np.int8),
                 None,
@@ -440,7 +451,7 @@ def test_jit_and_traced_parameters():
             "depth",
         ),
         (
-            lambda: tl.fully_connected(
+            lambda: qtflite.fully_connected(
                 np.zeros((2, 3), np.int8),
                 np.zeros((4, 3), np.int8),
                 None,
@@ -453,7 +464,7 @@ def test_jit_and_traced_parameters():
             "output_multiplier",
         ),
         (
-            lambda: tl.fully_connected(
+            lambda: qtflite.fully_connected(
                 np.zeros((2, 3), np.int8),
                 np.zeros((4, 3), np.int8),
                 [0] * 3,
@@ -466,7 +477,7 @@ def test_jit_and_traced_parameters():
             "bias",
         ),
         (
-            lambda: tl.fully_connected(
+            lambda: qtflite.fully_connected(
                 np.zeros((2, 3), np.uint8),
                 np.zeros((4, 3), np.int8),
                 None,
@@ -479,7 +490,7 @@ def test_jit_and_traced_parameters():
             "x",
         ),
         (
-            lambda: tl.fully_connected(
+            lambda: qtflite.fully_connected(
                 np.zeros((2, 3), np.int8),
                 np.zeros((4, 3), np.int8),
                 None,
@@ -492,7 +503,7 @@ def test_jit_and_traced_parameters():
             "input_zero_point",
         ),
         (
-            lambda: tl.conv2d(
+            lambda: qtflite.conv2d(
                 np.zeros((1, 4, 4, 3), np.int8),
                 np.zeros((2, 3, 3, 2), np.int8),
                 None,
@@ -505,7 +516,7 @@ def test_jit_and_traced_parameters():
             "multiple",
         ),
         (
-            lambda: tl.conv2d(
+            lambda: qtflite.conv2d(
                 np.zeros((1, 4, 4, 2), np.int8),
                 np.zeros((2, 3, 3, 2), np.int8),
                 None,
@@ -519,7 +530,7 @@ def test_jit_and_traced_parameters():
             "padding",
         ),
         (
-            lambda: tl.conv2d(
+            lambda: qtflite.conv2d(
                 np.zeros((1, 2, 2, 2), np.int8),
                 np.zeros((2, 3, 3, 2), np.int8),
                 None,
@@ -531,15 +542,15 @@ def test_jit_and_traced_parameters():
             ValueError,
             "larger",
         ),
-        (lambda: tl.per_channel_multipliers(0.0, [0.1], 0.2), ValueError, "input_scale"),
+        (lambda: qtflite.per_channel_multipliers(0.0, [0.1], 0.2), ValueError, "input_scale"),
         (
-            lambda: tl.quantize(np.ones(3, np.float32), 1e-40, 0, "int8"),
+            lambda: qtflite.quantize(np.ones(3, np.float32), 1e-40, 0, "int8"),
             ValueError,
             "scale.*JAX flushes subnormal float32 to zero on CPU, so results would not match",
         ),
-        (lambda: tl.quantize(np.ones(3, np.float32), 5e-39, 0, "int8"), ValueError, "smallest normal float32"),
+        (lambda: qtflite.quantize(np.ones(3, np.float32), 5e-39, 0, "int8"), ValueError, "smallest normal float32"),
         (
-            lambda: tl.conv2d(
+            lambda: qtflite.conv2d(
                 np.zeros((1, 4, 4, 0), np.int8),
                 np.zeros((2, 3, 3, 1), np.int8),
                 None,
@@ -552,7 +563,7 @@ def test_jit_and_traced_parameters():
             "x and filters.*channel",
         ),
         (
-            lambda: tl.conv2d(
+            lambda: qtflite.conv2d(
                 np.zeros((1, 4, 4, 0), np.int8),
                 np.zeros((2, 3, 3, 0), np.int8),
                 None,
@@ -587,7 +598,7 @@ def test_bad_input(call, error, match):
     ],
 )
 def test_same_padding_hand_computed(size, kernel, stride, dilation, expected):
-    assert tl._same_padding(size, kernel, stride, dilation) == expected
+    assert qtflite._same_padding(size, kernel, stride, dilation) == expected
 
 
 @pytest.mark.parametrize("size,stride,expected_rows", [(7, 2, (1, 1)), (8, 2, (0, 1))])
@@ -596,10 +607,10 @@ def test_conv2d_same_padding_hand_computed(size, stride, expected_rows):
     rng = np.random.default_rng(11)
     x = rng.integers(-128, 128, (1, size, size, 2)).astype(np.int8)
     filters = rng.integers(-127, 128, (3, 3, 3, 2)).astype(np.int8)
-    multipliers, shifts = tl.per_channel_multipliers(0.05, [0.01, 0.02, 0.03], 0.1)
+    multipliers, shifts = qtflite.per_channel_multipliers(0.05, [0.01, 0.02, 0.03], 0.1)
     common = dict(input_zero_point=3, output_zero_point=-2, strides=(stride, stride))
-    same = tl.conv2d(x, filters, None, multipliers, shifts, padding="SAME", **common)
-    explicit = tl.conv2d(x, filters, None, multipliers, shifts, padding=(expected_rows, expected_rows), **common)
+    same = qtflite.conv2d(x, filters, None, multipliers, shifts, padding="SAME", **common)
+    explicit = qtflite.conv2d(x, filters, None, multipliers, shifts, padding=(expected_rows, expected_rows), **common)
     np.testing.assert_array_equal(same, explicit)
     expected = _conv_reference(
         x,

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the PyTorch cross-check needs the 'conformance' extra (torch==2.13.0)")
 
-from quantref.runtimes import torch as qt  # noqa: E402
+from quantref.runtimes import torch as qtorch  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions.*deprecated:UserWarning"),
@@ -90,7 +90,7 @@ def test_quantize_per_tensor_ties_and_neighbours(dtype):
         for zp in ZERO_POINTS[dtype]:
             x = _ties(scale, 4000, rng)
             expected = _torch_per_tensor(x, scale, zp, dtype)
-            _assert_same(qt.quantize_per_tensor(x, scale, zp, dtype), expected, f"{dtype} s={scale} zp={zp}")
+            _assert_same(qtorch.quantize_per_tensor(x, scale, zp, dtype), expected, f"{dtype} s={scale} zp={zp}")
             inv = _inv(scale)
             product = (x * inv).astype(F32)
             naive = {
@@ -113,10 +113,10 @@ def test_quantize_per_tensor_hand_picked_fma_cases():
     # x = 0.75000006: the fused sum rounds below 10.5 -> 10 + 1 = 11, while multiply-then-add rounds to 10.5 -> 10.
     x = np.array([0.25, 0.75000006], F32)
     assert _torch_per_tensor(x, 0.1, 3, "quint8").tolist() == [6, 11]
-    assert np.asarray(qt.quantize_per_tensor(x, 0.1, 3, "quint8")).tolist() == [6, 11]
+    assert np.asarray(qtorch.quantize_per_tensor(x, 0.1, 3, "quint8")).tolist() == [6, 11]
     # qint32 takes the scalar path with two roundings: the second case gives 10 there.
     assert _torch_per_tensor(x, 0.1, 3, "qint32").tolist() == [6, 10]
-    assert np.asarray(qt.quantize_per_tensor(x, 0.1, 3, "qint32")).tolist() == [6, 10]
+    assert np.asarray(qtorch.quantize_per_tensor(x, 0.1, 3, "qint32")).tolist() == [6, 10]
 
 
 @pytest.mark.parametrize("dtype", ["quint8", "qint8", "qint32"])
@@ -125,10 +125,12 @@ def test_quantize_per_tensor_saturation_inf_nan(dtype):
         for scale in (1.0, 0.02):
             for n in (len(SPECIALS), 64):  # the vector body and the scalar tail of fbgemm's loop
                 x = np.resize(SPECIALS, n)
-                _assert_same(qt.quantize_per_tensor(x, scale, zp, dtype), _torch_per_tensor(x, scale, zp, dtype), dtype)
+                _assert_same(
+                    qtorch.quantize_per_tensor(x, scale, zp, dtype), _torch_per_tensor(x, scale, zp, dtype), dtype
+                )
     lo, hi = RANGES[dtype]
     nan_code = hi if dtype != "qint32" else lo
-    assert int(qt.quantize_per_tensor(np.array([np.nan], F32), 0.5, 0, dtype)[0]) == nan_code
+    assert int(qtorch.quantize_per_tensor(np.array([np.nan], F32), 0.5, 0, dtype)[0]) == nan_code
 
 
 @pytest.mark.parametrize("dtype", ["quint8", "qint8", "qint32"])
@@ -137,7 +139,7 @@ def test_quantize_per_tensor_fuzz(dtype):
     n = 120_000
     for scale, zp in ((0.0173, ZERO_POINTS[dtype][1]), (rng.uniform(1e-4, 10), ZERO_POINTS[dtype][-1])):
         x = (rng.standard_normal(n) * 10.0 ** rng.uniform(-3, 3, n)).astype(F32)
-        _assert_same(qt.quantize_per_tensor(x, scale, zp, dtype), _torch_per_tensor(x, scale, zp, dtype), dtype)
+        _assert_same(qtorch.quantize_per_tensor(x, scale, zp, dtype), _torch_per_tensor(x, scale, zp, dtype), dtype)
 
 
 # ------------------------------------------------------------------------------------------------ quantize_per_channel
@@ -152,17 +154,17 @@ def test_quantize_per_channel_ties_specials_axes(dtype):
     x = np.stack(columns, axis=1)
     x = np.concatenate([x, np.repeat(SPECIALS[:, None], 5, axis=1)])
     expected = _torch_per_channel(x, scales, zps, 1, dtype)
-    _assert_same(qt.quantize_per_channel(x, scales, zps, 1, dtype), expected, dtype)
-    _assert_same(qt.quantize_per_channel(x, scales, zps, -1, dtype), expected, dtype)
+    _assert_same(qtorch.quantize_per_channel(x, scales, zps, 1, dtype), expected, dtype)
+    _assert_same(qtorch.quantize_per_channel(x, scales, zps, -1, dtype), expected, dtype)
     x3 = np.ascontiguousarray(x[:3000].reshape(750, 4, 5).transpose(2, 0, 1))
-    _assert_same(qt.quantize_per_channel(x3, scales, zps, 0, dtype), _torch_per_channel(x3, scales, zps, 0, dtype))
+    _assert_same(qtorch.quantize_per_channel(x3, scales, zps, 0, dtype), _torch_per_channel(x3, scales, zps, 0, dtype))
     # Teeth: per-channel rounds product and sum separately, so the fused per-tensor answer differs somewhere.
     per_tensor = np.stack(
-        [np.asarray(qt.quantize_per_tensor(x[:, c], scales[c], int(zps[c]), dtype)) for c in range(5)], 1
+        [np.asarray(qtorch.quantize_per_tensor(x[:, c], scales[c], int(zps[c]), dtype)) for c in range(5)], 1
     )
     assert (per_tensor != expected).any() or dtype == "qint32"
     nan_code = 0 if dtype != "qint32" else RANGES[dtype][0]  # low byte of x86's 0x80000000
-    assert int(qt.quantize_per_channel(np.array([[np.nan]], F32), [0.5], [3], 1, dtype)[0, 0]) == nan_code
+    assert int(qtorch.quantize_per_channel(np.array([[np.nan]], F32), [0.5], [3], 1, dtype)[0, 0]) == nan_code
 
 
 @pytest.mark.parametrize("dtype", ["quint8", "qint8", "qint32"])
@@ -173,7 +175,9 @@ def test_quantize_per_channel_fuzz(dtype):
     scales = rng.uniform(1e-3, 1.0, channels)
     lo, hi = RANGES[dtype]
     zps = rng.integers(max(lo, -1000), min(hi, 1000) + 1, channels)
-    _assert_same(qt.quantize_per_channel(x, scales, zps, 1, dtype), _torch_per_channel(x, scales, zps, 1, dtype), dtype)
+    _assert_same(
+        qtorch.quantize_per_channel(x, scales, zps, 1, dtype), _torch_per_channel(x, scales, zps, 1, dtype), dtype
+    )
 
 
 # -------------------------------------------------------------------------------------------------------- fake quantize
@@ -189,7 +193,7 @@ def test_fake_quantize_per_tensor_ties_specials(quant_min, quant_max):
         zp = int(np.clip(3, quant_min, quant_max))
         x = np.concatenate([_ties(scale, 3000, rng), SPECIALS])
         expected = torch.fake_quantize_per_tensor_affine(torch.from_numpy(x), scale, zp, quant_min, quant_max).numpy()
-        _assert_same(qt.fake_quantize_per_tensor_affine(x, scale, zp, quant_min, quant_max), expected, f"s={scale}")
+        _assert_same(qtorch.fake_quantize_per_tensor_affine(x, scale, zp, quant_min, quant_max), expected, f"s={scale}")
         divided = np.clip(np.rint((x / F32(scale)).astype(F32)) + zp, quant_min, quant_max)
         finite = np.isfinite(x)
         mismatches_if_divided += int((((divided - zp) * F32(scale)).astype(F32) != expected)[finite].sum())
@@ -206,9 +210,9 @@ def test_fake_quantize_per_channel_ties_specials(quant_min, quant_max):
     expected = torch.fake_quantize_per_channel_affine(
         torch.from_numpy(x), torch.from_numpy(scales), torch.from_numpy(zps), 1, quant_min, quant_max
     ).numpy()
-    _assert_same(qt.fake_quantize_per_channel_affine(x, scales, zps, 1, quant_min, quant_max), expected)
+    _assert_same(qtorch.fake_quantize_per_channel_affine(x, scales, zps, 1, quant_min, quant_max), expected)
     # +Inf goes to quant_min here (int64 overflow in the scalar kernel), unlike the per-tensor kernel.
-    inf_out = qt.fake_quantize_per_channel_affine(np.array([[np.inf]], F32), [1.0], [0], 1, quant_min, quant_max)
+    inf_out = qtorch.fake_quantize_per_channel_affine(np.array([[np.inf]], F32), [1.0], [0], 1, quant_min, quant_max)
     assert float(inf_out[0, 0]) == quant_min
 
 
@@ -217,14 +221,14 @@ def test_fake_quantize_fuzz():
     n = 120_000
     x = (rng.standard_normal(n) * 10.0 ** rng.uniform(-2, 2, n)).astype(F32)
     expected = torch.fake_quantize_per_tensor_affine(torch.from_numpy(x), 0.0371, 7, -128, 127).numpy()
-    _assert_same(qt.fake_quantize_per_tensor_affine(x, 0.0371, 7, -128, 127), expected)
+    _assert_same(qtorch.fake_quantize_per_tensor_affine(x, 0.0371, 7, -128, 127), expected)
     x2 = x.reshape(-1, 12)
     scales = rng.uniform(1e-3, 1, 12).astype(F32)
     zps = rng.integers(0, 256, 12).astype(np.int32)
     expected = torch.fake_quantize_per_channel_affine(
         torch.from_numpy(x2), torch.from_numpy(scales), torch.from_numpy(zps), 1, 0, 255
     ).numpy()
-    _assert_same(qt.fake_quantize_per_channel_affine(x2, scales, zps, 1, 0, 255), expected)
+    _assert_same(qtorch.fake_quantize_per_channel_affine(x2, scales, zps, 1, 0, 255), expected)
 
 
 # ------------------------------------------------------------------------------------------------------------ observer
@@ -252,7 +256,7 @@ def _observer_cases():
 def test_min_max_observer(dtype, qscheme, reduce_range):
     if qscheme == "per_tensor_symmetric" and reduce_range and dtype == "quint8":
         with pytest.raises(ValueError, match="reduce_range"):
-            qt.min_max_observer(np.ones(3, F32), dtype, qscheme, reduce_range)
+            qtorch.min_max_observer(np.ones(3, F32), dtype, qscheme, reduce_range)
         return
     torch_qscheme = getattr(torch, qscheme)
     for x in _observer_cases():
@@ -262,7 +266,7 @@ def test_min_max_observer(dtype, qscheme, reduce_range):
         observer(torch.from_numpy(x))
         scale, zero_point = observer.calculate_qparams()
         # np.resize keeps min and max; one padded length means one compilation for all cases.
-        ours_scale, ours_zp = qt.min_max_observer(np.resize(x, 512), dtype, qscheme, reduce_range)
+        ours_scale, ours_zp = qtorch.min_max_observer(np.resize(x, 512), dtype, qscheme, reduce_range)
         assert ours_scale.dtype == jnp.float32
         assert F32(ours_scale) == F32(scale.item()), (x[:4], float(ours_scale), scale.item())
         assert int(ours_zp) == int(zero_point.item()), (x[:4], int(ours_zp), zero_point.item())
@@ -270,12 +274,12 @@ def test_min_max_observer(dtype, qscheme, reduce_range):
 
 def test_min_max_observer_documented_values():
     # all-zero input: scale = float32 eps, zero point = qmin
-    scale, zp = qt.min_max_observer(np.zeros(4, F32), "quint8")
+    scale, zp = qtorch.min_max_observer(np.zeros(4, F32), "quint8")
     assert float(scale) == 2.0**-23 and int(zp) == 0
     # symmetric 8-bit divides by 127.5, not 127
-    scale, zp = qt.min_max_observer(np.array([-2.55, 1.0], F32), "qint8", "per_tensor_symmetric")
+    scale, zp = qtorch.min_max_observer(np.array([-2.55, 1.0], F32), "qint8", "per_tensor_symmetric")
     assert float(scale) == float(F32(F32(2.55) / F32(127.5))) and int(zp) == 0
-    _, zp = qt.min_max_observer(np.array([-2.55, 1.0], F32), "quint8", "per_tensor_symmetric")
+    _, zp = qtorch.min_max_observer(np.array([-2.55, 1.0], F32), "quint8", "per_tensor_symmetric")
     assert int(zp) == 128
 
 
@@ -284,49 +288,57 @@ def test_min_max_observer_documented_values():
 
 def test_jit_compatible():
     x = np.linspace(-3, 3, 1001, dtype=F32)
-    direct = qt.quantize_per_tensor(x, 0.1, 3, "qint8")
-    jitted = jax.jit(lambda v: qt.quantize_per_tensor(v, 0.1, 3, "qint8"))(x)
+    direct = qtorch.quantize_per_tensor(x, 0.1, 3, "qint8")
+    jitted = jax.jit(lambda v: qtorch.quantize_per_tensor(v, 0.1, 3, "qint8"))(x)
     _assert_same(jitted, direct)
-    jitted = jax.jit(lambda v: qt.quantize_per_channel(v, np.array([0.1, 0.2]), np.array([0, 1]), 0, "quint8"))
+    jitted = jax.jit(lambda v: qtorch.quantize_per_channel(v, np.array([0.1, 0.2]), np.array([0, 1]), 0, "quint8"))
     _assert_same(
         jitted(x[:1000].reshape(2, 500)),
-        qt.quantize_per_channel(x[:1000].reshape(2, 500), [0.1, 0.2], [0, 1], 0, "quint8"),
+        qtorch.quantize_per_channel(x[:1000].reshape(2, 500), [0.1, 0.2], [0, 1], 0, "quint8"),
     )
 
 
 @pytest.mark.parametrize(
     "call,error,match",
     [
-        (lambda: qt.quantize_per_tensor(np.ones(3, F32), 0.1, 0, "int8"), ValueError, "dtype"),
-        (lambda: qt.quantize_per_tensor(np.ones(3, F32), 0.0, 0, "quint8"), ValueError, "scale"),
-        (lambda: qt.quantize_per_tensor(np.ones(3, F32), -1.0, 0, "quint8"), ValueError, "scale"),
-        (lambda: qt.quantize_per_tensor(np.ones(3, F32), float("nan"), 0, "quint8"), ValueError, "scale"),
-        (lambda: qt.quantize_per_tensor(np.ones(3, F32), 1e-45, 0, "quint8"), ValueError, "scale"),
-        (lambda: qt.quantize_per_tensor(np.ones(3, F32), 0.1, 256, "quint8"), ValueError, "zero_point"),
-        (lambda: qt.quantize_per_tensor(np.ones(3, F32), 0.1, 1.5, "quint8"), TypeError, "zero_point"),
-        (lambda: qt.quantize_per_tensor(np.ones(3, np.int32), 0.1, 0, "quint8"), TypeError, "x"),
-        (lambda: qt.quantize_per_channel(np.ones((2, 3), F32), [0.1, 0.1], [0, 0], 1, "qint8"), ValueError, "scales"),
+        (lambda: qtorch.quantize_per_tensor(np.ones(3, F32), 0.1, 0, "int8"), ValueError, "dtype"),
+        (lambda: qtorch.quantize_per_tensor(np.ones(3, F32), 0.0, 0, "quint8"), ValueError, "scale"),
+        (lambda: qtorch.quantize_per_tensor(np.ones(3, F32), -1.0, 0, "quint8"), ValueError, "scale"),
+        (lambda: qtorch.quantize_per_tensor(np.ones(3, F32), float("nan"), 0, "quint8"), ValueError, "scale"),
+        (lambda: qtorch.quantize_per_tensor(np.ones(3, F32), 1e-45, 0, "quint8"), ValueError, "scale"),
+        (lambda: qtorch.quantize_per_tensor(np.ones(3, F32), 0.1, 256, "quint8"), ValueError, "zero_point"),
+        (lambda: qtorch.quantize_per_tensor(np.ones(3, F32), 0.1, 1.5, "quint8"), TypeError, "zero_point"),
+        (lambda: qtorch.quantize_per_tensor(np.ones(3, np.int32), 0.1, 0, "quint8"), TypeError, "x"),
         (
-            lambda: qt.quantize_per_channel(np.ones((2, 3), F32), [0.1] * 3, [0, 0], 1, "qint8"),
+            lambda: qtorch.quantize_per_channel(np.ones((2, 3), F32), [0.1, 0.1], [0, 0], 1, "qint8"),
+            ValueError,
+            "scales",
+        ),
+        (
+            lambda: qtorch.quantize_per_channel(np.ones((2, 3), F32), [0.1] * 3, [0, 0], 1, "qint8"),
             ValueError,
             "zero_points",
         ),
-        (lambda: qt.quantize_per_channel(np.ones((2, 3), F32), [0.1] * 3, [0] * 3, 2, "qint8"), ValueError, "axis"),
-        (lambda: qt.quantize_per_channel(np.ones((2, 3), F32), [0.1, 0, 1], [0] * 3, 1, "qint8"), ValueError, "scales"),
+        (lambda: qtorch.quantize_per_channel(np.ones((2, 3), F32), [0.1] * 3, [0] * 3, 2, "qint8"), ValueError, "axis"),
         (
-            lambda: qt.quantize_per_channel(np.ones((2, 3), F32), [0.1] * 3, [0, 0, 300], 1, "qint8"),
+            lambda: qtorch.quantize_per_channel(np.ones((2, 3), F32), [0.1, 0, 1], [0] * 3, 1, "qint8"),
+            ValueError,
+            "scales",
+        ),
+        (
+            lambda: qtorch.quantize_per_channel(np.ones((2, 3), F32), [0.1] * 3, [0, 0, 300], 1, "qint8"),
             ValueError,
             "zero_points",
         ),
-        (lambda: qt.fake_quantize_per_tensor_affine(np.ones(3, F32), 0.1, 0, 5, 1), ValueError, "quant_min"),
-        (lambda: qt.fake_quantize_per_tensor_affine(np.ones(3, F32), 0.1, 300, 0, 255), ValueError, "zero_point"),
+        (lambda: qtorch.fake_quantize_per_tensor_affine(np.ones(3, F32), 0.1, 0, 5, 1), ValueError, "quant_min"),
+        (lambda: qtorch.fake_quantize_per_tensor_affine(np.ones(3, F32), 0.1, 300, 0, 255), ValueError, "zero_point"),
         (
-            lambda: qt.fake_quantize_per_channel_affine(np.ones((2, 3), F32), [1.0] * 3, [0] * 3, 1, 0, 2**24),
+            lambda: qtorch.fake_quantize_per_channel_affine(np.ones((2, 3), F32), [1.0] * 3, [0] * 3, 1, 0, 2**24),
             ValueError,
             "2\\*\\*24",
         ),
-        (lambda: qt.min_max_observer(np.ones(3, F32), "quint8", "per_channel_affine"), ValueError, "qscheme"),
-        (lambda: qt.min_max_observer(np.zeros(0, F32)), ValueError, "non-empty"),
+        (lambda: qtorch.min_max_observer(np.ones(3, F32), "quint8", "per_channel_affine"), ValueError, "qscheme"),
+        (lambda: qtorch.min_max_observer(np.zeros(0, F32)), ValueError, "non-empty"),
     ],
 )
 def test_bad_input(call, error, match):
@@ -343,17 +355,17 @@ def test_subnormal_scales_are_rejected():
     live = torch.quantize_per_tensor(torch.from_numpy(x), 3e-39, 0, torch.qint8).int_repr().numpy()
     np.testing.assert_array_equal(live, np.int8([1, 2, 127]))
     with pytest.raises(ValueError, match=f"scale.*{SUBNORMAL_MESSAGE}"):
-        qt.quantize_per_tensor(x, 3e-39, 0, "qint8")
+        qtorch.quantize_per_tensor(x, 3e-39, 0, "qint8")
     with pytest.raises(ValueError, match=f"scales.*{SUBNORMAL_MESSAGE}"):
-        qt.quantize_per_channel(x.reshape(3, 1), np.float32([1.0, 1e-38, 1.0]), np.int32([0, 0, 0]), 0, "qint8")
+        qtorch.quantize_per_channel(x.reshape(3, 1), np.float32([1.0, 1e-38, 1.0]), np.int32([0, 0, 0]), 0, "qint8")
     with pytest.raises(ValueError, match=f"scale.*{SUBNORMAL_MESSAGE}"):
-        qt.fake_quantize_per_tensor_affine(x, 1e-38, 0, -128, 127)
+        qtorch.fake_quantize_per_tensor_affine(x, 1e-38, 0, -128, 127)
     with pytest.raises(ValueError, match=SUBNORMAL_MESSAGE):
-        qt.fake_quantize_per_channel_affine(x.reshape(3, 1), np.float32([5e-39]), np.int32([0]), 1, -128, 127)
+        qtorch.fake_quantize_per_channel_affine(x.reshape(3, 1), np.float32([5e-39]), np.int32([0]), 1, -128, 127)
 
 
 def test_smallest_normal_scale_still_matches_torch():
     tiny = float(np.finfo(np.float32).tiny)
     x = np.float32([tiny, 2.5 * tiny, 100 * tiny, -3 * tiny])
     live = torch.quantize_per_tensor(torch.from_numpy(x), tiny, 0, torch.qint8).int_repr().numpy()
-    np.testing.assert_array_equal(np.asarray(qt.quantize_per_tensor(x, tiny, 0, "qint8")), live)
+    np.testing.assert_array_equal(np.asarray(qtorch.quantize_per_tensor(x, tiny, 0, "qint8")), live)
