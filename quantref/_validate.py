@@ -430,7 +430,7 @@ def check_conv_geometry(x_shape, w_shape, strides, pads, dilations, group) -> No
         raise ValueError(f"w must be 4-D (M, C/group, kH, kW), got shape {w_shape}")
     for name, value, length in (("strides", strides, 2), ("pads", pads, 4), ("dilations", dilations, 2)):
         if (
-            not isinstance(value, (tuple, list))
+            not isinstance(value, (tuple, list, np.ndarray))
             or len(value) != length
             or not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in value)
         ):

@@ -294,6 +294,7 @@ def expand_param(param: jax.Array, x_shape: tuple[int, ...], axis: int | None, b
     Returns:
       ``param`` reshaped (per-channel) or repeated along ``axis`` (per-group) so that it broadcasts to ``x_shape``.
     """
+    param = jnp.asarray(_validate.as_array(param, "param"))
     if axis is None:
         return param
     if block_size is None:
@@ -317,9 +318,13 @@ def true_divide(numerator: jax.Array, denominator: jax.Array | float) -> jax.Arr
 
     Returns:
       The float32 quotient, as IEEE 754 division rounds it.
+
+    Raises:
+      TypeError: if either argument is not a real array.
     """
-    numerator = jnp.asarray(numerator, jnp.float32)
-    denominator = jnp.where(jnp.isnan(numerator), jnp.float32(1), jnp.asarray(denominator, jnp.float32))
+    numerator = _validate.real_batch(numerator, "numerator")
+    denominator = _validate.real_batch(denominator, "denominator")
+    denominator = jnp.where(jnp.isnan(numerator), jnp.float32(1), denominator)
     return numerator / denominator
 
 

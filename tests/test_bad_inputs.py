@@ -591,6 +591,25 @@ case(
 )
 
 
+case("true_divide(None)", lambda: affine.true_divide(None, 1.0), TypeError, "numerator")
+case("true_divide('a')", lambda: affine.true_divide(X, "a"), TypeError, "denominator")
+case("true_divide(complex)", lambda: affine.true_divide(X + 1j, 1.0), TypeError, "numerator")
+case("expand_param(None)", lambda: affine.expand_param(None, (3, 4), None, None), TypeError, "param")
+case("run_model(junk bytes)", lambda: qonnx_graph.run_model(b"junk", {}), (ValueError, ImportError), "model|onnx")
+case(
+    "run_model(missing file)",
+    lambda: qonnx_graph.run_model("/nonexistent/m.onnx", {}),
+    (ValueError, ImportError),
+    "model|onnx",
+)
+case("format_check(None)", lambda: vectors.format_check(None), TypeError, "report")
+case("decode(None)", lambda: vectors.decode(None, "int8"), TypeError, "stored")
+case("decode(dtype 3)", lambda: vectors.decode(np.int8([1]), 3), TypeError, "dtype")
+case("encode(None)", lambda: vectors.encode(None), TypeError, "array")
+case("load_case(entry without file)", lambda: vectors.load_case("/tmp", {"id": "a"}), ValueError, "entry")
+case("load_case(vectors_dir None)", lambda: vectors.load_case(None, {}), TypeError, "vectors_dir")
+
+
 @pytest.mark.parametrize(("thunk", "errors", "match"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_raises_a_clear_error(thunk, errors, match):
     with pytest.raises(Exception) as info:

@@ -514,11 +514,17 @@ def _node_label(index: int, node) -> str:
 def _load_model(onnx, model):
     if isinstance(model, onnx.ModelProto):
         return model
-    if isinstance(model, (str, os.PathLike)):
+    if not isinstance(model, (str, os.PathLike, bytes, bytearray)):
+        raise TypeError(f"model must be an onnx.ModelProto, a path, or serialized bytes, got {type(model).__name__}")
+    try:
+        if isinstance(model, (bytes, bytearray)):
+            return onnx.load_model_from_string(bytes(model))
         return onnx.load(os.fspath(model))
-    if isinstance(model, (bytes, bytearray)):
-        return onnx.load_model_from_string(bytes(model))
-    raise TypeError(f"model must be an onnx.ModelProto, a path, or serialized bytes, got {type(model).__name__}")
+    except OSError as error:
+        raise ValueError(f"model {os.fspath(model)!r} cannot be read: {error.strerror or error}") from None
+    except Exception as error:  # protobuf's DecodeError and friends: not a serialized ModelProto
+        shown = f"{os.fspath(model)!r}" if isinstance(model, (str, os.PathLike)) else "(bytes)"
+        raise ValueError(f"model {shown} is not a serialized ONNX model: {error}") from None
 
 
 def _attributes(onnx, node) -> dict:

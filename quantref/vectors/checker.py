@@ -148,6 +148,8 @@ def format_check(report: CheckReport, *, verbose: bool = False) -> str:
     Returns:
       The report text.
     """
+    if not isinstance(report, CheckReport):
+        raise TypeError(f"report must be a vectors.CheckReport (from vectors.check), got {type(report).__name__}")
     lines = [f"checking {report.results} against {report.vectors} ({len(report.cases)} cases)"]
     for case in report.cases:
         if case.status == "pass":

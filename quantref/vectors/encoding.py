@@ -109,13 +109,15 @@ def encode(array: np.ndarray) -> tuple[np.ndarray, str]:
     Raises:
       ValueError: for a dtype the format does not define.
     """
+    if array is None:
+        raise TypeError("array must be an array, got None")
     array = np.asarray(array)
     array = array if array.flags.c_contiguous else array.copy(order="C")
     name = array.dtype.name
     if name in BIT_PATTERN_TYPES:
         return array.view(np.uint8), name
     if name not in _PLAIN_TYPES:
-        raise ValueError(f"dtype {name} is not part of vectors format {FORMAT_VERSION}")
+        raise ValueError(f"array has dtype {name}, which is not part of vectors format {FORMAT_VERSION}")
     return array, name
 
 
@@ -132,6 +134,10 @@ def decode(stored: np.ndarray, dtype: str) -> np.ndarray:
     Raises:
       ValueError: if ``dtype`` is unknown or the stored array's type does not fit it.
     """
+    if not isinstance(stored, np.ndarray):
+        raise TypeError(f"stored must be a numpy array (as read from the .npz), got {type(stored).__name__}")
+    if not isinstance(dtype, str):
+        raise TypeError(f"dtype must be a dtype name, got {dtype!r:.80}")
     if dtype in BIT_PATTERN_TYPES:
         if stored.dtype != np.uint8:
             raise ValueError(f"{dtype} must be stored as uint8 bit patterns, got {stored.dtype}")

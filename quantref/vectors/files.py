@@ -143,7 +143,7 @@ def load_manifest(vectors_dir: str | Path) -> dict[str, Any]:
             f"{path}: format {manifest.get('format')!r} version {manifest.get('format_version')!r}; "
             f"this quantref reads quantref-vectors version {FORMAT_VERSION}"
         )
-    _check_entries(manifest.get("cases"), path)
+    _check_entries(manifest.get("cases"), str(path))
     return manifest
 
 
@@ -158,9 +158,14 @@ def load_case(vectors_dir: str | Path, entry: dict[str, Any]) -> tuple[dict[str,
       ``(inputs, outputs)``: name → array, in manifest order.
 
     Raises:
-      ValueError: if the case's file cannot be read, lacks an array the entry lists, or an array does not decode
-        as its ``dtype`` or has another shape (naming the file and the array).
+      TypeError: if ``vectors_dir`` is not a path.
+      ValueError: if ``entry`` is not a case entry of the schema's shape, the case's file cannot be read, lacks an
+        array the entry lists, or an array does not decode as its ``dtype`` or has another shape (naming the file
+        and the array).
     """
+    if not isinstance(vectors_dir, (str, os.PathLike)):
+        raise TypeError(f"vectors_dir must be a path, got {type(vectors_dir).__name__}")
+    _check_entries([entry], "entry", one=True)
     path = Path(vectors_dir) / entry["file"]
     arrays = read_npz(path)
     decoded: list[dict[str, np.ndarray]] = []
@@ -289,13 +294,13 @@ def _carry_over(old: Path, new: Path, keep) -> None:
             os.link(entry, new / entry.name)
 
 
-def _check_entries(entries: object, path: Path) -> None:
-    """The manifest's ``cases``: a list of entries of the shape the schema describes."""
+def _check_entries(entries: object, label: str, one: bool = False) -> None:
+    """The manifest's ``cases`` (or ``one`` entry): a list of entries of the shape the schema describes."""
     if not isinstance(entries, list):
-        raise ValueError(f"{path}: 'cases' must be a list of case entries, got {type(entries).__name__}")
+        raise ValueError(f"{label}: 'cases' must be a list of case entries, got {type(entries).__name__}")
     seen = set()
     for index, entry in enumerate(entries):
-        where = f"{path}: cases[{index}]"
+        where = label if one else f"{label}: cases[{index}]"
         if not isinstance(entry, dict):
             raise ValueError(f"{where} must be an object, got {type(entry).__name__}")
         for key, kind in (("id", str), ("operator", str), ("runtime", str), ("file", str), ("attributes", dict)):
