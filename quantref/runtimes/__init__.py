@@ -4,15 +4,20 @@ Each submodule mirrors one runtime's operators as named, ``jax.jit``-compatible 
 runtime's, including at rounding ties, at saturation and for NaN/Inf:
 
 - :mod:`quantref.runtimes.onnx`: ONNX operators as onnxruntime's CPU execution provider computes them, with the
-  ONNX reference evaluator's answers available where the two disagree (``flavor="reference"``).
+  ONNX reference evaluator's answers available where the two disagree (``flavor="reference"``), and the
+  requantization of QLinearConv/QLinearMatMul (:func:`quantref.runtimes.onnx.requantize`).
+- :mod:`quantref.runtimes.onnx_graph`: an interpreter for whole quantized ONNX graphs built from those operators
+  (:func:`quantref.runtimes.onnx_graph.run_model`; needs the ``onnx`` package).
 - :mod:`quantref.runtimes.torch`: PyTorch 2.13's CPU (x86/fbgemm) quantize, fake-quantize and MinMaxObserver.
-- :mod:`quantref.runtimes.tflite`: TFLite/LiteRT's fixed-point requantization (gemmlowp), reference Quantize kernel,
-  and int8 fully-connected and conv references.
+- :mod:`quantref.runtimes.tflite`: TFLite/LiteRT's fixed-point requantization (gemmlowp;
+  :func:`quantref.runtimes.tflite.requantize`), reference Quantize kernel, and int8 fully-connected and conv
+  references.
 
-The library never imports onnx, onnxruntime or torch; those are needed only to cross-check (the ``conformance``
-extra).
+The runtimes depend only on the numerics (:mod:`quantref.formats`, :mod:`quantref.affine`), never on the model
+pipeline. The library never imports onnx, onnxruntime or torch; those are needed only to cross-check (the
+``conformance`` extra) and for :mod:`~quantref.runtimes.onnx_graph`.
 """
 
-from quantref.runtimes import onnx, tflite, torch
+from quantref.runtimes import onnx, onnx_graph, tflite, torch
 
-__all__ = ["onnx", "tflite", "torch"]
+__all__ = ["onnx", "onnx_graph", "tflite", "torch"]
