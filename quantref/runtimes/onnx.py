@@ -569,7 +569,8 @@ def requantize(
     The multiplier is $M = f_{32}(f_{32}(s_x s_w) / s_y)$, computed by the caller (per output channel or scalar).
     The rounding is exact for every bound: with $|q_{min} - z|, |q_{max} - z| \\le 2^{22}$ (every 8- and 16-bit
     grid) it is one vector add (a magic-number rounding), otherwise a slower exact path; with traced bounds the
-    choice is made at run time. Pass ``qmin = max(format qmin, zero_point)`` to apply a ReLU. Jit-compatible.
+    choice is made at run time. Pass ``qmin = max(format qmin, zero_point)`` to apply a ReLU. Jit-compatible;
+    traced values are not checked (``qmin - zero_point`` and ``qmax - zero_point`` must fit int32).
 
     References:
       onnxruntime ``core/mlas/lib/quantize.cpp`` (MlasRequantizeOutput), ``core/providers/cpu/quantization/
