@@ -63,7 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from quantref import affine, formats, ranges
+from quantref import affine, formats
 
 __all__ = [
     "gptq",
@@ -258,8 +258,8 @@ def weight_scale(
     \\lVert W - Q_{\\alpha}(W) \\rVert^2,
     $$
 
-    each max and each search over the weights that share a scale (:func:`quantref.ranges.mse_range`); $\\alpha =
-    1$ wins ties, so the MSE scale's weight error is never above min-max's.
+    each max and each search over the weights that share a scale (as :func:`quantref.ranges.mse_range` searches a
+    range for data); $\\alpha = 1$ wins ties, so the MSE scale's weight error is never above min-max's.
 
     References:
       Nagel et al., arXiv:2106.08295, 2021, sec. 3.1 (MSE range setting), applied per channel.
@@ -304,7 +304,23 @@ def _min_max_range(view, fmt, axis, num_candidates):
 
 
 def _mse_range(view, fmt, axis, num_candidates):
-    return ranges.mse_range(view, fmt, num_candidates=num_candidates, symmetric=True, axis=axis)
+    low, high = _min_max_range(view, fmt, axis, num_candidates)
+    shrink = _best_shrink(view, high, jnp.float32(fmt.qmin), jnp.float32(fmt.qmax), num_candidates=int(num_candidates))
+    return low * shrink, high * shrink
+
+
+@functools.partial(jax.jit, static_argnames="num_candidates")
+def _best_shrink(view, absmax, qmin, qmax, *, num_candidates):
+    """The $\\alpha$ of :func:`weight_scale`'s MSE search, for each column of ``view`` (or for all of it): one pass per
+    candidate, as :func:`quantref.ranges.mse_range` does for data, in one compiled loop."""
+    alphas = jnp.arange(num_candidates, 0, -1, dtype=jnp.float32) / num_candidates  # 1 first: it wins ties
+
+    def error(alpha):
+        scale = jnp.maximum(alpha * absmax / qmax, jnp.finfo(jnp.float32).eps)
+        quantized = jnp.clip(jnp.round(affine.true_divide(view, scale)), qmin, qmax) * scale
+        return jnp.sum((view - quantized) ** 2, axis=tuple(range(view.ndim - absmax.ndim)))
+
+    return alphas[jnp.argmin(lax.map(error, alphas), axis=0)]
 
 
 _RANGE_RULES = {"min_max": _min_max_range, "mse": _mse_range}
