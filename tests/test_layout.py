@@ -20,6 +20,7 @@ LAYERS = {
             "quantref.rounding",
             "quantref.affine",
             "quantref.ranges",
+            "quantref.ranges.*",
         ],
         set(),
     ),
