@@ -669,9 +669,10 @@ def load_or_fine_tune(
 ) -> nnx.Module:
     """:func:`fine_tune`, cached on disk (:mod:`quantref.cache`) like the float model.
 
-    The entry's name hashes everything the result depends on: the model's state, the data, the masks, ``config``,
-    ``schedule``, ``wrt`` and ``forward`` by name, and the source of this module and of :mod:`quantref.nn`. The
-    cached state is loaded into a copy of ``model`` with its masks baked in, whose structure the result shares.
+    The entry's name hashes what the result depends on: the model's state, the data, the masks, ``config``,
+    ``schedule``, ``wrt`` and ``forward`` by name, and the source of this module (not of the pipeline modules it
+    calls, whose unrelated edits would otherwise retrain every cached model). The cached state is loaded into a copy
+    of ``model`` with its masks baked in, whose structure the result shares.
 
     Args and Returns: as :func:`fine_tune`.
     """
@@ -680,8 +681,6 @@ def load_or_fine_tune(
         for key in sorted(arrays):
             digest.update(key.encode())
             digest.update(np.ascontiguousarray(arrays[key]).tobytes())
-    for module in (nn, train):
-        digest.update(Path(module.__file__).read_bytes())
     digest.update(Path(__file__).read_bytes())
     name = f"fine_tuned-{digest.hexdigest()[:16]}"
     stored = cache.load_arrays(name)
