@@ -10,7 +10,8 @@ $$
 symmetric around zero; TFLite uses it for weights.
 
 Sub-byte integers (int4, uint4, int2, uint2) are stored packed, two or four to a byte, low nibble first (the
-ONNX and TFLite convention). Float8 formats come from ``ml_dtypes``.
+ONNX and TFLite convention). Float8 formats and FP4 (e2m1, ONNX's FLOAT4E2M1) come from ``ml_dtypes``; the
+block-scaled formats built on them (MX, NVFP4) are in :mod:`quantref.microscaling`.
 
 This module has no JAX tracing in it: formats are static, validated Python values.
 """
@@ -42,6 +43,9 @@ __all__ = [
     "float8_dtype",
     "float8_max",
     "cast_float8",
+    "FLOAT4_E2M1",
+    "float4_max",
+    "cast_float4",
 ]
 
 
@@ -287,3 +291,45 @@ def cast_float8(x: jnp.ndarray | np.ndarray, name: str, *, saturate: bool = True
         # Clamp only finite overflow and infinities; jnp.clip keeps NaN as NaN.
         x = jnp.clip(x, -top, top)
     return x.astype(dtype)
+
+
+#: FP4 E2M1 (OCP Microscaling's element type; ONNX FLOAT4E2M1): 1 sign, 2 exponent, 1 mantissa bit, no Inf or NaN.
+FLOAT4_E2M1: np.dtype = np.dtype(ml_dtypes.float4_e2m1fn)
+
+
+def float4_max() -> float:
+    """Largest finite value of FP4 E2M1 (6.0)."""
+    return float(ml_dtypes.finfo(FLOAT4_E2M1).max)
+
+
+def cast_float4(x: jnp.ndarray | np.ndarray) -> jnp.ndarray:
+    """Round float values to FP4 E2M1 (round half to even, saturating).
+
+    $$
+    y = \\operatorname{rne}_{\\text{e2m1}}\\big(\\operatorname{clamp}(x, -6, 6)\\big), \\qquad
+    \\text{grid } \\pm\\{0, 0.5, 1, 1.5, 2, 3, 4, 6\\}
+    $$
+
+    The format has no infinity and no NaN, so every out-of-range value and ±Inf saturate to ±6 (the OCP MX
+    specification's conversion, and ONNX's FLOAT4E2M1). NaN has no code: the spec leaves it undefined, and this
+    function returns the zero that ml_dtypes' cast (which the ONNX reference evaluator uses) gives, a zero of the
+    opposite sign.
+
+    References:
+      Open Compute Project, "OCP Microscaling Formats (MX) Specification", v1.0, 2023, sec. 5.3.3 (FP4).
+      ONNX operator spec, QuantizeLinear (opset 23, FLOAT4E2M1).
+
+    Args:
+      x: real values (computed in float32).
+
+    Returns:
+      An array of dtype ``float4_e2m1fn``.
+
+    Raises:
+      TypeError: if ``x`` is not a real array.
+    """
+    x = _validate.real_array(x, "x")
+    top = float4_max()
+    codes = jnp.clip(x, -top, top).astype(FLOAT4_E2M1)
+    nan_zero = jnp.where(jnp.signbit(x), jnp.float32(0.0), jnp.float32(-0.0)).astype(FLOAT4_E2M1)
+    return jnp.where(jnp.isnan(x), nan_zero, codes)

@@ -31,7 +31,7 @@ FLOAT8_DTYPES = [
 SUB_BYTE = {np.dtype(d) for d in (ml_dtypes.int4, ml_dtypes.uint4, ml_dtypes.int2, ml_dtypes.uint2)}
 TENSOR_TYPE = {
     np.dtype(dtype): helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    for dtype in INT_DTYPES + FLOAT8_DTYPES + [np.dtype(np.float32), np.dtype(np.int32)]
+    for dtype in INT_DTYPES + FLOAT8_DTYPES + [np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.float16)]
 }
 
 
@@ -814,7 +814,7 @@ def test_conv_integer_per_channel_weight_zero_point_reference_only():
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Subnormal and float16/bfloat16 scales: rejected rather than answered wrongly
+# Subnormal scales: rejected rather than answered wrongly; float16 scales as each runtime computes them
 
 
 SUBNORMAL_MESSAGE = "JAX flushes subnormal float32 to zero on CPU, so results would not match"
@@ -875,38 +875,80 @@ def test_dynamic_quantize_linear_subnormal_scale_is_rejected():
         qonnx.dynamic_quantize_linear(x)
 
 
-@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
-def test_half_precision_scales_are_rejected(dtype):
-    message = "float32 only; float16/bfloat16 scales \\(opset 23 precision\\) are not supported"
-    with pytest.raises(TypeError, match=f"y_scale.*{message}"):
-        qonnx.quantize_linear(np.float32([1.0]), np.asarray(0.5, dtype), np.int8(0))
-    with pytest.raises(TypeError, match=f"x_scale.*{message}"):
-        qonnx.dequantize_linear(np.int8([1]), np.asarray(0.5, dtype))
-    with pytest.raises(TypeError, match=f"b_scale.*{message}"):
+def half_inputs(rng, scale):
+    """float16 values around ties of a float16 scale, where float32 and float16 quotients round differently."""
+    k = np.arange(-300, 300)
+    ties = ((k + 0.5) * np.float64(scale)).astype(np.float16)
+    near = np.concatenate([ties, np.nextafter(ties, np.float16(np.inf)), np.nextafter(ties, np.float16(-np.inf))])
+    random = (rng.standard_normal(600) * 200 * np.float64(scale)).astype(np.float16)
+    return np.concatenate([near, random, np.float16([0, -0.0, np.inf, -np.inf, np.nan, 6e4, -6e4])])
+
+
+@pytest.mark.parametrize("out_dtype", [np.dtype(np.uint8), np.dtype(np.int16), np.dtype(ml_dtypes.float8_e4m3fn)])
+def test_float16_scales_quantize_as_onnxruntime_and_the_reference(out_dtype):
+    rng = np.random.default_rng(40)
+    scale = np.float16(0.0137)
+    x = half_inputs(rng, scale)
+    zero_point = np.zeros((), out_dtype) if out_dtype in FLOAT8_DTYPES else np.asarray(3, out_dtype)
+    inputs = [("x", x), ("s", scale), ("z", zero_point)]
+    ort_out = run_ort("QuantizeLinear", inputs, [("y", out_dtype)], constants=("s", "z"), opset=21)[0]
+    assert_same(qonnx.quantize_linear(x, scale, zero_point), ort_out, x, "onnxruntime")
+    # From opset 23 the reference evaluator divides float16 by float16 in float16: other codes at the ties.
+    ref_out = run_ref("QuantizeLinear", inputs, [("y", out_dtype)], constants=("s", "z"), opset=23)[0]
+    assert_same(qonnx.quantize_linear(x, scale, zero_point, flavor="reference"), ref_out, x, "reference")
+    assert np.any(as_bits(ref_out) != as_bits(ort_out))
+    # precision=float32 makes the reference divide in float32, as onnxruntime does.
+    ref32 = run_ref(
+        "QuantizeLinear", inputs, [("y", out_dtype)], {"precision": TensorProto.FLOAT}, constants=("s", "z"), opset=23
+    )[0]
+    assert_same(qonnx.quantize_linear(x, scale, zero_point, precision=np.float32, flavor="reference"), ref32, x)
+    finite = np.isfinite(x)  # Inf and NaN differ between the runtimes whatever the precision (see quantize_linear)
+    assert_same(ref32[finite], ort_out[finite], x[finite], "reference with precision=float32 against onnxruntime")
+
+
+def test_float16_scales_dequantize_to_float16():
+    x = np.arange(-128, 128, dtype=np.int8)
+    scale = np.float16(0.0137)
+    for opset, runner in ((21, run_ort), (23, run_ref)):
+        expected = runner(
+            "DequantizeLinear", [("x", x), ("s", scale), ("z", np.int8(-7))], [("y", np.float16)], constants=("s", "z")
+        )[0]
+        got = np.asarray(qonnx.dequantize_linear(x, scale, np.int8(-7)))
+        assert got.dtype == np.float16 and np.array_equal(got.view(np.uint16), expected.view(np.uint16)), opset
+
+
+def test_float16_scales_qlinear_matmul():
+    rng = np.random.default_rng(41)
+    a = rng.integers(0, 256, (32, 24), dtype=np.uint8)
+    b = rng.integers(0, 256, (24, 16), dtype=np.uint8)
+    for trial in range(8):
+        sa, sb, sy = rng.uniform(0.001, 0.1, 3).astype(np.float16)
+        inputs = [
+            ("a", a),
+            ("sa", sa),
+            ("za", np.uint8(120)),
+            ("b", b),
+            ("sb", sb),
+            ("zb", np.uint8(130)),
+            ("sy", sy),
+            ("zy", np.uint8(110)),
+        ]
+        values = [value for _, value in inputs]
+        constants = ("sa", "za", "b", "sb", "zb", "sy", "zy")
+        for flavor, runner in (("onnxruntime", run_ort), ("reference", run_ref)):
+            expected = runner("QLinearMatMul", inputs, [("y", np.uint8)], constants=constants)[0]
+            assert_same(qonnx.qlinear_matmul(*values, flavor=flavor), expected, label=f"{flavor} {trial}")
+
+
+def test_mixed_half_and_float32_scales_are_rejected():
+    with pytest.raises(TypeError, match="must all have the same type"):
         qonnx.qlinear_matmul(
             np.uint8([[1]]),
             np.float32(1),
             np.uint8(0),
             np.uint8([[1]]),
-            np.asarray(1, dtype),
+            np.float16(1),
             np.uint8(0),
             np.float32(1),
             np.uint8(0),
         )
-
-
-def test_dequantize_float16_scale_differs_in_onnxruntime():
-    # onnxruntime answers in float16 for a float16 scale (opset 19+); quantref reproduces float32 scales only.
-    x = helper.make_tensor_value_info("x", TensorProto.INT8, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)
-    scale = numpy_helper.from_array(np.asarray(0.1, np.float16), "s")
-    graph = helper.make_graph(
-        [helper.make_node("DequantizeLinear", ["x", "s"], ["y"])], "node", [x], [y], initializer=[scale]
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    model.ir_version = 11
-    feeds = {"x": np.int8([3])}
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    assert session.run(None, feeds)[0].dtype == np.float16
-    with pytest.raises(TypeError, match="float32 only"):
-        qonnx.dequantize_linear(np.int8([3]), np.float16(0.1))

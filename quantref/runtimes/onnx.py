@@ -1,5 +1,9 @@
 """ONNX quantization operators, bit-exact with onnxruntime's CPU execution provider.
 
+QuantizeLinear, DequantizeLinear and DynamicQuantizeLinear live here; the integer operators (MatMulInteger,
+ConvInteger, QLinearMatMul, QLinearConv, their requantization) live in :mod:`quantref.runtimes.onnx_integer` and are
+re-exported here, so ``quantref.runtimes.onnx`` names all of them.
+
 Each function mirrors one ONNX operator (same inputs, same attributes as keyword arguments) and returns the values
 that onnxruntime 1.32's CPU execution provider returns, bit for bit — at rounding ties, at saturation, for ±Inf and
 NaN. Where the ONNX reference evaluator (``onnx.reference.ReferenceEvaluator``, onnx 1.23) gives a different answer,
@@ -28,10 +32,10 @@ Conventions shared by every function here:
   Scales must be finite and > 0: onnxruntime has no defined answer for a zero scale (it divides by zero) and the
   spec does not define negative or NaN scales, so a concrete scale outside ``(0, inf)`` raises ``ValueError``. Traced
   scales cannot be inspected and are not checked; they then follow the formulas above literally.
-- Scales are float32: the semantics reproduced are those of float32 scales (opsets 10 to 21, and opset 23+ with
-  float32 scales). float16/bfloat16 scales — with which onnxruntime divides in float16 at opset >= 23 and
-  DequantizeLinear returns float16 — are rejected with ``TypeError``; Python floats and float64 arrays are rounded
-  to float32.
+- Scales are float32, float16 or bfloat16. onnxruntime widens float16 scales (and float16 ``x``) to float32 and
+  computes in float32, returning float16 from DequantizeLinear; the reference evaluator does the same except that
+  from opset 23 it divides float16 ``x`` by a float16 scale in float16 (``precision``). Python floats and float64
+  arrays are rounded to float32.
 - Subnormal float32 values: JAX (XLA) on CPU flushes subnormal floats to zero, the runtimes do not. A concrete
   scale below the smallest normal float32 (``np.finfo(np.float32).tiny`` ≈ 1.18e-38), a QLinear ``s_a·s_b``
   product below it, or a DynamicQuantizeLinear input whose scale would be below it raises ``ValueError``.
@@ -59,20 +63,19 @@ References:
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 
 from quantref import _validate, formats
 from quantref._validate import is_concrete
 from quantref.affine import expand_param
 from quantref.affine import true_divide as _divide  # XLA rewrites x / constant as x * (1 / constant)
-from quantref.runtimes import _arith
+from quantref.runtimes import _onnx_types as _types
 from quantref.runtimes._arith import float_to_int32
+from quantref.runtimes._onnx_types import QUANTIZED_DTYPES, Flavor
+from quantref.runtimes.onnx_integer import conv_integer, matmul_integer, qlinear_conv, qlinear_matmul, requantize
 
 __all__ = [
     "Flavor",
@@ -87,41 +90,21 @@ __all__ = [
     "requantize",
 ]
 
-Flavor = Literal["onnxruntime", "reference"]
-_FLAVORS = ("onnxruntime", "reference")
-
-# The integer output types of QuantizeLinear and their grids. int4/uint4 need opset 21, int2/uint2 opset 25.
-_INT_FORMATS: dict[np.dtype, formats.IntFormat] = {
-    np.dtype(np.int8): formats.INT8,
-    np.dtype(np.uint8): formats.UINT8,
-    np.dtype(np.int16): formats.INT16,
-    np.dtype(np.uint16): formats.int_format(16, signed=False),
-    np.dtype(ml_dtypes.int4): formats.INT4,
-    np.dtype(ml_dtypes.uint4): formats.UINT4,
-    np.dtype(ml_dtypes.int2): formats.int_format(2, signed=True),
-    np.dtype(ml_dtypes.uint2): formats.int_format(2, signed=False),
-}
-_FLOAT8_NAMES: dict[np.dtype, str] = {dtype: name for name, dtype in formats.FLOAT8_DTYPES.items()}
-
-#: Every output type of QuantizeLinear, by name.
-QUANTIZED_DTYPES: dict[str, np.dtype] = {
-    **{dtype.name: dtype for dtype in _INT_FORMATS},
-    **formats.FLOAT8_DTYPES,
-}
-_EIGHT_BIT = (np.dtype(np.int8), np.dtype(np.uint8))
+_FLAVORS = _types.FLAVORS
+_INT_FORMATS = _types.INT_FORMATS
+_FLOAT8_NAMES = _types.FLOAT8_NAMES
+_FLOAT4 = _types.FLOAT4
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # QuantizeLinear / DequantizeLinear
 
 
-@functools.partial(jax.jit, static_argnames=("out_dtype", "axis", "block_size", "flavor"))
-def _quantize_int(x, scale, zero_point, *, out_dtype, axis, block_size, flavor):
+@functools.partial(jax.jit, static_argnames=("out_dtype", "axis", "block_size", "half", "flavor"))
+def _quantize_int(x, scale, zero_point, *, out_dtype, axis, block_size, half, flavor):
     fmt = _INT_FORMATS[out_dtype]
-    scale = expand_param(scale, x.shape, axis, block_size)
     zero_point = expand_param(zero_point.astype(jnp.int32), x.shape, axis, block_size)
-    # A true float32 division, rounded before the zero point is added (MlasQuantizeLinear).
-    quotient = _divide(x, scale)
+    quotient = _quotient(x, scale, axis=axis, block_size=block_size, half=half)
     if flavor == "onnxruntime":
         # MLAS clamps in float to [qmin - z, qmax - z] and then rounds; equal to sat(rne(v) + z) for every v,
         # with NaN mapped to qmin.
@@ -135,14 +118,21 @@ def _quantize_int(x, scale, zero_point, *, out_dtype, axis, block_size, flavor):
     return codes.astype(jnp.int32).astype(out_dtype)
 
 
+def _quotient(x, scale, *, axis, block_size, half):
+    """x / s: a true float32 division (MlasQuantizeLinear), rounded to ``half`` when the reference divides in float16
+    or bfloat16 (numpy's half division is the float32 quotient rounded to half)."""
+    quotient = _divide(x, expand_param(scale, x.shape, axis, block_size))
+    return quotient if half is None else quotient.astype(half).astype(jnp.float32)
+
+
 def _float8_bits(value: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(value, jnp.uint8)
 
 
-@functools.partial(jax.jit, static_argnames=("out_dtype", "axis", "block_size", "saturate", "flavor"))
-def _quantize_float8(x, scale, *, out_dtype, axis, block_size, saturate, flavor):
+@functools.partial(jax.jit, static_argnames=("out_dtype", "axis", "block_size", "saturate", "half", "flavor"))
+def _quantize_float8(x, scale, *, out_dtype, axis, block_size, saturate, half, flavor):
     name = _FLOAT8_NAMES[out_dtype]
-    quotient = _divide(x, expand_param(scale, x.shape, axis, block_size))
+    quotient = _quotient(x, scale, axis=axis, block_size=block_size, half=half)
     result = formats.cast_float8(quotient, name, saturate=saturate)
     if flavor == "reference":
         return result
@@ -164,6 +154,14 @@ def _quantize_float8(x, scale, *, out_dtype, axis, block_size, saturate, flavor)
     return jax.lax.bitcast_convert_type(bits, out_dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("axis", "block_size", "half"))
+def _quantize_float4(x, scale, zero_point, *, axis, block_size, half):
+    quotient = _quotient(x, scale, axis=axis, block_size=block_size, half=half)
+    # The spec (and the reference evaluator) add the zero point as a float before the cast.
+    shifted = quotient + expand_param(zero_point.astype(jnp.float32), x.shape, axis, block_size)
+    return formats.cast_float4(shifted)
+
+
 def quantize_linear(
     x: jax.Array | np.ndarray,
     y_scale: jax.Array | np.ndarray | float,
@@ -173,6 +171,7 @@ def quantize_linear(
     block_size: int = 0,
     saturate: bool = True,
     output_dtype: str | np.dtype | type | None = None,
+    precision: str | np.dtype | type | None = None,
     flavor: Flavor = "onnxruntime",
 ) -> jax.Array:
     """ONNX QuantizeLinear: ``y = sat(rne(x / y_scale) + y_zero_point)``.
@@ -183,10 +182,17 @@ def quantize_linear(
 
     for integer outputs — a true float32 division, rounded *before* the zero point is added — and
     ``y = cast_fp8(x / s)`` (round half to even; the zero point's *values* are ignored, as both runtimes do) for
-    float8 outputs. Granularity follows the scale's shape: a scalar (or 1-element) scale is per-tensor; with
-    ``block_size=0`` a 1-D scale of length ``x.shape[axis]`` is per-axis; with ``block_size=B > 0`` the scale has
-    ``x``'s shape with ``x.shape[axis]`` replaced by ``ceil(x.shape[axis] / B)`` and element ``i`` uses block
-    ``i // B`` (a ragged last block is allowed).
+    float8 outputs. FLOAT4E2M1 (opset 23) follows the spec, which onnxruntime 1.32 does not implement on CPU:
+    ``y = cast_fp4(x / s + z)`` (round half to even, saturating at ±6; see :func:`quantref.formats.cast_float4`),
+    in both flavors. Granularity follows the scale's shape: a scalar (or 1-element) scale is per-tensor (its zero
+    point may be a scalar or have one element too); with ``block_size=0`` a 1-D scale of length ``x.shape[axis]``
+    is per-axis; with ``block_size=B > 0`` the scale has ``x``'s shape with ``x.shape[axis]`` replaced by
+    ``ceil(x.shape[axis] / B)`` and element ``i`` uses block ``i // B`` (a ragged last block is allowed).
+
+    float16 and bfloat16 scales (opset 19+): onnxruntime widens ``x`` and the scale to float32 and divides in
+    float32, so the result is the float32 one. The reference evaluator (opset 23+) divides in the type of
+    ``precision`` if given, else in numpy's promotion of ``x``'s and the scale's types: float16 ``x`` and scale
+    give the float32 quotient rounded to float16 before ``rne``.
 
     onnxruntime: NaN → qmin; +Inf and ``x/s >= qmax`` → qmax; −Inf → qmin. float8 with ``saturate=True``: out of
     range and ±Inf → ±max, NaN → NaN; with ``saturate=False``: e4m3fn and the fnuz types overflow to NaN, e5m2 to ±Inf.
@@ -198,6 +204,7 @@ def quantize_linear(
       - float8 e4m3fn, ``saturate=False``: ``|x/s|`` in [480, 496) gives ±448 in onnxruntime, NaN in the reference.
       - float8 e5m2, ``saturate=False``: ``|x/s|`` in [61440, 65536) gives NaN in onnxruntime, ±Inf in the reference.
       - float8 e5m2 NaN is the code 0x7F/0xFF in onnxruntime and 0x7E/0xFE in the reference (both NaN).
+      - float16/bfloat16 ``x`` and scale: the quotient is rounded to half precision in the reference only.
 
     References:
       ONNX operator spec, QuantizeLinear (opsets 10, 13, 19, 21, 23, 25).
@@ -205,32 +212,35 @@ def quantize_linear(
       ``include/onnxruntime/core/common/float8.h``; onnx ``onnx/reference/ops/op_quantize_linear.py``.
 
     Args:
-      x: float input (computed in float32).
-      y_scale: positive scale: scalar, 1-D per-axis, or blocked (see above).
+      x: float input (float32, float16 or bfloat16; float64 is rounded to float32 first).
+      y_scale: positive scale (float32, float16 or bfloat16): scalar, 1-D per-axis, or blocked (see above).
       y_zero_point: zero point with the scale's shape; its dtype is the output type (int8, uint8, int16, uint16,
-        int4, uint4, int2, uint2, float8_e4m3fn, float8_e4m3fnuz, float8_e5m2, float8_e5m2fnuz). ``None``: zero
-        of type ``output_dtype``.
+        int4, uint4, int2, uint2, float8_e4m3fn, float8_e4m3fnuz, float8_e5m2, float8_e5m2fnuz, float4_e2m1fn).
+        ``None``: zero of type ``output_dtype``.
       axis: the per-axis / blocked axis; negative counts from the end.
       block_size: 0 for per-tensor/per-axis, else the block length along ``axis``.
       saturate: float8 outputs only: clamp overflow and ±Inf to ±max (ignored for integer outputs, as in ONNX).
       output_dtype: output type when there is no zero point (a dtype or one of the names above); must agree with
         the zero point's dtype when both are given. Default uint8.
+      precision: opset 23's ``precision`` attribute: the float type the reference evaluator divides in (float16,
+        bfloat16 or float32); ``None`` for numpy's promotion. onnxruntime always divides in float32.
       flavor: ``"onnxruntime"`` (CPU execution provider) or ``"reference"`` (``onnx.reference``).
 
     Returns:
       A JAX array of ``x``'s shape and the output dtype.
 
     Raises:
-      TypeError: ``x``/``y_scale`` not float, a float16/bfloat16 ``y_scale`` (float32 scales only: the opset 23+
-        float16 arithmetic is not reproduced), or a zero point of an unsupported dtype.
-      ValueError: unsupported ``output_dtype`` or one contradicting the zero point, a scale/zero-point shape that
-        does not fit ``axis``/``block_size``, a concrete scale that is not finite and > 0 or is subnormal in
-        float32 (below ~1.18e-38: JAX flushes subnormals to zero on CPU), an unknown ``flavor``.
+      TypeError: ``x``/``y_scale`` not float (or float8), or a zero point of an unsupported dtype.
+      ValueError: unsupported ``output_dtype`` or ``precision``, an ``output_dtype`` contradicting the zero point, a
+        scale/zero-point shape that does not fit ``axis``/``block_size``, a concrete scale that is not finite and
+        > 0 or is subnormal in float32 (below ~1.18e-38: JAX flushes subnormals to zero on CPU), an unknown
+        ``flavor``.
     """
     _validate.check_choice(flavor, "flavor", _FLAVORS)
+    x_dtype = np.dtype(_validate.as_array(x, "x").dtype)
     x = _validate.float32_array(x, "x")
-    scale = _validate.scale_float32(y_scale, "y_scale")
-    allowed = list(_INT_FORMATS) + list(_FLOAT8_NAMES)
+    scale, scale_dtype = _scale(y_scale, "y_scale")
+    allowed = list(_INT_FORMATS) + list(_FLOAT8_NAMES) + [_FLOAT4]
     zero_point = None if y_zero_point is None else _validate.typed_array(y_zero_point, "y_zero_point", allowed)
     requested = None if output_dtype is None else _validate.dtype_choice(output_dtype, "output_dtype", QUANTIZED_DTYPES)
     if zero_point is not None and requested is not None and requested != zero_point.dtype:
@@ -239,26 +249,28 @@ def quantize_linear(
         )
     out_dtype = np.dtype(zero_point.dtype) if zero_point is not None else (requested or np.dtype(np.uint8))
     resolved_axis, block = _validate.scale_granularity(x.shape, scale.shape, axis, block_size, "y_scale")
-    zero_point = _validate.zero_point_like(zero_point, scale, out_dtype, "y_zero_point")
+    zero_point = _validate.zero_point_like(_per_tensor_zero_point(zero_point, scale), scale, out_dtype, "y_zero_point")
     if resolved_axis is None:
         scale, zero_point = scale.reshape(()), zero_point.reshape(())
     if not isinstance(saturate, (bool, np.bool_)):
         raise TypeError(f"saturate must be a bool, got {saturate!r}")
+    half = _half_quotient(x_dtype, scale_dtype, precision) if flavor == "reference" else None
+    geometry = dict(axis=resolved_axis, block_size=block, half=half)
     if out_dtype in _FLOAT8_NAMES:
-        return _quantize_float8(
-            x, scale, out_dtype=out_dtype, axis=resolved_axis, block_size=block, saturate=bool(saturate), flavor=flavor
-        )
-    return _quantize_int(x, scale, zero_point, out_dtype=out_dtype, axis=resolved_axis, block_size=block, flavor=flavor)
+        return _quantize_float8(x, scale, out_dtype=out_dtype, saturate=bool(saturate), flavor=flavor, **geometry)
+    if out_dtype == _FLOAT4:
+        return _quantize_float4(x, scale, zero_point, **geometry)
+    return _quantize_int(x, scale, zero_point, out_dtype=out_dtype, flavor=flavor, **geometry)
 
 
-@functools.partial(jax.jit, static_argnames=("axis", "block_size"))
-def _dequantize(x, scale, zero_point, *, axis, block_size):
+@functools.partial(jax.jit, static_argnames=("axis", "block_size", "out_dtype"))
+def _dequantize(x, scale, zero_point, *, axis, block_size, out_dtype):
     scale = expand_param(scale, x.shape, axis, block_size)
-    if x.dtype in _FLOAT8_NAMES:
-        return x.astype(jnp.float32) * scale
+    if x.dtype in _FLOAT8_NAMES or x.dtype == _FLOAT4:
+        return (x.astype(jnp.float32) * scale).astype(out_dtype)
     zero_point = expand_param(zero_point.astype(jnp.int32), x.shape, axis, block_size)
     # int32 subtraction (wrapping for int32 inputs), one rounding to float32, one float32 multiply.
-    return (x.astype(jnp.int32) - zero_point).astype(jnp.float32) * scale
+    return ((x.astype(jnp.int32) - zero_point).astype(jnp.float32) * scale).astype(out_dtype)
 
 
 def dequantize_linear(
@@ -268,16 +280,20 @@ def dequantize_linear(
     *,
     axis: int = 1,
     block_size: int = 0,
+    output_dtype: str | np.dtype | type | None = None,
 ) -> jax.Array:
-    """ONNX DequantizeLinear: ``y = (x - x_zero_point) * x_scale`` in float32.
+    """ONNX DequantizeLinear: ``y = (x - x_zero_point) * x_scale``, computed in float32.
 
     $$
-    y = f_{32}\\big(f_{32}(x - z) \\cdot s\\big)
+    y = f_{T}\\big(f_{32}(f_{32}(x - z) \\cdot s)\\big)
     $$
 
     ``x - z`` is an int32 subtraction (exact for every type up to 16 bits; it wraps for int32 inputs, as
-    onnxruntime's does), rounded once to float32 and multiplied once. For float8 inputs ``y = f_{32}(x) \\cdot s``
-    and the zero point is ignored. Granularity as in :func:`quantize_linear`.
+    onnxruntime's does), rounded once to float32 and multiplied once in float32 by the (widened) scale; the product
+    is rounded to the output type ``T`` — the scale's type (float32, float16 or bfloat16), or ``output_dtype``
+    (opset 23) — which is what onnxruntime and the reference evaluator both compute for float16 scales. For float8
+    and FLOAT4E2M1 inputs ``y = f_T(f_{32}(x) \\cdot s)`` and the zero point is ignored. Granularity as in
+    :func:`quantize_linear`, a 1-element zero point beside a scalar scale included.
 
     Differs from the reference evaluator:
       - int32 inputs: the reference computes ``f32(f64(f32(x) - z) · s)`` — it rounds ``x`` to float32 *before*
@@ -285,36 +301,76 @@ def dequantize_linear(
         differ. All other input types agree.
 
     References:
-      ONNX operator spec, DequantizeLinear (opsets 10, 13, 19, 21). onnxruntime
+      ONNX operator spec, DequantizeLinear (opsets 10, 13, 19, 21, 23, 25). onnxruntime
       ``core/providers/cpu/quantization/quantize_linear.cc``; onnx ``onnx/reference/ops/op_dequantize_linear.py``.
 
     Args:
-      x: quantized input: int8, uint8, int16, uint16, int32, int4, uint4, int2, uint2 or one of the float8 types.
-      x_scale: positive scale: scalar, 1-D per-axis, or blocked.
+      x: quantized input: int8, uint8, int16, uint16, int32, int4, uint4, int2, uint2, one of the float8 types, or
+        float4_e2m1fn.
+      x_scale: positive scale (float32, float16 or bfloat16): scalar, 1-D per-axis, or blocked.
       x_zero_point: zero point of ``x``'s dtype and the scale's shape, or ``None`` (zero).
       axis: the per-axis / blocked axis; negative counts from the end.
       block_size: 0 for per-tensor/per-axis, else the block length along ``axis``.
+      output_dtype: the output type (float32, float16 or bfloat16); ``None``: the scale's type.
 
     Returns:
-      A float32 JAX array of ``x``'s shape.
+      A JAX array of ``x``'s shape and the output type.
 
     Raises:
-      TypeError: unsupported ``x`` dtype, a float16/bfloat16 ``x_scale`` (float32 scales only: onnxruntime would
-        return float16), or a zero point whose dtype differs from ``x``'s.
-      ValueError: a scale/zero-point shape that does not fit ``axis``/``block_size``, or a concrete scale that is
-        not finite and > 0 or is subnormal in float32 (below ~1.18e-38).
+      TypeError: unsupported ``x`` or scale dtype, or a zero point whose dtype differs from ``x``'s.
+      ValueError: a scale/zero-point shape that does not fit ``axis``/``block_size``, an unsupported
+        ``output_dtype``, or a concrete scale that is not finite and > 0 or is subnormal in float32 (below
+        ~1.18e-38).
     """
-    allowed = list(_INT_FORMATS) + [np.dtype(np.int32)] + list(_FLOAT8_NAMES)
+    allowed = list(_INT_FORMATS) + [np.dtype(np.int32)] + list(_FLOAT8_NAMES) + [_FLOAT4]
     x = _validate.typed_array(x, "x", allowed)
-    scale = _validate.scale_float32(x_scale, "x_scale")
+    scale, scale_dtype = _scale(x_scale, "x_scale")
+    out_dtype = scale_dtype
+    if output_dtype is not None:
+        out_dtype = _validate.dtype_choice(output_dtype, "output_dtype", _DEQUANTIZED_DTYPES)
     zero_point = (
         None if x_zero_point is None else _validate.typed_array(x_zero_point, "x_zero_point", [np.dtype(x.dtype)])
     )
     resolved_axis, block = _validate.scale_granularity(x.shape, scale.shape, axis, block_size, "x_scale")
+    zero_point = _per_tensor_zero_point(zero_point, scale)
     zero_point = _validate.zero_point_like(zero_point, scale, np.dtype(x.dtype), "x_zero_point")
     if resolved_axis is None:
         scale, zero_point = scale.reshape(()), zero_point.reshape(())
-    return _dequantize(x, scale, zero_point, axis=resolved_axis, block_size=block)
+    return _dequantize(x, scale, zero_point, axis=resolved_axis, block_size=block, out_dtype=out_dtype)
+
+
+_DEQUANTIZED_DTYPES = {"float32": np.dtype(np.float32), **{dtype.name: dtype for dtype in _types.HALF_DTYPES}}
+
+
+def _scale(value, name: str) -> tuple[jax.Array, np.dtype]:
+    """A Q/DQ scale as float32 (float16/bfloat16 widened exactly), checked; and its own type (float64 and Python
+    floats count as float32, to which they are rounded)."""
+    array = _validate.as_array(value, name)
+    dtype = np.dtype(array.dtype)
+    if dtype in _types.HALF_DTYPES:
+        array = array.astype(np.float32) if isinstance(array, np.ndarray) else array.astype(jnp.float32)
+        return _validate.scale_float32(array, name), dtype
+    return _validate.scale_float32(array, name), np.dtype(np.float32)
+
+
+def _per_tensor_zero_point(zero_point, scale: jax.Array):
+    """A zero point of shape (1,) beside a scalar scale, or the reverse: both per-tensor (the spec and both runtimes
+    accept it)."""
+    if zero_point is not None and scale.size == 1 and scale.ndim <= 1 and zero_point.size == 1 and zero_point.ndim <= 1:
+        return zero_point.reshape(scale.shape)
+    return zero_point
+
+
+def _half_quotient(x_dtype: np.dtype, scale_dtype: np.dtype, precision) -> np.dtype | None:
+    """The half type the reference evaluator's ``x / s`` is rounded to: ``precision`` if given, else numpy's
+    promotion of x's and the scale's types; None when it is float32."""
+    if precision is not None:
+        choices = {"float32": np.dtype(np.float32), **{dtype.name: dtype for dtype in _types.HALF_DTYPES}}
+        chosen = _validate.dtype_choice(precision, "precision", choices)
+        return chosen if chosen in _types.HALF_DTYPES else None
+    if x_dtype in _types.HALF_DTYPES and x_dtype == scale_dtype:
+        return x_dtype
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -401,433 +457,3 @@ def dynamic_quantize_linear(
                     f"subnormal float32 to zero on CPU, so results would not match"
                 )
     return _dynamic_quantize(x, flavor=flavor)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# MatMulInteger / ConvInteger: exact int32 accumulation
-
-
-@jax.jit
-def _matmul_int32(a, b, a_zero_point, b_zero_point):
-    a32 = a.astype(jnp.int32) - a_zero_point.astype(jnp.int32)
-    b32 = b.astype(jnp.int32) - b_zero_point.astype(jnp.int32)
-    return jnp.matmul(a32, b32, preferred_element_type=jnp.int32)
-
-
-def matmul_integer(
-    a: jax.Array | np.ndarray,
-    b: jax.Array | np.ndarray,
-    a_zero_point: jax.Array | np.ndarray | None = None,
-    b_zero_point: jax.Array | np.ndarray | None = None,
-) -> jax.Array:
-    """ONNX MatMulInteger: ``(a - a_zero_point) @ (b - b_zero_point)`` accumulated exactly in int32.
-
-    $$
-    y_{ij} = \\sum_k (a_{ik} - z_a)(b_{kj} - z_{b,j}) \\quad (\\text{int32, wrapping})
-    $$
-
-    numpy-style matmul broadcasting of batch dimensions; a 1-D operand is treated as numpy does.
-
-    References:
-      ONNX operator spec, MatMulInteger (opset 10). onnxruntime ``core/providers/cpu/math/matmul_integer.cc``.
-
-    Args:
-      a: uint8 or int8 matrix ``(..., M, K)``.
-      b: uint8 or int8 matrix ``(..., K, N)``.
-      a_zero_point: scalar of ``a``'s dtype, or ``None``.
-      b_zero_point: scalar or per-column ``(N,)`` of ``b``'s dtype, or ``None``.
-
-    Returns:
-      The int32 product, shape as ``numpy.matmul``.
-
-    Raises:
-      TypeError: operands or zero points of unsupported dtypes.
-      ValueError: shapes that do not multiply, or zero points of the wrong shape.
-    """
-    a = _validate.typed_array(a, "a", _EIGHT_BIT)
-    b = _validate.typed_array(b, "b", _EIGHT_BIT)
-    _, columns = _validate.check_matmul_shapes(a.shape, b.shape)
-    a_zp = _validate.operand_zero_point(a_zero_point, a, "a_zero_point", None, "")
-    b_zp = _validate.operand_zero_point(b_zero_point, b, "b_zero_point", columns if b.ndim > 1 else None, "per column")
-    return _matmul_int32(a, b, a_zp, b_zp)
-
-
-@functools.partial(jax.jit, static_argnames=("strides", "pads", "dilations", "group"))
-def _conv_int32(x, w, x_zero_point, w_zero_point, *, strides, pads, dilations, group):
-    # Padding happens in the zero-point-subtracted domain: a padded x element contributes 0.
-    x32 = x.astype(jnp.int32) - x_zero_point.astype(jnp.int32)
-    w32 = w.astype(jnp.int32) - w_zero_point.astype(jnp.int32).reshape((-1, 1, 1, 1) if w_zero_point.ndim else ())
-    return jax.lax.conv_general_dilated(
-        x32,
-        w32,
-        window_strides=strides,
-        padding=((pads[0], pads[2]), (pads[1], pads[3])),
-        rhs_dilation=dilations,
-        dimension_numbers=("NCHW", "OIHW", "NCHW"),
-        feature_group_count=group,
-        preferred_element_type=jnp.int32,
-    )
-
-
-def conv_integer(
-    x: jax.Array | np.ndarray,
-    w: jax.Array | np.ndarray,
-    x_zero_point: jax.Array | np.ndarray | None = None,
-    w_zero_point: jax.Array | np.ndarray | None = None,
-    *,
-    strides: Sequence[int] = (1, 1),
-    pads: Sequence[int] = (0, 0, 0, 0),
-    dilations: Sequence[int] = (1, 1),
-    group: int = 1,
-) -> jax.Array:
-    """ONNX ConvInteger (2-D, NCHW): convolution of zero-point-subtracted operands, accumulated in int32.
-
-    $$
-    y_{n,m,i,j} = \\sum_{c,p,q} \\big(x_{n,c,\\,i s_0 + p d_0 - t,\\, j s_1 + q d_1 - l} - z_x\\big)
-    \\big(w_{m,c,p,q} - z_{w,m}\\big)
-    $$
-
-    Padded positions contribute zero *after* subtracting ``x_zero_point`` (they behave like ``x = z_x``).
-
-    References:
-      ONNX operator spec, ConvInteger (opset 10). onnxruntime ``core/providers/cpu/quantization/conv_integer.cc``.
-
-    Args:
-      x: uint8 or int8 input ``(N, C, H, W)``.
-      w: uint8 or int8 weights ``(M, C/group, kH, kW)``.
-      x_zero_point: scalar of ``x``'s dtype, or ``None``.
-      w_zero_point: scalar or per-output-channel ``(M,)`` of ``w``'s dtype, or ``None``.
-      strides: ``(sH, sW)``.
-      pads: ``(top, left, bottom, right)`` — ONNX order ``[x1_begin, x2_begin, x1_end, x2_end]``.
-      dilations: ``(dH, dW)``.
-      group: number of groups; must divide ``C`` and ``M``.
-
-    Returns:
-      int32 ``(N, M, H_out, W_out)``.
-
-    Raises:
-      TypeError: unsupported dtypes.
-      ValueError: inconsistent shapes or conv attributes, or zero points of the wrong shape.
-    """
-    x = _validate.typed_array(x, "x", _EIGHT_BIT)
-    w = _validate.typed_array(w, "w", _EIGHT_BIT)
-    _validate.check_conv_geometry(x.shape, w.shape, strides, pads, dilations, group)
-    strides, pads, dilations = (tuple(int(v) for v in value) for value in (strides, pads, dilations))
-    x_zp = _validate.operand_zero_point(x_zero_point, x, "x_zero_point", None, "")
-    w_zp = _validate.operand_zero_point(w_zero_point, w, "w_zero_point", w.shape[0], "per output channel")
-    return _conv_int32(x, w, x_zp, w_zp, strides=strides, pads=pads, dilations=dilations, group=int(group))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# QLinearMatMul / QLinearConv: int32 accumulation, then requantization
-
-
-_SMALL = 2**22  # the bound below which _arith.round_small_to_int32 is exact
-
-
-@functools.partial(jax.jit, static_argnames=("small",))
-def _requantize_float(acc, multiplier, zero_point, qmin, qmax, *, small: bool | None):
-    """MlasRequantizeOutput with output bounds ``[qmin, qmax]``; ``small``: whether ``qmin - z`` and ``qmax - z`` are
-    known to lie in ``[-2^22, 2^22]`` (True), known not to (False), or to be found out at run time (None)."""
-    zero_point = jnp.asarray(zero_point, jnp.int32)
-    low = jnp.asarray(qmin, jnp.int32) - zero_point
-    high = jnp.asarray(qmax, jnp.int32) - zero_point
-    # f32(acc) * M in float32 (one rounding each), clamped to [qmin - z, qmax - z], rounded half to even, and only
-    # then z added in int32: no multiply-add for XLA to contract. Clamping before the rounding is the same as after,
-    # for integer bounds.
-    scaled = acc.astype(jnp.float32) * multiplier
-
-    def fast(values):  # the bounds are exact in float32, and the clamped values small enough for the magic number
-        values = jnp.clip(values, low.astype(jnp.float32), high.astype(jnp.float32))
-        return _arith.round_small_to_int32(values) + zero_point
-
-    def exact(values):  # bounds beyond 2^24 are not exact in float32: clamp in int32, where they are
-        values = jnp.clip(values, -(2.0**31), 2.0**31)
-        return jnp.clip(_arith.round_to_int32(values), low, high) + zero_point
-
-    if small is None:
-        small_bounds = jnp.all((low >= -_SMALL) & (high <= _SMALL))
-        return jax.lax.cond(small_bounds, fast, exact, scaled)
-    return fast(scaled) if small else exact(scaled)
-
-
-def requantize(
-    acc: jax.Array | np.ndarray,
-    multiplier: jax.Array | np.ndarray | float,
-    zero_point: jax.Array | np.ndarray | int,
-    qmin: jax.Array | int,
-    qmax: jax.Array | int,
-) -> jax.Array:
-    """onnxruntime's requantization of int32 accumulators (MlasRequantizeOutput), as in QLinearConv/QLinearMatMul.
-
-    $$
-    y = \\operatorname{clamp}\\big(\\operatorname{rne}(f_{32}(f_{32}(\\text{acc}) \\cdot M)) + z,\\
-    q_{min},\\ q_{max}\\big)
-    $$
-
-    One float32 multiply, rounded half to even, *then* the zero point added in int32 (never a fused multiply-add).
-    The multiplier is $M = f_{32}(f_{32}(s_x s_w) / s_y)$, computed by the caller (per output channel or scalar).
-    The rounding is exact for every bound: with $|q_{min} - z|, |q_{max} - z| \\le 2^{22}$ (every 8- and 16-bit
-    grid) it is one vector add (a magic-number rounding), otherwise a slower exact path; with traced bounds the
-    choice is made at run time. Pass ``qmin = max(format qmin, zero_point)`` to apply a ReLU. Jit-compatible;
-    traced values are not checked (``qmin - zero_point`` and ``qmax - zero_point`` must fit int32).
-
-    References:
-      onnxruntime ``core/mlas/lib/quantize.cpp`` (MlasRequantizeOutput), ``core/providers/cpu/quantization/
-      qlinearconv.cc``.
-
-    Args:
-      acc: int32 accumulators (any integer array whose values fit int32).
-      multiplier: float32 multiplier(s) broadcastable against ``acc`` (e.g. one per output channel, channels last);
-        float64 values are rounded to float32.
-      zero_point: int32 output zero point (scalar, or broadcastable against ``acc``).
-      qmin: lowest output code (traced values allowed).
-      qmax: highest output code (traced values allowed).
-
-    Returns:
-      int32 codes in ``[qmin, qmax]``, of the broadcast shape of ``acc`` and ``multiplier``.
-
-    Raises:
-      TypeError: for a non-integer ``acc``/``zero_point``/``qmin``/``qmax`` or a non-float ``multiplier``.
-      ValueError: (concrete values only) values outside int32, a multiplier that is not finite, > 0 and normal in
-        float32, ``qmin > qmax``, ``qmin - zero_point`` or ``qmax - zero_point`` outside int32, or shapes that
-        do not broadcast.
-    """
-    acc = _validate.int_array(acc, "acc")
-    multiplier = _validate.float_array(multiplier, "multiplier")
-    _validate.check_scale(multiplier, "multiplier")
-    multiplier = multiplier.astype(jnp.float32)
-    zero_point = _validate.int_array(zero_point, "zero_point")
-    qmin = _validate.int_array(qmin, "qmin")
-    qmax = _validate.int_array(qmax, "qmax")
-    try:
-        jnp.broadcast_shapes(acc.shape, multiplier.shape, zero_point.shape, qmin.shape, qmax.shape)
-    except ValueError as error:
-        raise ValueError(
-            f"acc {acc.shape}, multiplier {multiplier.shape}, zero_point {zero_point.shape}, qmin {qmin.shape} and "
-            f"qmax {qmax.shape} do not broadcast"
-        ) from error
-    small = _validate.requantize_bounds(zero_point, qmin, qmax, _SMALL)
-    return _requantize_float(acc, multiplier, zero_point, qmin, qmax, small=small)
-
-
-def _requantize_reference_numpy(acc, multiplier, zero_point, qmin, qmax):
-    acc, multiplier, zero_point = (np.asarray(value, np.float64) for value in (acc, multiplier, zero_point))
-    total = acc * multiplier + zero_point
-    return np.clip(np.rint(total), qmin, qmax).astype(np.int32)
-
-
-def _requantize(acc, multiplier, zero_point, *, qmin: int, qmax: int, flavor: str):
-    """``acc`` int32, ``multiplier`` float32 and ``zero_point`` int32 (of an 8-bit output), broadcastable to ``acc``."""
-    if flavor == "onnxruntime":
-        return _requantize_float(acc, multiplier, zero_point, qmin, qmax, small=True)
-    # Reference evaluator: float64 product, zero point added in float64 before rounding. XLA without x64 has no
-    # float64, so this one step runs in numpy on the host.
-    multiplier = jnp.broadcast_to(multiplier, acc.shape)
-    zero_point = jnp.broadcast_to(zero_point, acc.shape)
-    callback = functools.partial(_requantize_reference_numpy, qmin=qmin, qmax=qmax)
-    return jax.pure_callback(
-        callback, jax.ShapeDtypeStruct(acc.shape, jnp.int32), acc, multiplier, zero_point, vmap_method="expand_dims"
-    )
-
-
-@functools.partial(jax.jit, static_argnames=("out_dtype", "flavor"))
-def _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, *, out_dtype, flavor):
-    acc = _matmul_int32(a, b, a_zero_point, b_zero_point)
-    # M = f32(f32(sa * sb) / sy): two roundings, in this order, in onnxruntime and in the reference evaluator.
-    multiplier = _divide(a_scale * b_scale, y_scale)
-    fmt = _INT_FORMATS[out_dtype]
-    codes = _requantize(acc, multiplier, y_zero_point.astype(jnp.int32), qmin=fmt.qmin, qmax=fmt.qmax, flavor=flavor)
-    return codes.astype(out_dtype)
-
-
-def qlinear_matmul(
-    a: jax.Array | np.ndarray,
-    a_scale: jax.Array | np.ndarray | float,
-    a_zero_point: jax.Array | np.ndarray,
-    b: jax.Array | np.ndarray,
-    b_scale: jax.Array | np.ndarray | float,
-    b_zero_point: jax.Array | np.ndarray,
-    y_scale: jax.Array | np.ndarray | float,
-    y_zero_point: jax.Array | np.ndarray,
-    *,
-    flavor: Flavor = "onnxruntime",
-) -> jax.Array:
-    """ONNX QLinearMatMul: integer matmul requantized to the output's scale and zero point.
-
-    $$
-    acc = \\sum_k (a_{ik} - z_a)(b_{kj} - z_{b,j}) \\;(\\text{int32}), \\quad
-    M_j = f_{32}(f_{32}(s_a s_{b,j}) / s_y), \\quad
-    y_{ij} = \\operatorname{sat}\\big(\\operatorname{rne}(f_{32}(f_{32}(acc_{ij}) \\cdot M_j)) + z_y\\big).
-    $$
-
-    Differs from the reference evaluator:
-      - the reference computes ``sat(rne(f64(acc) · f64(M) + z_y))``: no float32 rounding of ``acc`` or of the
-        product, and the zero point is added *before* rounding. The results differ when ``f32(acc)`` is inexact
-        (|acc| > 2^24), when the float32 product rounds onto or off a ``.5`` tie, and at exact ties with an odd
-        zero point (``rne(t) + z`` vs ``rne(t + z)``).
-
-    References:
-      ONNX operator spec, QLinearMatMul (opsets 10, 21). onnxruntime
-      ``core/providers/cpu/quantization/quantize_linear_matmul.cc`` and ``core/mlas/lib/quantize.cpp``
-      (MlasRequantizeOutput); onnx ``onnx/reference/ops/op_qlinear_matmul.py``.
-
-    Args:
-      a: uint8 or int8 ``(..., M, K)``.
-      a_scale: positive scalar.
-      a_zero_point: scalar of ``a``'s dtype.
-      b: uint8 or int8 ``(..., K, N)``.
-      b_scale: positive scalar or per-column ``(N,)``.
-      b_zero_point: scalar or per-column ``(N,)`` of ``b``'s dtype.
-      y_scale: positive scalar.
-      y_zero_point: scalar uint8 or int8; its dtype is the output type.
-      flavor: ``"onnxruntime"`` or ``"reference"``.
-
-    Returns:
-      The requantized product, dtype of ``y_zero_point``, shape as ``numpy.matmul``.
-
-    Raises:
-      TypeError: unsupported dtypes.
-      ValueError: shapes that do not multiply, parameters of the wrong shape, a concrete scale that is not finite
-        and > 0, an unknown ``flavor``.
-    """
-    _validate.check_choice(flavor, "flavor", _FLAVORS)
-    a = _validate.typed_array(a, "a", _EIGHT_BIT)
-    b = _validate.typed_array(b, "b", _EIGHT_BIT)
-    _, columns = _validate.check_matmul_shapes(a.shape, b.shape)
-    per_column = columns if b.ndim > 1 else None
-    a_zp = _validate.operand_zero_point(a_zero_point, a, "a_zero_point", None, "")
-    b_zp = _validate.operand_zero_point(b_zero_point, b, "b_zero_point", per_column, "per column")
-    sa = _validate.scalar_scale(a_scale, "a_scale")
-    if per_column:
-        sb = _validate.per_index_scale(b_scale, "b_scale", columns, "per column")
-    else:
-        sb = _validate.scalar_scale(b_scale, "b_scale")
-    sy = _validate.scalar_scale(y_scale, "y_scale")
-    _validate.check_scale_product(sa, sb, "a_scale * b_scale")
-    zy = _validate.scalar_zero_point(y_zero_point, "y_zero_point")
-    return _qlinear_matmul(a, sa, a_zp, b, sb, b_zp, sy, zy, out_dtype=np.dtype(zy.dtype), flavor=flavor)
-
-
-@functools.partial(jax.jit, static_argnames=("out_dtype", "strides", "pads", "dilations", "group", "flavor"))
-def _qlinear_conv(
-    x,
-    x_scale,
-    x_zero_point,
-    w,
-    w_scale,
-    w_zero_point,
-    y_scale,
-    y_zero_point,
-    bias,
-    *,
-    out_dtype,
-    strides,
-    pads,
-    dilations,
-    group,
-    flavor,
-):
-    acc = _conv_int32(x, w, x_zero_point, w_zero_point, strides=strides, pads=pads, dilations=dilations, group=group)
-    acc = acc + bias.reshape(1, -1, 1, 1)
-    multiplier = _divide(x_scale * w_scale, y_scale)
-    multiplier = multiplier.reshape((1, -1, 1, 1) if multiplier.ndim else ())
-    fmt = _INT_FORMATS[out_dtype]
-    codes = _requantize(acc, multiplier, y_zero_point.astype(jnp.int32), qmin=fmt.qmin, qmax=fmt.qmax, flavor=flavor)
-    return codes.astype(out_dtype)
-
-
-def qlinear_conv(
-    x: jax.Array | np.ndarray,
-    x_scale: jax.Array | np.ndarray | float,
-    x_zero_point: jax.Array | np.ndarray,
-    w: jax.Array | np.ndarray,
-    w_scale: jax.Array | np.ndarray | float,
-    w_zero_point: jax.Array | np.ndarray,
-    y_scale: jax.Array | np.ndarray | float,
-    y_zero_point: jax.Array | np.ndarray,
-    bias: jax.Array | np.ndarray | None = None,
-    *,
-    strides: Sequence[int] = (1, 1),
-    pads: Sequence[int] = (0, 0, 0, 0),
-    dilations: Sequence[int] = (1, 1),
-    group: int = 1,
-    flavor: Flavor = "onnxruntime",
-) -> jax.Array:
-    """ONNX QLinearConv (2-D, NCHW): integer convolution plus int32 bias, requantized per output channel.
-
-    $$
-    acc_{n,m,i,j} = b_m + \\sum_{c,p,q} (x - z_x)(w_{m,c,p,q} - z_{w,m}) \\;(\\text{int32}), \\quad
-    M_m = f_{32}(f_{32}(s_x s_{w,m}) / s_y),
-    y = \\operatorname{sat}\\big(\\operatorname{rne}(f_{32}(f_{32}(acc) \\cdot M_m)) + z_y\\big).
-    $$
-
-    Padded positions behave like ``x = z_x`` (zero after subtracting the zero point), as in :func:`conv_integer`.
-
-    Differs from the reference evaluator:
-      - as in :func:`qlinear_matmul`: the reference requantizes in float64 and adds ``z_y`` before rounding.
-
-    References:
-      ONNX operator spec, QLinearConv (opset 10). onnxruntime ``core/providers/cpu/quantization/qlinearconv.cc``
-      and ``core/mlas/lib/quantize.cpp`` (MlasRequantizeOutput); onnx ``onnx/reference/ops/op_qlinear_conv.py``.
-
-    Args:
-      x: uint8 or int8 ``(N, C, H, W)``.
-      x_scale: positive scalar.
-      x_zero_point: scalar of ``x``'s dtype.
-      w: uint8 or int8 ``(M, C/group, kH, kW)``.
-      w_scale: positive scalar, or per output channel ``(M,)``.
-      w_zero_point: scalar or ``(M,)`` of ``w``'s dtype.
-      y_scale: positive scalar.
-      y_zero_point: scalar uint8 or int8; its dtype is the output type.
-      bias: int32 ``(M,)``, or ``None``.
-      strides: ``(sH, sW)``.
-      pads: ``(top, left, bottom, right)`` — ONNX order ``[x1_begin, x2_begin, x1_end, x2_end]``.
-      dilations: ``(dH, dW)``.
-      group: number of groups; must divide ``C`` and ``M``.
-      flavor: ``"onnxruntime"`` or ``"reference"``.
-
-    Returns:
-      ``(N, M, H_out, W_out)`` of ``y_zero_point``'s dtype.
-
-    Raises:
-      TypeError: unsupported dtypes.
-      ValueError: inconsistent shapes or conv attributes, parameters of the wrong shape, a concrete scale that is
-        not finite and > 0, an unknown ``flavor``.
-    """
-    _validate.check_choice(flavor, "flavor", _FLAVORS)
-    x = _validate.typed_array(x, "x", _EIGHT_BIT)
-    w = _validate.typed_array(w, "w", _EIGHT_BIT)
-    _validate.check_conv_geometry(x.shape, w.shape, strides, pads, dilations, group)
-    strides, pads, dilations = (tuple(int(v) for v in value) for value in (strides, pads, dilations))
-    out_channels = w.shape[0]
-    x_zp = _validate.operand_zero_point(x_zero_point, x, "x_zero_point", None, "")
-    w_zp = _validate.operand_zero_point(w_zero_point, w, "w_zero_point", out_channels, "per output channel")
-    sx = _validate.scalar_scale(x_scale, "x_scale")
-    sw = _validate.per_index_scale(w_scale, "w_scale", out_channels, "per output channel")
-    sy = _validate.scalar_scale(y_scale, "y_scale")
-    _validate.check_scale_product(sx, sw, "x_scale * w_scale")
-    zy = _validate.scalar_zero_point(y_zero_point, "y_zero_point")
-    if bias is None:
-        bias = jnp.zeros((out_channels,), jnp.int32)
-    else:
-        bias = _validate.typed_array(bias, "bias", [np.dtype(np.int32)])
-        if bias.shape != (out_channels,):
-            raise ValueError(f"bias must have shape ({out_channels},) (one per output channel), got {bias.shape}")
-    return _qlinear_conv(
-        x,
-        sx,
-        x_zp,
-        w,
-        sw,
-        w_zp,
-        sy,
-        zy,
-        bias,
-        out_dtype=np.dtype(zy.dtype),
-        strides=strides,
-        pads=pads,
-        dilations=dilations,
-        group=int(group),
-        flavor=flavor,
-    )
