@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["cache_dir", "entry_path", "save_arrays", "load_arrays", "clear_cache"]
+__all__ = ["cache_dir", "entry_path", "save_arrays", "load_arrays", "discard", "clear_cache"]
 
 _ENTRY_SUFFIX = ".quantref.npz"  # a suffix of our own, so clear_cache never touches a user's .npz
 _TEMP_SUFFIX = ".quantref.tmp"
@@ -83,13 +85,31 @@ def load_arrays(name: str) -> dict[str, np.ndarray] | None:
       name: the entry's name (see :func:`entry_path`).
 
     Returns:
-      The stored arrays by key, or ``None`` if there is no such entry.
+      The stored arrays by key, or ``None`` if there is no such entry — or if the entry cannot be read (truncated
+      or corrupted outside quantref, which writes atomically): then it is removed, with a warning naming it, so that
+      the caller rebuilds it.
     """
     path = entry_path(name)
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as stored:
-        return {key: stored[key] for key in stored.files}
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return {key: stored[key] for key in stored.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        discard(name, f"{type(error).__name__}: {error}")
+        return None
+
+
+def discard(name: str, reason: str) -> None:
+    """Removes a cache entry that cannot be used, with a warning that names it and says why.
+
+    Args:
+      name: the entry's name.
+      reason: why it is discarded (shown in the warning).
+    """
+    path = entry_path(name)
+    warnings.warn(f"quantref cache entry {path} is unusable ({reason}); removed, it will be rebuilt", stacklevel=3)
+    path.unlink(missing_ok=True)
 
 
 def clear_cache() -> list[Path]:

@@ -23,6 +23,8 @@ statistics and updates the running ones.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,13 +71,18 @@ class DigitsCNN(nnx.Module):
           train: if True, batch norm uses and updates batch statistics; if False, it uses running statistics.
 
         Returns:
-          Logits, shape ``(N, 10)``.
+          Logits, shape ``(N, 10)`` (``(0, 10)`` for an empty batch).
+
+        Raises:
+          ValueError: if ``x`` is not shaped ``(N, 8, 8, 1)``.
+          TypeError: if ``x`` is not a float array.
         """
+        _check_images(x, "x")
         use_running_average = not train
         x = nnx.relu(self.bn1(self.conv1(x), use_running_average=use_running_average))
         x = nnx.relu(self.bn2(self.conv2(x), use_running_average=use_running_average))
         x = nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))
-        return self.dense(x.reshape(x.shape[0], -1))
+        return self.dense(x.reshape(x.shape[0], math.prod(x.shape[1:])))  # -1 would divide by zero for N = 0
 
 
 @nnx.jit
@@ -93,6 +100,31 @@ def accuracy(model: DigitsCNN, x: np.ndarray, y: np.ndarray) -> float:
 
     Returns:
       Accuracy in [0, 1].
+
+    Raises:
+      ValueError: if ``x`` is not a non-empty ``(N, 8, 8, 1)`` batch or ``y`` is not ``(N,)`` integer labels.
+      TypeError: if ``model`` is not an NNX module or ``x`` is not a float array.
     """
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"model must be an NNX model of the digits (a DigitsCNN), got {type(model).__name__}")
+    x = _check_images(x, "x")
+    labels = np.asarray(y)
+    if len(x) == 0:
+        raise ValueError("x must hold at least one image: the accuracy of no images is undefined")
+    if labels.shape != (len(x),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"y must be {len(x)} integer labels, shape ({len(x)},), got {labels.dtype}{labels.shape}")
     predictions = np.asarray(_predict(model, jnp.asarray(x)))
-    return float(np.mean(predictions == np.asarray(y)))
+    return float(np.mean(predictions == labels))
+
+
+def _check_images(x: object, name: str) -> np.ndarray | jax.Array:
+    """Checks a batch of images' type and shape before any tracing (static shapes are known under jit too)."""
+    if x is None or isinstance(x, (str, bytes)) or not hasattr(x, "shape"):
+        x = np.asarray(x) if x is not None and not isinstance(x, (str, bytes)) else None
+        if x is None or x.dtype == object:
+            raise TypeError(f"{name} must be a float array of images (N, 8, 8, 1)")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{name} must be a float array of images (N, 8, 8, 1), got dtype {x.dtype}")
+    if x.ndim != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
+        raise ValueError(f"{name} must be images of shape (N, 8, 8, 1), got {tuple(x.shape)}")
+    return x

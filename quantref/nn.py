@@ -59,6 +59,7 @@ __all__ = [
     "map_kernels",
     "swap_layers",
     "get_module",
+    "check_input",
 ]
 
 #: The layer types that quantization touches: a ``kernel`` whose last axis is the output features.
@@ -206,7 +207,9 @@ def find_layers(
         raise TypeError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
     selected, skipped = _patterns(select, "select"), _patterns(skip, "skip")
     found = {
-        ".".join(str(part) for part in key): module for key, module in nnx.iter_modules(model) if _is_layer(module)
+        ".".join(str(part) for part in key): module
+        for key, module in nnx.iter_modules(model)
+        if key and _is_layer(module)  # the model itself is the container, not one of its layers
     }
     layers: dict[str, nnx.Module] = {}
     for path, module in found.items():
@@ -314,6 +317,41 @@ def map_kernels(model: nnx.Module, kernel_fn: Callable[[str, jax.Array], jax.Arr
     return clone
 
 
+def check_input(x: Any, name: str) -> jax.Array:
+    """A model input as a float array, checked before any tracing.
+
+    Raises:
+      TypeError: for ``None``, strings, objects, or non-float (integer, boolean, complex) arrays.
+      ValueError: for an array without a batch axis.
+    """
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be a float array of inputs (N, ...), got {type(x).__name__}")
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        try:
+            x = np.asarray(x)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{name} must be a float array of inputs (N, ...): {error}") from None
+        dtype = x.dtype
+    if not np.issubdtype(dtype, np.floating):
+        raise TypeError(f"{name} must be a float array of inputs (N, ...), got dtype {dtype}")
+    if np.ndim(x) < 1:
+        raise ValueError(f"{name} must have a batch axis, got a scalar")
+    return jnp.asarray(x)
+
+
+def _run(forward: Callable, model: nnx.Module, x: jax.Array) -> Any:
+    """Calls ``forward(model, x)``, turning a shape error deep in JAX into one that names ``x``."""
+    try:
+        return forward(model, x)
+    except (TypeError, ValueError) as error:
+        if isinstance(error, (TypeError, ValueError)) and str(error).startswith(("x ", "model ")):
+            raise
+        raise ValueError(
+            f"x of shape {tuple(x.shape)} cannot go through {type(model).__name__}: {str(error).splitlines()[0]}"
+        ) from error
+
+
 # --- capturing inputs --------------------------------------------------------------------------------------------
 
 
@@ -363,10 +401,11 @@ def capture(
       order the layers ran (for a :class:`QuantLayer`, the input after its input quantizer). A layer called twice
       keeps its last call.
     """
+    x = check_input(x, "x")
     record: dict[str, jax.Array] = {}
     taps = {path: _Tap(layer, path, record, input_fn) for path, layer in find_layers(model, select, skip).items()}
     with _swapped(model, taps):
-        output = forward(model, jnp.asarray(x))
+        output = _run(forward, model, x)
     return output, dict(record)
 
 
@@ -648,7 +687,9 @@ def trace(model: nnx.Module, x: jax.Array | np.ndarray, *, forward: Forward = _c
     Returns:
       The :class:`Trace`.
     """
-    x = jnp.asarray(x)
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
+    x = check_input(x, "x")
     modules = [
         (".".join(str(part) for part in key), module)
         for key, module in nnx.iter_modules(model)
@@ -658,7 +699,7 @@ def trace(model: nnx.Module, x: jax.Array | np.ndarray, *, forward: Forward = _c
     modules = [(path, module) for path, module in modules if not any(path.startswith(f"{p}.") for p, _ in modules)]
     marked = {path: _Marked(module, index) for index, (path, module) in enumerate(modules)}
     with _swapped(model, marked):
-        closed = jax.make_jaxpr(lambda value: forward(model, value))(x)
+        closed = _run(lambda m, value: jax.make_jaxpr(lambda v: forward(m, v))(value), model, x)
     builder = _TraceBuilder(modules)
     values = {id(closed.jaxpr.invars[0]): 0} if closed.jaxpr.invars else {}
     builder.walk(closed.jaxpr, values)

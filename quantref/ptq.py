@@ -207,13 +207,17 @@ def _observer(observer: str | ranges.Observer, fmt: formats.IntFormat) -> ranges
     return ranges.observer_from_name(observer, **kwargs)
 
 
-def _check_batch(x: Any, name: str) -> np.ndarray:
-    if x is None or isinstance(x, (str, bytes)):
-        raise TypeError(f"{name} must be a float array of inputs, got {type(x).__name__}")
-    array = np.asarray(x)
-    if not np.issubdtype(array.dtype, np.floating) or array.ndim < 2 or len(array) == 0:
+def _check_batch(x: Any, name: str, *, allow_empty: bool = False) -> np.ndarray:
+    array = np.asarray(nn.check_input(x, name))
+    if array.ndim < 2 or (len(array) == 0 and not allow_empty):
         raise ValueError(f"{name} must be a non-empty float array (N, ...), got {array.dtype}{array.shape}")
     return array.astype(np.float32)
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def _batches(x: np.ndarray, batch_size: int) -> list[jax.Array]:
@@ -392,22 +396,32 @@ def quantize_model(
       TypeError: if ``model`` is not an NNX module.
     """
     w_fmt = weight_format(weight_bits)
-    a_fmt = activation_format(activation_bits, activation_signed)
+    a_fmt = activation_format(activation_bits, _check_bool(activation_signed, "activation_signed"))
+    per_channel = _check_bool(per_channel, "per_channel")
     calibration_x = _check_batch(calibration_x, "calibration_x")
-    network = nn.trace(model, calibration_x[:1])
+    try:
+        network = nn.trace(model, calibration_x[:1])
+    except ValueError as error:
+        raise ValueError(f"calibration_x does not fit the model: {error}") from None
     _check_folded(network)
     order = _layer_order(model, network, select, skip)
     if activation_ranges is None:
         activation_ranges = calibrate_activations(
             model, calibration_x, observer=observer, fmt=a_fmt, select=select, skip=skip
         )
+    if not isinstance(activation_ranges, dict):
+        raise TypeError(f"activation_ranges must be a dict from calibrate_activations, got {type(activation_ranges)}")
     needed = [f"{path}.input" for path in order] + [f"{p}.output" for p in network.output_layers() if p in order]
     missing = [name for name in needed if name not in activation_ranges]
     if missing:
         raise ValueError(f"activation_ranges lacks {missing}; it must hold {needed}")
     activations = {}
     for name in needed:
-        scale, zero_point = affine.scale_zero_point(*activation_ranges[name], a_fmt)
+        try:
+            min_val, max_val = activation_ranges[name]
+            scale, zero_point = affine.scale_zero_point(min_val, max_val, a_fmt)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"activation_ranges[{name!r}] must be a (min_val, max_val) pair: {error}") from None
         activations[name] = ActivationQuant(scale.astype(jnp.float32), zero_point.astype(jnp.int32))
     layers = {}
     for path in order:
@@ -440,6 +454,8 @@ def fake_quant_model(model: nnx.Module, qmodel: QuantizedModel) -> nnx.Module:
     Returns:
       The fake-quant model; call it as the original.
     """
+    if not isinstance(qmodel, QuantizedModel):
+        raise TypeError(f"qmodel must be a QuantizedModel from quantize_model, got {type(qmodel).__name__}")
     a_fmt = qmodel.activation_format
 
     def activation(name: str) -> FakeQuant | None:
@@ -549,8 +565,11 @@ def fake_quant_forward(
       ``(output, activations)`` as :func:`quantref.nn.capture`: ``"<path>.input"`` holds the fake-quantized input,
       ``"<path>.output"`` the layer's output (fake-quantized for output layers).
     """
-    x = _check_batch(x, "x")
-    return _jit_capture(fake_quant_model(model, qmodel))(jnp.asarray(x))
+    x = _check_batch(x, "x", allow_empty=True)
+    run = _jit_capture(fake_quant_model(model, qmodel))
+    if len(x) == 0:  # an empty batch gives an empty result, shaped as one row would be
+        return jax.tree.map(lambda leaf: leaf[:0], run(jnp.zeros((1, *x.shape[1:]), jnp.float32)))
+    return run(jnp.asarray(x))
 
 
 def accuracy(logits: jax.Array | np.ndarray, labels: np.ndarray) -> float:
@@ -562,8 +581,16 @@ def accuracy(logits: jax.Array | np.ndarray, labels: np.ndarray) -> float:
 
     Returns:
       Accuracy in [0, 1].
+
+    Raises:
+      ValueError: if there are no rows, or ``labels`` is not one integer per row.
     """
-    return float(np.mean(np.argmax(np.asarray(logits), axis=-1) == np.asarray(labels)))
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    if logits.ndim < 2 or len(logits) == 0:
+        raise ValueError(f"logits must be a non-empty (N, classes) array, got shape {logits.shape}")
+    if labels.shape != logits.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be {len(logits)} integer labels, got {labels.dtype}{labels.shape}")
+    return float(np.mean(np.argmax(logits, axis=-1) == labels))
 
 
 def accuracy_table(

@@ -185,7 +185,10 @@ def load_or_train(seed: int = 0, config: TrainConfig = TrainConfig(), progress: 
     name = cache_name(seed, config)
     arrays = cache.load_arrays(name)
     if arrays is not None:
-        return model_from_arrays(arrays)
+        try:
+            return model_from_arrays(arrays)
+        except ValueError as error:
+            cache.discard(name, str(error))
     splits = data.load_splits()
     model = train(splits.x_train, splits.y_train, seed=seed, config=config, progress=progress)
     cache.save_arrays(name, model_to_arrays(model))
