@@ -5,15 +5,17 @@
 Speed: the jit'd forward pass at batch 1024 (and 1) of
 
 - the unpruned model (BatchNorm folded) — the baseline;
-- half the channels of conv1 and conv2 removed by L1 norm (:func:`quantref.pruning.prune_channels`, which shrinks
+- half the channels of conv1 and conv2 removed by L1 norm (:func:`quantref.structured.prune_channels`, which shrinks
   the arrays), fine-tuned and folded;
 - 90 % unstructured sparsity and 2:4 sparsity: the same dense shapes with zeros in them;
 
 and the same in PyTorch as the peer: ``torch.nn.utils.prune.ln_structured`` on the same channels (it masks: the
 weight keeps its shape and a hook multiplies it by the mask before every call), that mask made permanent with
 ``prune.remove``, and the network rebuilt by hand at the smaller shapes — the step torch's utilities leave to the
-user. The calls are interleaved, round by round, so that every path sees the same load; the table gives medians
-and minima over ``--rounds`` rounds, and ratios to the unpruned model of the same framework.
+user. The calls are interleaved, round by round in a random order, so that every path sees the same load; the
+tables give the median wall-clock and CPU time (all threads of the process) over ``--rounds`` rounds, the wall
+minimum, and the speed-ups against the unpruned model of the same framework. Then each stage of the JAX network
+alone, unpruned against shrunk, to show where the time goes.
 
 Bytes: the Deep Compression stages (:func:`quantref.compression.deep_compression`), each written with
 :func:`quantref.compression.write_compressed` and measured on disk, with the accuracy of the model read back.
@@ -87,20 +89,36 @@ def torch_cnn(model: nnx.Module):
     return net.eval()
 
 
-def interleaved(functions: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each function: every round calls each once, in a new random order (so that no path is
-    always the one that runs first), after a warm-up."""
+def interleaved(functions: dict[str, Callable[[], object]], rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Seconds per call of each function, wall-clock and CPU (``time.process_time``: every thread of this process).
+
+    Every round calls each function once, in a new random order (so that no path is always the one that runs
+    first), after a warm-up. On a loaded machine the wall time includes waiting for a core; the CPU time does not,
+    which makes its ratios the steadier measure of how much work each path does.
+    """
     for function in functions.values():
         jax.block_until_ready(function())
-    times: dict[str, list[float]] = {name: [] for name in functions}
+    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in functions}
     order = np.random.default_rng(0)
     for _ in range(rounds):
         for name in order.permutation(list(functions)):
-            function = functions[name]
-            start = time.perf_counter()
-            jax.block_until_ready(function())
-            times[name].append(time.perf_counter() - start)
+            wall, cpu = time.perf_counter(), time.process_time()
+            jax.block_until_ready(functions[name]())
+            times[name]["cpu"].append(time.process_time() - cpu)
+            times[name]["wall"].append(time.perf_counter() - wall)
     return times
+
+
+def report(times: dict[str, dict[str, list[float]]], baseline: Callable[[str], str]) -> None:
+    """One line per path: wall median and minimum, CPU median, and the speed-ups against ``baseline(name)``."""
+    print(f"{'path':<38} {'wall ms':>8} {'(min)':>7} {'CPU ms':>7}   {'speed-up: wall':>14} {'CPU':>6}")
+    for name, entry in times.items():
+        wall, cpu = statistics.median(entry["wall"]), statistics.median(entry["cpu"])
+        base = times[baseline(name)]
+        print(
+            f"{name:<38} {wall * 1e3:>8.3f} {min(entry['wall']) * 1e3:>7.3f} {cpu * 1e3:>7.3f}   "
+            f"{statistics.median(base['wall']) / wall:>13.2f}x {statistics.median(base['cpu']) / cpu:>5.2f}x"
+        )
 
 
 def main() -> None:
@@ -111,13 +129,13 @@ def main() -> None:
     import torch
     import torch.nn.utils.prune as prune
 
-    from quantref import compression, data, models, nn, pruning, train
+    from quantref import compression, data, models, nn, pruning, structured, train
 
     splits = data.load_splits()
     model = train.load_or_train(progress=False)
     example = splits.x_test[:1]
     folded = nn.fold_batch_norm(model, example)
-    small = pruning.prune_channels(model, example, STRUCTURED["amount"])
+    small = structured.prune_channels(model, example, STRUCTURED["amount"])
     config = pruning.FineTuneConfig(steps=STRUCTURED["steps"], learning_rate=STRUCTURED["learning_rate"])
     small = nn.fold_batch_norm(pruning.load_or_fine_tune(small, splits.x_train, splits.y_train, config), example)
     sparse = pruning.apply_masks(folded, pruning.magnitude_masks(folded, 0.9))
@@ -137,13 +155,13 @@ def main() -> None:
         prune.remove(torch_removed[index], "weight")
     torch_small = torch_cnn(small)
     kept = np.flatnonzero(torch_masked[0].weight_mask.numpy().reshape(16, -1).any(axis=1))
-    expected = pruning.channel_keep(folded.conv1.kernel[...], STRUCTURED["amount"], 1)
+    expected = structured.channel_keep(folded.conv1.kernel[...], STRUCTURED["amount"], 1)
     assert np.array_equal(kept, expected), "torch and quantref chose different channels"
 
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
         f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads); "
-        f"medians (minima) of {args.rounds} interleaved rounds"
+        f"medians (and the wall minimum) of {args.rounds} interleaved rounds"
     )
     print(
         f"test accuracy: unpruned {accuracy['unpruned']:.2%}, half the channels (fine-tuned) "
@@ -170,13 +188,7 @@ def main() -> None:
         with torch.inference_mode():
             times |= interleaved(torch_paths, args.rounds)
         print(f"\nbatch {batch}")
-        print(f"{'path':<38} {'median ms':>10} {'min ms':>8} {'speed-up (median)':>18} {'(min)':>7}")
-        for name, values in times.items():
-            base = times["JAX: unpruned" if name.startswith("JAX") else "torch: unpruned"]
-            print(
-                f"{name:<38} {statistics.median(values) * 1e3:>10.3f} {min(values) * 1e3:>8.3f} "
-                f"{statistics.median(base) / statistics.median(values):>17.2f}x {min(base) / min(values):>6.2f}x"
-            )
+        report(times, lambda name: "JAX: unpruned" if name.startswith("JAX") else "torch: unpruned")
 
     x = jnp.asarray(splits.x_test[rng.integers(0, len(splits.x_test), 1024)])
     big_layers, small_layers = layer_forwards(folded, x), layer_forwards(small, x)
@@ -184,10 +196,8 @@ def main() -> None:
         {f"unpruned {k}": f for k, f in big_layers.items()} | {f"shrunk {k}": f for k, f in small_layers.items()},
         args.rounds,
     )
-    print(f"\nJAX, batch 1024, layer by layer{'':<8} {'unpruned ms':>11} {'shrunk ms':>10} {'speed-up':>9}")
-    for name in big_layers:
-        big, shrunk = statistics.median(times[f"unpruned {name}"]), statistics.median(times[f"shrunk {name}"])
-        print(f"{name:<38} {big * 1e3:>11.3f} {shrunk * 1e3:>10.3f} {big / shrunk:>8.2f}x")
+    print("\nJAX, batch 1024, layer by layer (each stage alone, on the input it sees in the network)")
+    report(times, lambda name: name.replace("shrunk", "unpruned"))
 
     result = compression.deep_compression(model, splits.x_train, splits.y_train, progress=False)
     stages = {

@@ -7,7 +7,8 @@
 # and whole channels — raises the sparsity gradually while fine-tuning, and measures per layer how much each one
 # tolerates. Then it takes the model all the way to a file with Deep Compression (Han et al., arXiv:1510.00149):
 # pruning, k-means weight sharing and Huffman coding, with the bytes on disk and the accuracy at each step. Everything
-# is in `quantref.pruning`, `quantref.compression` and `quantref.coding`, over the model pipeline of chapter 7.
+# is in `quantref.pruning`, `quantref.structured`, `quantref.compression` and `quantref.coding`, over the model
+# pipeline of chapter 7.
 #
 # ## Magnitude pruning keeps the largest magnitudes
 #
@@ -36,7 +37,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from quantref import coding, compression, data, integer, models, nn, pruning, ptq, train
+from quantref import coding, compression, data, integer, models, nn, pruning, ptq, structured, train
 
 np.set_printoptions(precision=3, suppress=True)
 weights = np.array([0.6, 0.3, 0.5], np.float32)
@@ -221,12 +222,12 @@ print("2:4 fine-tuned:", "accuracy {:.2%}, test loss {:.3f}".format(*scores(tune
 # Zeros save time only where a kernel skips them. Removing whole output channels needs no special kernel: the
 # pruned layer's kernel and bias lose those columns, the BatchNorm after it loses those channels (scale, offset and
 # running statistics), and the next layer loses the matching input rows — after a flatten, every spatial position's
-# copy of the channel. What is left is a dense network with fewer channels. `pruning.prune_channels` ranks channels
+# copy of the channel. What is left is a dense network with fewer channels. `structured.prune_channels` ranks channels
 # by the L1 norm of their weights (Li et al., arXiv:1608.08710; the same channels as torch's `ln_structured`, as the
 # tests check) and shrinks the arrays, finding the BatchNorm and the next layer from the traced network.
 
 # %%
-small = pruning.prune_channels(model, example, 0.5, ord=1)
+small = structured.prune_channels(model, example, 0.5, ord=1)
 for name in ("conv1", "bn1", "conv2", "bn2", "dense"):
     before, after = nn.get_module(model, name), nn.get_module(small, name)
     array = "kernel" if hasattr(before, "kernel") else "mean"
@@ -472,6 +473,6 @@ for label, iterations in (("uniform grid", 0), ("k-means", 50)):
 # **Exercise 5.3.** Rank conv2's channels by L2 instead of L1 norm. How many of the 16 channels kept differ?
 
 # %% tags=["solution"]
-kept_l1 = pruning.channel_keep(model.conv2.kernel[...], 0.5, ord=1)
-kept_l2 = pruning.channel_keep(model.conv2.kernel[...], 0.5, ord=2)
+kept_l1 = structured.channel_keep(model.conv2.kernel[...], 0.5, ord=1)
+kept_l2 = structured.channel_keep(model.conv2.kernel[...], 0.5, ord=2)
 print("L1 keeps", kept_l1, "\nL2 keeps", kept_l2, f"\n{len(np.setdiff1d(kept_l1, kept_l2))} channels differ")

@@ -35,6 +35,7 @@ __all__ = [
     "MAX_CODE_LENGTH",
     "huffman_code_lengths",
     "canonical_codes",
+    "check_code_lengths",
     "entropy_bits",
     "coded_bits",
     "BitWriter",
@@ -113,19 +114,41 @@ def canonical_codes(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
 
 
 def entropy_bits(counts: Sequence[int] | np.ndarray) -> float:
-    """The empirical entropy of a stream in bits, $N H = -\\sum_s n_s \\log_2 (n_s / N)$: the least any code costs."""
+    """The empirical entropy of a stream in bits, $N H = -\\sum_s n_s \\log_2 (n_s / N)$: the least any code costs.
+
+    Args:
+      counts: ``(alphabet,)`` non-negative occurrence counts.
+
+    Returns:
+      $N H$ in bits (0 for an empty or one-symbol stream).
+    """
     counts = _counts(counts).astype(np.float64)
     used = counts[counts > 0]
     return float(-(used * np.log2(used / used.sum())).sum()) if len(used) else 0.0
 
 
 def coded_bits(counts: Sequence[int] | np.ndarray, lengths: Sequence[int] | np.ndarray) -> int:
-    """The length in bits of a stream with these symbol counts under these code lengths, $\\sum_s n_s \\ell_s$."""
+    """The length in bits of a stream with these symbol counts under these code lengths, $\\sum_s n_s \\ell_s$.
+
+    Args:
+      counts: ``(alphabet,)`` occurrence counts.
+      lengths: ``(alphabet,)`` code lengths.
+
+    Returns:
+      The total length in bits.
+    """
     return int(np.dot(_counts(counts), np.asarray(lengths, np.int64)))
 
 
 def check_code_lengths(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
-    """The lengths as int64, checked to describe a complete prefix code (or the one-symbol code ``[1]``).
+    """Checks that code lengths describe a complete prefix code: Kraft's sum $\\sum_s 2^{-\\ell_s} = 1$ exactly (or
+    the one-symbol code ``[1]``). A decoder must refuse anything else, which a corrupted table would be.
+
+    Args:
+      lengths: ``(alphabet,)`` code lengths in 0..:data:`MAX_CODE_LENGTH`.
+
+    Returns:
+      The lengths as int64.
 
     Raises:
       ValueError: otherwise, saying why.

@@ -73,6 +73,7 @@ __all__ = [
     "VERSION",
     "FILE_NAME",
     "Centroids",
+    "ClusterIndex",
     "SharedWeights",
     "kmeans_1d",
     "share_weights",
@@ -342,7 +343,15 @@ def compress(model: nnx.Module, *, bias_dtype: str = "float32", sparse: bool = T
 
 
 def decompress(compressed: CompressedModel) -> dict[str, np.ndarray]:
-    """Every tensor as a float32 array: ``{name: array}``."""
+    """Every tensor as a float32 array.
+
+    Args:
+      compressed: the model.
+
+    Returns:
+      ``{name: array}``: a sparse tensor with ``+0.0`` where nothing is stored, a codebook tensor as
+      ``centroids[indices]``, a float16 tensor widened exactly.
+    """
     return {
         name: tensor.dense() if isinstance(tensor, SparseTensor) else tensor.values.astype(np.float32)
         for name, tensor in compressed.tensors.items()
@@ -350,8 +359,14 @@ def decompress(compressed: CompressedModel) -> dict[str, np.ndarray]:
 
 
 def load_compressed(compressed: CompressedModel, model: nnx.Module) -> nnx.Module:
-    """A copy of ``model`` (a plain model of the same architecture, e.g. the folded float model) holding the
-    decompressed tensors.
+    """A copy of a model holding the decompressed tensors (:func:`decompress`).
+
+    Args:
+      compressed: the model read from a file (:func:`read_compressed`) or made by :func:`compress`.
+      model: a plain model of the same architecture, e.g. the folded float model; its arrays are replaced.
+
+    Returns:
+      The copy, which computes exactly with the stored values.
 
     Raises:
       ValueError: if a tensor names nothing in the model or has another shape.
@@ -391,6 +406,8 @@ def encode(compressed: CompressedModel, *, huffman: bool = True) -> bytes:
     Returns:
       The bytes of the file.
     """
+    if not isinstance(compressed, CompressedModel):
+        raise TypeError(f"compressed must be a CompressedModel (from compress), got {type(compressed).__name__}")
     huffman = check_bool(huffman, "huffman")
     writer = coding.BitWriter()
     writer.write_varint(len(compressed.tensors))
@@ -415,12 +432,22 @@ def encode(compressed: CompressedModel, *, huffman: bool = True) -> bytes:
 
 
 def decode(blob: bytes, what: str = "compressed model") -> CompressedModel:
-    """Reads what :func:`encode` wrote.
+    """Reads what :func:`encode` wrote, checking the header, the checksum and every field.
+
+    Args:
+      blob: the file's bytes.
+      what: how error messages name the file.
+
+    Returns:
+      The :class:`CompressedModel`, equal array for array (bit for bit) to the one encoded.
 
     Raises:
       ValueError: naming what is wrong — not this format, another version, truncated, corrupted (checksum), or a
         field that does not fit.
     """
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise TypeError(f"blob must be bytes, got {type(blob).__name__}")
+    blob = bytes(blob)
     if len(blob) < 4 or blob[:4] != MAGIC:
         raise ValueError(f"{what} is not a quantref compressed model (no {MAGIC!r} magic)")
     if len(blob) < 13:
@@ -486,7 +513,13 @@ def write_compressed(
 
 
 def read_compressed(path: str | Path) -> CompressedModel:
-    """Reads a file written by :func:`write_compressed` (a directory means its ``model.qrc``).
+    """Reads a file written by :func:`write_compressed`.
+
+    Args:
+      path: the file, or the directory holding ``model.qrc``.
+
+    Returns:
+      The :class:`CompressedModel`.
 
     Raises:
       ValueError: for a file that is not exactly a valid compressed model (see :func:`decode`).

@@ -1,4 +1,4 @@
-"""Pruning: set weights to zero — one at a time by magnitude, N of every M, or whole channels — and fine-tune.
+"""Pruning: set weights to zero — one at a time by magnitude, or N of every M — and fine-tune with them at zero.
 
 **Magnitude pruning** keeps the weights of largest magnitude. To a sparsity $s$ (the fraction of zeros) a tensor of
 $n$ weights loses its $k = \\operatorname{round}(s\\,n)$ smallest $|w_i|$:
@@ -11,13 +11,11 @@ $$
 *Layer-wise*, every layer gets sparsity $s$; *globally*, one threshold $\\tau$ over all layers' weights together, so
 layers with many small weights lose more. It is each weight's magnitude $|w_i|$ that is compared with $\\tau$; the
 sum $\\sum_i w_i \\operatorname{sign}(w_i) = \\sum_i |w_i| = \\lVert w\\rVert_1$ is one number for a whole tensor,
-which can rank channels (below) but not weights.
+which can rank whole channels (:mod:`quantref.structured`, which removes them and shrinks the network) but not
+weights.
 
 **N:M sparsity** keeps the $N$ largest of every $M$ consecutive weights along a layer's input dimension — the 2:4
-pattern that sparse tensor cores execute at twice the dense rate. **Structured pruning** removes whole output
-channels, ranked by the L1 or L2 norm of their weights; :func:`prune_channels` then *shrinks* the arrays — the
-layer's kernel and bias, a BatchNorm after it, and the next layer's input rows — so the smaller network is a dense
-network that is faster everywhere, without sparse kernels.
+pattern that sparse tensor cores execute at twice the dense rate.
 
 **Gradual pruning** raises the sparsity during fine-tuning along the cubic schedule of Zhu & Gupta
 (:func:`polynomial_sparsity`), re-pruning by magnitude every few steps. :func:`fine_tune` trains with optax through
@@ -29,7 +27,6 @@ tolerates on its own.
 References:
   Han, Pool, Tran and Dally, "Learning both Weights and Connections for Efficient Neural Networks",
   arXiv:1506.02626, 2015.
-  Li, Kadav, Durdanovic, Samet and Graf, "Pruning Filters for Efficient ConvNets", arXiv:1608.08710, 2016.
   Zhu and Gupta, "To prune, or not to prune", arXiv:1710.01878, 2017, sec. 3.
   Mishra et al., "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378, 2021 (2:4 sparsity).
 """
@@ -58,10 +55,6 @@ __all__ = [
     "magnitude_mask",
     "magnitude_masks",
     "n_m_mask",
-    "channel_norms",
-    "channel_keep",
-    "prune_channels",
-    "shrink_channels",
     "polynomial_sparsity",
     "Schedule",
     "FineTuneConfig",
@@ -200,181 +193,6 @@ def n_m_mask(kernel: jax.Array | np.ndarray, n: int = 2, m: int = 4) -> jax.Arra
     rank = jnp.argsort(jnp.argsort(-groups, axis=-1, stable=True), axis=-1, stable=True)
     mask = (rank < n).astype(jnp.float32).reshape(*groups.shape[:-2], -1)
     return jnp.moveaxis(mask, -1, -2)
-
-
-# --- structured pruning: rank channels, then shrink the network -----------------------------------------------
-
-
-def channel_norms(kernel: jax.Array | np.ndarray, ord: int = 1) -> jax.Array:
-    """The Lp norm of each output channel's weights (over every axis but the last), $\\lVert W_{:,c}\\rVert_p$.
-
-    For L1 this is $\\sum_i |w_{ic}|$ — the sum $\\sum_i w_i \\operatorname{sign}(w_i)$ — a score for a whole channel.
-
-    References:
-      Li et al., arXiv:1608.08710, 2016, sec. 3.1.
-
-    Args:
-      kernel: a kernel whose last axis is the output channels.
-      ord: 1 or 2.
-
-    Returns:
-      ``(out,)`` float32 norms.
-    """
-    ord = check_int(ord, "ord", low=1, high=2)
-    kernel = jnp.asarray(kernel, jnp.float32)
-    return jnp.linalg.norm(kernel.reshape(-1, kernel.shape[-1]), ord=ord, axis=0)
-
-
-def channel_keep(kernel: jax.Array | np.ndarray, amount: float, ord: int = 1) -> np.ndarray:
-    """The output channels that survive pruning ``round(amount * channels)`` of them by smallest Lp norm.
-
-    The same channels as ``torch.nn.utils.prune.ln_structured(module, "weight", amount, n=ord, dim=0)``; among equal
-    norms the earlier channel is kept.
-
-    Args:
-      kernel: a kernel whose last axis is the output channels.
-      amount: the fraction of channels to remove, in [0, 1).
-      ord: 1 or 2.
-
-    Returns:
-      The kept channel indices, ascending (int64).
-
-    Raises:
-      ValueError: if ``amount`` would remove every channel.
-    """
-    amount = _check_sparsity(amount, "amount")
-    norms = np.asarray(channel_norms(kernel, ord))
-    keep = len(norms) - round(amount * len(norms))
-    if keep < 1:
-        raise ValueError(f"amount={amount} would remove all {len(norms)} channels")
-    return np.sort(np.argsort(-norms, kind="stable")[:keep])
-
-
-def prune_channels(
-    model: nnx.Module,
-    x: jax.Array | np.ndarray,
-    amount: float | Mapping[str, float],
-    *,
-    ord: int = 1,
-    select: str | Sequence[str] | None = None,
-    skip: str | Sequence[str] | None = None,
-) -> nnx.Module:
-    """A smaller copy of the model: each selected layer loses its channels of smallest Lp norm, physically.
-
-    The channels are chosen by :func:`channel_keep` and removed by :func:`shrink_channels`. By default every layer
-    whose output feeds another layer is selected (an output layer's channels are the model's outputs).
-
-    Args:
-      model: an NNX model of conv and dense layers (BatchNorms between them are fine).
-      x: an example input batch (only its shape matters).
-      amount: the fraction of channels to remove, or ``{path: fraction}``.
-      ord: the norm, 1 or 2.
-      select: path patterns of the layers to prune.
-      skip: path patterns of layers to leave whole.
-
-    Returns:
-      The shrunk copy (same class); the original is unchanged.
-
-    Raises:
-      ValueError: as :func:`shrink_channels`, or for an amount outside [0, 1).
-    """
-    outputs = set(nn.trace(model, x).output_layers())
-    layers = {path: layer for path, layer in nn.find_layers(model, select, skip).items() if path not in outputs}
-    if isinstance(amount, Mapping):
-        layers = {path: layers[path] for path in amount if path in layers}
-        missing = sorted(set(amount) - set(layers))
-        if missing:
-            raise ValueError(f"amount names paths that are not prunable selected layers: {missing}")
-    amounts = amount if isinstance(amount, Mapping) else dict.fromkeys(layers, amount)
-    keep = {path: channel_keep(_kernel(layer), amounts[path], ord) for path, layer in layers.items()}
-    return shrink_channels(model, x, keep)
-
-
-def shrink_channels(model: nnx.Module, x: jax.Array | np.ndarray, keep: Mapping[str, np.ndarray]) -> nnx.Module:
-    """A copy of the model with only the ``keep[path]`` output channels of each layer, and everything they feed.
-
-    From the model's :func:`quantref.nn.trace`, each pruned layer's output is followed through per-channel steps —
-    BatchNorm (its scale, offset and running statistics are sliced), ReLU, max-pool — to the one layer that reads
-    it: a conv loses those input channels, a dense layer those input features; after a flatten of an
-    ``(H, W, C)`` map, feature ``(h W + w) C + c`` belongs to channel ``c``.
-
-    Args:
-      model: an NNX model of plain ``nnx.Conv`` / ``nnx.Linear`` layers (call :func:`bake_masks` first if wrapped).
-      x: an example input batch.
-      keep: ``{path: kept output channel indices}``.
-
-    Returns:
-      The shrunk copy; the original is unchanged.
-
-    Raises:
-      ValueError: if a path is not a layer, a layer is wrapped, the output reaches anything but per-channel steps
-        and one conv or dense layer (a residual add, a model output, a grouped conv), or an index is out of range.
-    """
-    network = nn.trace(model, x)
-    steps = network.layer_steps()
-    clone = nnx.clone(model)
-    for path, indices in keep.items():
-        if path not in steps:
-            raise ValueError(f"keep names {path!r}, which is not a conv or dense layer of the model")
-        layer = nn.get_module(clone, path)
-        if isinstance(layer, nn.QuantLayer):
-            raise ValueError(f"layer {path!r} is wrapped in a QuantLayer; call bake_masks(model) first")
-        indices = np.asarray(indices, np.int64)
-        channels = layer.kernel.shape[-1]
-        if indices.ndim != 1 or not len(indices) or indices.min() < 0 or indices.max() >= channels:
-            raise ValueError(f"keep[{path!r}] must be channel indices in 0..{channels - 1}, got {indices}")
-        _slice_layer(layer, indices, axis=-1)
-        value = network.steps.index(steps[path]) + 1
-        while True:
-            consumers = network.consumers(value)
-            if len(consumers) != 1 or value in network.outputs:
-                raise ValueError(f"the output of {path!r} is read by {len(consumers)} steps or is a model output")
-            step = network.steps[consumers[0]]
-            value = consumers[0] + 1
-            if step.kind in _PER_CHANNEL:
-                _PER_CHANNEL[step.kind](nn.get_module(clone, step.path) if step.path else None, indices)
-                continue
-            if step.kind == "flatten":
-                *spatial, flat_channels = step.param("input_shape")
-                positions = np.arange(int(np.prod(spatial)))[:, None] * flat_channels
-                indices = (positions + indices[None, :]).ravel()
-                continue
-            if step.kind == "dense" or (step.kind == "conv" and step.param("groups") == 1):
-                _slice_layer(nn.get_module(clone, step.path), indices, axis=-2)
-                break
-            raise ValueError(f"the output of {path!r} reaches a {step.kind} step, which channel pruning cannot follow")
-    return clone
-
-
-def _slice_layer(layer: nnx.Module, indices: np.ndarray, axis: int) -> None:
-    """Keeps ``indices`` of a conv/dense kernel's output (``axis=-1``, with the bias) or input (``axis=-2``)."""
-    layer.kernel = nnx.Param(jnp.take(layer.kernel[...], indices, axis=axis))
-    if axis == -1:
-        layer.out_features = len(indices)
-        if layer.bias is not None:
-            layer.bias = nnx.Param(layer.bias[...][indices])
-    else:
-        layer.in_features = layer.kernel.shape[-2] if isinstance(layer, nnx.Conv) else len(indices)
-    if isinstance(layer, nnx.Conv):
-        layer.kernel_shape = tuple(layer.kernel.shape)
-
-
-def _slice_batch_norm(norm: nnx.Module, indices: np.ndarray) -> None:
-    if not isinstance(norm, nnx.BatchNorm):
-        return  # a folded BatchNorm (nn.Identity) has nothing to slice
-    for name in ("scale", "bias", "mean", "var"):
-        variable = getattr(norm, name)
-        if variable is not None:
-            setattr(norm, name, type(variable)(variable[...][indices]))
-    norm.num_features = len(indices)
-
-
-# Steps that act on each channel separately, and what pruning a channel does to them.
-_PER_CHANNEL: dict[str, Callable[[Any, np.ndarray], None]] = {
-    "batch_norm": _slice_batch_norm,
-    "relu": lambda module, indices: None,
-    "max_pool": lambda module, indices: None,
-}
 
 
 # --- the schedule ------------------------------------------------------------------------------------------------
@@ -538,8 +356,15 @@ def with_masks(model: nnx.Module, masks: Mapping[str, jax.Array]) -> nnx.Module:
 
 
 def bake_masks(model: nnx.Module) -> nnx.Module:
-    """A copy of the model with every :class:`quantref.nn.QuantLayer` mask multiplied into its kernel and removed;
-    wrappers left with no quantizer are replaced by their plain layer."""
+    """A copy of the model with every :class:`quantref.nn.QuantLayer` mask multiplied into its kernel and removed.
+
+    Args:
+      model: any NNX model.
+
+    Returns:
+      The copy; wrappers left with no quantizer are replaced by their plain layer, so a model that
+      :func:`with_masks` wrapped comes back with its original structure.
+    """
 
     def bake(path: str, layer: nnx.Module) -> nnx.Module | None:
         if not isinstance(layer, nn.QuantLayer) or layer.mask is None:
@@ -674,7 +499,19 @@ def load_or_fine_tune(
     calls, whose unrelated edits would otherwise retrain every cached model). The cached state is loaded into a copy
     of ``model`` with its masks baked in, whose structure the result shares.
 
-    Args and Returns: as :func:`fine_tune`.
+    Args:
+      model: as :func:`fine_tune`.
+      x: as :func:`fine_tune`.
+      y: as :func:`fine_tune`.
+      config: as :func:`fine_tune`.
+      masks: as :func:`fine_tune`.
+      schedule: as :func:`fine_tune`.
+      wrt: as :func:`fine_tune`.
+      forward: as :func:`fine_tune` (part of the key by its name only).
+      progress: as :func:`fine_tune`.
+
+    Returns:
+      The fine-tuned model, computed once and then read from the cache.
     """
     digest = hashlib.sha256(repr((config, schedule, _name(wrt), _name(forward))).encode())
     for arrays in (train.model_to_arrays(model), masks or {}, {"x": np.asarray(x), "y": np.asarray(y)}):
@@ -685,13 +522,13 @@ def load_or_fine_tune(
     name = f"fine_tuned-{digest.hexdigest()[:16]}"
     stored = cache.load_arrays(name)
     if stored is not None:
-        return load_state(bake_masks(with_masks(model, masks or {})), stored)
+        return _load_state(bake_masks(with_masks(model, masks or {})), stored)
     tuned = fine_tune(model, x, y, config, masks=masks, schedule=schedule, wrt=wrt, forward=forward, progress=progress)
     cache.save_arrays(name, train.model_to_arrays(tuned))
     return tuned
 
 
-def load_state(model: nnx.Module, arrays: Mapping[str, np.ndarray]) -> nnx.Module:
+def _load_state(model: nnx.Module, arrays: Mapping[str, np.ndarray]) -> nnx.Module:
     """A copy of ``model`` holding the state written by :func:`quantref.train.model_to_arrays` (same structure).
 
     Raises:
@@ -728,7 +565,7 @@ def sensitivity_scan(
     Han et al. use this scan to set per-layer sparsities: a layer whose curve stays flat can be pruned hard.
 
     References:
-      Han et al., arXiv:1506.02626, 2015, sec. 4 (fig. 6); Li et al., arXiv:1608.08710, 2016, sec. 4.1.
+      Han et al., arXiv:1506.02626, 2015, sec. 4 (fig. 6).
 
     Args:
       model: any NNX model of conv and dense layers.
@@ -754,7 +591,14 @@ def sensitivity_scan(
 
 
 def sparsity(model: nnx.Module) -> dict[str, float]:
-    """The fraction of exactly-zero weights in each layer's kernel (after its mask, if wrapped)."""
+    """The fraction of exactly-zero weights in each layer's kernel, $\\#\\{i : w_i = 0\\} / n$.
+
+    Args:
+      model: any NNX model of conv and dense layers (a wrapped layer counts its masked kernel $W \\odot M$).
+
+    Returns:
+      ``{path: fraction}``.
+    """
     return {path: float(jnp.mean(_scores(layer) == 0)) for path, layer in nn.find_layers(model).items()}
 
 

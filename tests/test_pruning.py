@@ -1,7 +1,7 @@
-"""Tests for quantref.pruning: masks against torch.nn.utils.prune on the same weights, 2:4 against torch's
-WeightNormSparsifier, the schedule against torchao's CubicSL (and torch.ao.pruning's) and the tfmot formula, channel
-pruning that shrinks the arrays and computes what the masked network computes, and masked fine-tuning that keeps
-pruned weights exactly zero."""
+"""Tests for quantref.pruning and quantref.structured: masks against torch.nn.utils.prune on the same weights, 2:4
+against torch's WeightNormSparsifier, the schedule against torchao's CubicSL (and torch.ao.pruning's) and the tfmot
+formula, channel pruning that shrinks the arrays and computes what the masked network computes, and masked
+fine-tuning that keeps pruned weights exactly zero."""
 
 import dataclasses
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from quantref import models, nn, pruning
+from quantref import models, nn, pruning, structured
 
 torch = pytest.importorskip("torch", reason="torch (the conformance extra) is the independent implementation")
 prune = pytest.importorskip("torch.nn.utils.prune")
@@ -142,11 +142,11 @@ def test_layer_masks_per_path_and_errors(cnn):
 def test_channel_keep_equals_torch_ln_structured(ord, amount):
     kernel, conv = _conv_weights(1)
     prune.ln_structured(conv, "weight", amount=amount, n=ord, dim=0)
-    kept = pruning.channel_keep(kernel, amount, ord)
+    kept = structured.channel_keep(kernel, amount, ord)
     expected = np.flatnonzero(_torch_mask(conv).reshape(-1, kernel.shape[-1]).all(axis=0))
     np.testing.assert_array_equal(kept, expected)
     np.testing.assert_allclose(
-        pruning.channel_norms(kernel, ord), np.linalg.norm(kernel.reshape(-1, 32), ord=ord, axis=0), rtol=1e-6
+        structured.channel_norms(kernel, ord), np.linalg.norm(kernel.reshape(-1, 32), ord=ord, axis=0), rtol=1e-6
     )
 
 
@@ -174,10 +174,10 @@ def _drop_inputs(model, x, keep):
 def test_shrink_channels_computes_what_the_cut_network_computes(cnn):
     model = cnn
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(16, 8, 8, 1)), jnp.float32)
-    small = pruning.prune_channels(model, x, {"conv1": 0.5, "conv2": 0.75}, ord=2)
+    small = structured.prune_channels(model, x, {"conv1": 0.5, "conv2": 0.75}, ord=2)
     keep = {
-        "conv1": pruning.channel_keep(model.conv1.kernel[...], 0.5, 2),
-        "conv2": pruning.channel_keep(model.conv2.kernel[...], 0.75, 2),
+        "conv1": structured.channel_keep(model.conv1.kernel[...], 0.5, 2),
+        "conv2": structured.channel_keep(model.conv2.kernel[...], 0.75, 2),
     }
     assert small.conv1.kernel.shape == (3, 3, 1, 8) and small.conv1.bias.shape == (8,)
     assert small.bn1.mean.shape == small.bn1.scale.shape == (8,) and small.bn1.num_features == 8
@@ -195,18 +195,18 @@ def test_shrink_channels_on_an_mlp_and_what_it_refuses():
     mlp = random_model(lambda: MLP(nnx.Rngs(0)))
     x = jnp.asarray(np.random.default_rng(1).normal(size=(5, 6)), jnp.float32)
     keep = {"fc1": np.array([0, 2, 5]), "fc2": np.array([1, 7])}
-    small = pruning.shrink_channels(mlp, x, keep)
+    small = structured.shrink_channels(mlp, x, keep)
     assert [small.fc1.kernel.shape, small.fc2.kernel.shape, small.out.kernel.shape] == [(6, 3), (3, 2), (2, 3)]
     np.testing.assert_allclose(small(x), _drop_inputs(mlp, x, keep)(x), rtol=1e-6, atol=1e-6)
-    assert pruning.prune_channels(mlp, x, 0.5).out.kernel.shape == (4, 3)  # output layers are never pruned
+    assert structured.prune_channels(mlp, x, 0.5).out.kernel.shape == (4, 3)  # output layers are never pruned
     with pytest.raises(ValueError, match="model output"):
-        pruning.shrink_channels(mlp, x, {"out": np.array([0])})
+        structured.shrink_channels(mlp, x, {"out": np.array([0])})
     with pytest.raises(ValueError, match="read by 2 steps"):
-        pruning.shrink_channels(random_model(lambda: Residual(nnx.Rngs(0))), x, {"a": np.array([0, 1])})
+        structured.shrink_channels(random_model(lambda: Residual(nnx.Rngs(0))), x, {"a": np.array([0, 1])})
     with pytest.raises(ValueError, match="channel indices"):
-        pruning.shrink_channels(mlp, x, {"fc1": np.array([8])})
+        structured.shrink_channels(mlp, x, {"fc1": np.array([8])})
     with pytest.raises(ValueError, match="would remove all"):
-        pruning.channel_keep(mlp.fc1.kernel[...], 1.0)
+        structured.channel_keep(mlp.fc1.kernel[...], 1.0)
 
 
 def test_n_m_mask_equals_torch_weight_norm_sparsifier_2_4():
