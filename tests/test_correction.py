@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from quantref import correction, gptq, integer, nn, ptq
+from quantref import correction, formats, gptq, integer, nn, ptq
 
 W4 = ptq.weight_format(4)
 
@@ -230,7 +230,7 @@ def test_gptq_equals_the_float64_obq_reference(act_order, group_size):
         scale = gptq.weight_scale(jnp.asarray(kernel), W4, group_size=group_size)
         scales = np.asarray(gptq.row_scales(scale, 24, 5))
         expected = _obq_reference(kernel, hessian, scales, -7, 7, 0.01, act_order)
-        for block_size in (1, 5, 128):
+        for block_size in (5, 128):  # lazy blocks of 5 rows, and one block of all 24
             codes = gptq.gptq(kernel, hessian, scale, W4, block_size=block_size, act_order=act_order)
             np.testing.assert_array_equal(codes, expected)
     rtn = gptq.round_to_nearest(jnp.asarray(kernel, jnp.float32), jnp.asarray(scale, jnp.float32), W4)
@@ -257,14 +257,14 @@ def test_gptq_matches_qwix_on_qwixs_grid():
     from qwix._src.core import qarray
 
     rng = np.random.default_rng(6)
-    inputs = rng.normal(size=(200, 16)) * np.linspace(0.5, 2, 16)
-    kernel = jnp.asarray(rng.normal(size=(16, 4)), jnp.float32)
+    inputs = rng.normal(size=(200, 8)) * np.linspace(0.5, 2, 8)
+    kernel = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
     hessian = jnp.asarray(inputs.T @ inputs, jnp.float32)
     how = qarray.HowToQuantize(qtype=jnp.int4, channelwise_axes=(0,))
-    theirs = qwix_gptq.quantize_weight(kernel.T, hessian, how, blocksize=8, percdamp=0.01)[0]
+    theirs = qwix_gptq.quantize_weight(kernel.T, hessian, how, blocksize=4, percdamp=0.01)[0]
     # qwix's int4 grid: s = absmax / 7.5 on [-8, 7].
     scale = jnp.abs(kernel).max(axis=0) / 7.5
-    ours = gptq.gptq(kernel, hessian, scale, ptq.formats.int_format(4), block_size=8)
+    ours = gptq.gptq(kernel, hessian, scale, formats.int_format(4), block_size=4)
     np.testing.assert_array_equal(ours, np.asarray(theirs.qvalue.astype(jnp.int8)).T)
 
 
