@@ -2,7 +2,8 @@
 
 Hand-made integer networks (random int8 weights, chosen scales) are written with quantref's own flatbuffer writer,
 read back with the schema reader that ships with LiteRT, and run with the three op resolvers; the output of each
-must equal :func:`quantref.export.tflite.predict` for that kernel set with zero differing codes.
+must equal :func:`quantref.export.tflite.predict` for that kernel set — quantref's integer path in the kernel set's
+mode — with zero differing codes, and so must the plain numpy reference of tests/litert_reference.py.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ litert = pytest.importorskip(
 schema_reader = pytest.importorskip("ai_edge_litert.schema_py_generated", reason="ai-edge-litert ships no schema")
 
 
+import litert_reference as reference  # noqa: E402
+
 from quantref import integer, nn, ptq  # noqa: E402
 from quantref.export import tflite  # noqa: E402  (needs the optional flatbuffers package)
+from quantref.runtimes import litert as qlitert  # noqa: E402
 
 
 def _run(model: bytes, x: np.ndarray, kernels: str) -> np.ndarray:
@@ -35,12 +39,33 @@ def _run(model: bytes, x: np.ndarray, kernels: str) -> np.ndarray:
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
-def _mismatches(network: tflite.Network, x: np.ndarray, io: str = "float") -> dict[str, int]:
+def _mismatches(
+    network: tflite.Network, x: np.ndarray, io: str = "float", predicted: tuple[str, ...] = tflite.KERNELS
+) -> dict[str, int]:
+    """Per kernel set, how many outputs of LiteRT differ from the numpy reference and, for the kernel sets in
+    ``predicted``, from quantref's prediction (its integer path; compiled once per network structure, so tests of
+    many structures predict one kernel set each and leave the others to the numpy reference)."""
     model = tflite.model_bytes(network, io=io)
-    return {
-        kernels: int(np.sum(_run(model, x, kernels) != tflite.predict(network, x, kernels=kernels, io=io)))
-        for kernels in tflite.KERNELS
-    }
+    counts = {}
+    for kernels in tflite.KERNELS:
+        got = _run(model, x, kernels).view(np.uint8)
+        counts[f"{kernels}: numpy"] = int(
+            np.sum(got != reference.predict_network(network, x, kernels, io).view(np.uint8))
+        )
+        if kernels in predicted:
+            quantref = tflite.predict(network, x, kernels=kernels, io=io).view(np.uint8)
+            counts[f"{kernels}: quantref"] = int(np.sum(got != quantref))
+    return counts
+
+
+def _assert_bit_exact(network: tflite.Network, x: np.ndarray, io: str = "float", **kwargs) -> None:
+    counts = _mismatches(network, x, io, **kwargs)
+    assert not any(counts.values()), f"differing outputs: {counts}"
+
+
+def _codes(network: tflite.Network, x: np.ndarray) -> np.ndarray:
+    """The int8 codes fed to an int8-I/O model: TFLite's reference QUANTIZE."""
+    return np.asarray(qlitert.quantize(x, network.input.scale, network.input.zero_point, "int8", "reference"))
 
 
 def _cnn(
@@ -97,7 +122,7 @@ def _cnn(
     return tflite.Network((size, size, channels), tflite.Quant(4 / 255, -100), layers)
 
 
-def _inputs(network: tflite.Network, n: int = 32, seed: int = 0) -> np.ndarray:
+def _inputs(network: tflite.Network, n: int = 33, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     # Beyond the input's range [-0.1, 0.9] on both sides, so that the input quantizer saturates too.
     return rng.uniform(-0.5, 1.5, (n, *network.input_shape)).astype(np.float32)
@@ -161,7 +186,7 @@ def test_loads_with_no_warnings(capfd):
     for io in ("float", "int8"):
         x = _inputs(network, 2)
         if io == "int8":
-            x = tflite.quantize_input(x, network.input)
+            x = _codes(network, x)
         for kernels in tflite.KERNELS:
             _run(tflite.model_bytes(network, io=io), x, kernels)
     err = capfd.readouterr().err
@@ -181,33 +206,36 @@ def test_int8_io_has_int8_ends():
 # --- LiteRT computes what quantref predicts -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "config",
-    [
-        {},
-        {"per_channel": False},
-        {"relu": False},
-        {"relu": False, "padding": "VALID", "strides": (2, 2), "size": 9, "channels": 3},
-        {"strides": (2, 2), "size": 9},  # SAME with an odd total padding: the extra row goes at the bottom
-    ],
-    ids=["per-channel", "per-tensor", "no-relu", "valid-stride2", "same-stride2-odd"],
-)
+_CONFIGS = {
+    "per-channel": {},
+    "per-tensor": {"per_channel": False},
+    "no-relu": {"relu": False},
+    "valid-stride2": {"relu": False, "padding": "VALID", "strides": (2, 2), "size": 9, "channels": 3},
+    "same-stride2-odd": {"strides": (2, 2), "size": 9},  # SAME, odd total padding: the extra row goes at the bottom
+}
+
+
+@pytest.mark.parametrize("name", list(_CONFIGS))
 @pytest.mark.parametrize("io", ["float", "int8"])
-def test_every_kernel_set_is_predicted_bit_for_bit(config, io):
-    network = _cnn(10, **config)
-    x = _inputs(network)
+def test_every_kernel_set_is_predicted_bit_for_bit(name, io):
+    network = _cnn(10, **_CONFIGS[name])
+    x = _inputs(network)  # 33 images: 9 x 9 inputs leave a scalar tail in the optimized QUANTIZE
     if io == "int8":
-        x = tflite.quantize_input(x, network.input)
-    assert _mismatches(network, x, io) == dict.fromkeys(tflite.KERNELS, 0)
+        x = _codes(network, x)
+    # quantref predicts every kernel set of the first network, and one (in turn) of each other.
+    index = list(_CONFIGS).index(name) + (io == "int8")
+    predicted = tflite.KERNELS if (name, io) == ("per-channel", "float") else (tflite.KERNELS[index % 3],)
+    _assert_bit_exact(network, x, io, predicted=predicted)
 
 
 def test_batch_of_one_and_adversarial_inputs():
     network = _cnn(11)
     special = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e30, -1e30, 1e6, -1e6, 3e38, -3e38, 2.0**31, 1e-40]
     uniform = np.stack([np.full(network.input_shape, v, np.float32) for v in special])
-    mixed = np.resize(np.array(special, np.float32), (7, *network.input_shape))
-    for x in (uniform, mixed[:1]):
-        assert _mismatches(network, x) == dict.fromkeys(tflite.KERNELS, 0)
+    # 33 images, as _inputs gives: the per-channel network of the test above, so its compiled predictions serve.
+    _assert_bit_exact(network, np.concatenate([uniform, _inputs(network, 33 - len(special))]))
+    mixed = np.resize(np.array(special, np.float32), (1, *network.input_shape))
+    _assert_bit_exact(network, mixed, predicted=("optimized",))
 
 
 @pytest.mark.parametrize("zero_point", [5, -5])
@@ -218,7 +246,7 @@ def test_quantize_kernels_out_of_range(zero_point):
     special = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e30, -1e30, 1e6, -1e6]
     x = np.concatenate([ties, np.nextafter(ties.astype(np.float32), np.float32(np.inf)), special]).astype(np.float32)
     network = tflite.Network((x.size,), tflite.Quant(float(scale), zero_point), ())
-    assert _mismatches(network, x[None], "float") == dict.fromkeys(tflite.KERNELS, 0)
+    _assert_bit_exact(network, x[None])
     outputs = {k: tflite.predict(network, x[None], kernels=k) for k in tflite.KERNELS}
     assert np.any(outputs["reference"] != outputs["optimized"])  # ties: half away vs half to even
     assert np.any(outputs["optimized"] != outputs["xnnpack"])  # out of range: wrap vs saturate
@@ -231,7 +259,7 @@ def test_optimized_quantize_and_dequantize_depend_on_the_position(size):
     ties = ((np.arange(-20, 20) + 0.5) * np.float64(scale)).astype(np.float32)
     x = np.resize(ties, size)[None]
     network = tflite.Network((size,), tflite.Quant(float(scale), 5), ())
-    assert _mismatches(network, x, "float") == dict.fromkeys(tflite.KERNELS, 0)
+    _assert_bit_exact(network, x)
 
 
 @pytest.mark.parametrize("multiplier", [0.5, 0.25, 1 / 3])
@@ -249,21 +277,9 @@ def test_requantization_at_exact_ties(layer, multiplier):
     else:
         layers = (tflite.FullyConnected("d", weights.reshape(1, 2), kernel_scale, bias, output),)
         network, x = tflite.Network((1,), tflite.Quant(1.0, 3), layers), x.reshape(-1, 1)
-    assert _mismatches(network, x, "int8") == dict.fromkeys(tflite.KERNELS, 0)
+    _assert_bit_exact(network, x, "int8")
     outputs = [tflite.predict(network, x, kernels=k, io="int8") for k in tflite.KERNELS]
     assert sum(np.any(a != b) for i, a in enumerate(outputs) for b in outputs[i + 1 :]) >= 2
-
-
-def test_requantizations_differ_where_documented():
-    acc = np.array([[-3, -1, 1, 3]], np.int32).T  # times 0.5: -1.5, -0.5, 0.5, 1.5
-    results = {m: tflite.requantize(acc, m, 1.0, np.float32(0.5), 1.0, 0).ravel() for m in tflite.REQUANTIZATIONS}
-    assert results["gemmlowp"].tolist() == [-1, 0, 1, 2]  # the high multiply's ties go up, no shift after it
-    assert results["ruy"].tolist() == [-1, 0, 1, 2]
-    assert results["double"].tolist() == [-2, -1, 1, 2]  # std::round: half away from zero
-    assert results["xnnpack"].tolist() == [-2, 0, 0, 2]  # half to even
-    acc = np.array([[-3, -1, 1, 3]], np.int32).T  # times 0.25: the second (shift) rounding ties
-    results = {m: tflite.requantize(acc * 2, m, 1.0, np.float32(0.25), 1.0, 0).ravel() for m in ("gemmlowp", "ruy")}
-    assert results["gemmlowp"].tolist() == [-2, -1, 1, 2] and results["ruy"].tolist() == [-1, 0, 1, 2]
 
 
 # --- bad input --------------------------------------------------------------------------------------------------
@@ -310,8 +326,8 @@ def test_bad_arguments_are_refused():
         tflite.predict(network, np.zeros((1, 5), np.float32))
     with pytest.raises(ValueError, match="int8"):
         tflite.predict(network, np.zeros((1, 4), np.float32), io="int8")
-    with pytest.raises(ValueError, match="requantization"):
-        tflite.requantize(np.zeros((1, 2), np.int32), "tflite", 1.0, np.ones(2, np.float32), 1.0, 0)
+    with pytest.raises(ValueError, match="io"):
+        tflite.predict(network, np.zeros((1, 4), np.float32), io="uint8")
     assert math.isclose(network.output.scale, 0.1)
 
 
@@ -342,7 +358,7 @@ def test_litert_equals_expected_bitwise(exported, kernels):
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
-def test_walkthrough_far_from_the_test_set(qmodel_int8):
+def test_walkthrough_far_from_the_test_set(qmodel_int8, splits):
     network = tflite.network_from_qmodel(qmodel_int8)
     rng = np.random.default_rng(0)
     cases = {
@@ -352,9 +368,17 @@ def test_walkthrough_far_from_the_test_set(qmodel_int8):
         "saturating": np.array([1e9, -1e9, 300.0, -7.0, np.inf, -np.inf])[:, None, None, None] * np.ones((6, 8, 8, 1)),
         "one_image": np.full((1, 8, 8, 1), 0.5),
     }
-    # One batch (one shape to compile for), the cases side by side.
-    x = np.concatenate(list(cases.values())).astype(np.float32)
-    assert _mismatches(network, x) == dict.fromkeys(tflite.KERNELS, 0)
+    # One batch of the test split's size (the shape export_tflite compiled the integer path for), cases first.
+    far = np.concatenate(list(cases.values())).astype(np.float32)
+    x = np.concatenate([far, splits.x_test[: len(splits.x_test) - len(far)]])
+    model = tflite.model_bytes(network)
+    for kernels, mode in tflite.MODES.items():
+        got = _run(model, x, kernels)
+        output = integer.integer_forward(qmodel_int8, integer.multipliers(qmodel_int8, mode), x).output
+        np.testing.assert_array_equal(got.view(np.uint32), np.asarray(output).view(np.uint32))
+        np.testing.assert_array_equal(
+            got.view(np.uint32), reference.predict_network(network, x, kernels).view(np.uint32)
+        )
 
 
 def test_walkthrough_int8_io(tmp_path, qmodel_int8, splits):
@@ -375,12 +399,16 @@ def test_float_tflite_and_sizes(exported, folded, splits, qmodel_int8):
     assert int8_accuracy >= float_accuracy - 0.02
 
 
-def test_the_integer_path_predicts_the_reference_kernels_on_the_test_split(exported, qmodel_int8, splits):
-    """quantref.integer in "tflite" mode (gemmlowp everywhere) equals LiteRT's reference kernels here: the rounding
-    differences of the reference FULLY_CONNECTED (float64) and QUANTIZE (half away) need exact ties to show."""
-    expected = np.load(exported["expected"])["output"]
-    output = integer.integer_forward(qmodel_int8, integer.multipliers(qmodel_int8, "tflite"), splits.x_test).output
-    np.testing.assert_array_equal(np.asarray(output), expected)
+def test_expected_is_the_integer_path_and_the_numpy_reference_agrees(exported, qmodel_int8, splits):
+    """expected.npz is quantref.integer in each kernel set's mode; the numpy reference computes the same bits."""
+    expected = np.load(exported["expected"])
+    network = tflite.network_from_qmodel(qmodel_int8)
+    for kernels, mode in tflite.MODES.items():
+        key = {"reference": "output", "optimized": "output_optimized", "xnnpack": "output_xnnpack"}[kernels]
+        output = integer.integer_forward(qmodel_int8, integer.multipliers(qmodel_int8, mode), splits.x_test).output
+        np.testing.assert_array_equal(np.asarray(output).view(np.uint32), expected[key].view(np.uint32))
+        numpy_reference = reference.predict_network(network, splits.x_test, kernels)
+        np.testing.assert_array_equal(numpy_reference.view(np.uint32), expected[key].view(np.uint32))
 
 
 def test_output_directory_rules(tmp_path, qmodel_int8, splits):
@@ -455,7 +483,7 @@ def test_other_chains_export_bit_exact(splits):
     ]  # fmt: skip
     assert network.layers[0].padding == "SAME" and network.layers[1].padding == "VALID"
     assert [getattr(layer, "relu", None) for layer in network.layers] == [True, True, None, None, True, False]
-    assert _mismatches(network, splits.x_test[:64]) == dict.fromkeys(tflite.KERNELS, 0)
+    _assert_bit_exact(network, splits.x_test[:64])
 
 
 def _with_step(qmodel: ptq.QuantizedModel, index: int, step: nn.Step) -> ptq.QuantizedModel:

@@ -1,8 +1,9 @@
 """Tests for quantref.integer: the TFLite fixed-point primitives it uses against an independent Python-integer
-transcription, and the integer-only CNN against an
-independent numpy int64 implementation and against the fake-quant simulation."""
+transcription, and the integer-only CNN in every mode against an independent numpy implementation (int64, and
+float64 where LiteRT uses double: tests/litert_reference.py) and against the fake-quant simulation."""
 
 import jax.numpy as jnp
+import litert_reference as reference
 import numpy as np
 import pytest
 
@@ -47,28 +48,48 @@ def _conv_np(codes, zero_point, kernel, bias):
     return np.einsum("nhwcij,ijco->nhwo", windows, np.asarray(kernel, np.int64)) + np.asarray(bias, np.int64)
 
 
-def _requant_np(acc, rescale, zero_point, qmin, qmax):
-    if isinstance(rescale, integer.FloatMultiplier):
-        scaled = acc.astype(np.float32) * np.asarray(rescale.multiplier, np.float32)
-        return np.clip(np.rint(scaled).astype(np.int64) + int(zero_point), qmin, qmax)
-    scaled = _mbqm_reference_np(acc, rescale.quantized_multiplier, rescale.shift)
-    return np.clip(scaled + int(zero_point), qmin, qmax)
+#: The LiteRT kernel set each TFLite mode predicts.
+_KERNEL_SETS = {"tflite": "reference", "tflite-optimized": "optimized", "tflite-xnnpack": "xnnpack"}
 
 
-def _integer_forward_np(qmodel, rescale, x):
-    """The digits CNN's integer path in numpy int64, written out by hand (conv1, conv2, pool, dense)."""
+def _quantize_np(x, quant, fmt, mode):
+    scale, zp = np.float32(quant.scale), int(quant.zero_point)
+    if mode == "onnxruntime":  # QuantizeLinear: a float32 division, half to even
+        with np.errstate(invalid="ignore"):
+            codes = np.rint(np.asarray(x, np.float32) / scale)
+        return np.clip(np.nan_to_num(codes, nan=fmt.qmin - zp) + zp, fmt.qmin, fmt.qmax).astype(np.int64)
+    return reference.quantize(x, scale, zp, _KERNEL_SETS[mode], fmt.qmin, fmt.qmax)
+
+
+def _requant_np(acc, mode, kind, scales, zero_point, qmin, qmax):
+    method = "float32" if mode == "onnxruntime" else reference.LAYER_REQUANTIZATION[_KERNEL_SETS[mode]][kind]
+    return reference.requantize(acc, method, *scales, zero_point, qmin, qmax)
+
+
+def _dequantize_np(codes, quant, mode):
+    kernels = "reference" if mode == "onnxruntime" else _KERNEL_SETS[mode]  # both round (q - z)·s once
+    return reference.dequantize(codes, quant.scale, quant.zero_point, kernels)
+
+
+def _integer_forward_np(qmodel, mode, x):
+    """The digits CNN's integer path in numpy, written out by hand (conv1, conv2, pool, dense): codes and output."""
     fmt, acts, layers = qmodel.activation_format, qmodel.activations, qmodel.layers
-    scale, zp = np.asarray(acts["conv1.input"].scale, np.float32), int(acts["conv1.input"].zero_point)
-    codes = np.clip(np.rint(np.asarray(x, np.float32) / scale) + zp, fmt.qmin, fmt.qmax)
-    for path, inp, out in (("conv1", "conv1.input", "conv2.input"), ("conv2", "conv2.input", "dense.input")):
-        acc = _conv_np(codes, acts[inp].zero_point, layers[path].kernel, layers[path].bias)
+    codes = _quantize_np(x, acts["conv1.input"], fmt, mode)
+
+    def scales(path, out):
+        return (acts[f"{path}.input"].scale, np.asarray(layers[path].kernel_scale), acts[out].scale)
+
+    for path, out in (("conv1", "conv2.input"), ("conv2", "dense.input")):
+        acc = _conv_np(codes, acts[f"{path}.input"].zero_point, layers[path].kernel, layers[path].bias)
         out_zp = int(acts[out].zero_point)
-        codes = _requant_np(acc, rescale.layers[path], out_zp, max(fmt.qmin, out_zp), fmt.qmax)
+        codes = _requant_np(acc, mode, "conv", scales(path, out), out_zp, max(fmt.qmin, out_zp), fmt.qmax)
     n = codes.shape[0]
     pooled = codes.reshape(n, 4, 2, 4, 2, 32).max(axis=(2, 4)).reshape(n, -1)
     acc = (pooled - int(acts["dense.input"].zero_point)) @ np.asarray(layers["dense"].kernel, np.int64)
     acc = acc + np.asarray(layers["dense"].bias, np.int64)
-    return _requant_np(acc, rescale.layers["dense"], acts["dense.output"].zero_point, fmt.qmin, fmt.qmax)
+    out = acts["dense.output"]
+    codes = _requant_np(acc, mode, "dense", scales("dense", "dense.output"), out.zero_point, fmt.qmin, fmt.qmax)
+    return codes, _dequantize_np(codes, out, mode)
 
 
 # --- fixed-point primitives --------------------------------------------------------------------------------------
@@ -142,6 +163,11 @@ def test_onnxruntime_requantize_rounds_before_adding_the_zero_point():
 # --- the network -------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def qmodel_signed(folded, splits):
+    return ptq.quantize_model(folded, splits.x_calib, activation_signed=True)
+
+
 def _far_inputs(count=16):
     rng = np.random.default_rng(3)
     return np.concatenate(
@@ -157,18 +183,15 @@ def _far_inputs(count=16):
 
 @pytest.mark.parametrize("requantization", integer.REQUANTIZATIONS)
 @pytest.mark.parametrize("signed", [False, True])
-def test_integer_forward_equals_numpy_int64_reference(folded, splits, qmodel, requantization, signed):
-    if signed:
-        qmodel = ptq.quantize_model(folded, splits.x_calib, activation_signed=True)
+def test_integer_forward_equals_numpy_reference(splits, qmodel, qmodel_signed, requantization, signed):
+    qmodel = qmodel_signed if signed else qmodel
     rescale = integer.multipliers(qmodel, requantization)
     x = np.concatenate([splits.x_test[:64], _far_inputs()])
     out = integer.integer_forward(qmodel, rescale, x)
     assert out.output_q.dtype == (jnp.int8 if signed else jnp.uint8)
-    np.testing.assert_array_equal(np.asarray(out.output_q), _integer_forward_np(qmodel, rescale, x))
-    dequantized = (np.asarray(out.output_q).astype(np.int32) - int(out.zero_point)).astype(np.float32) * np.float32(
-        out.scale
-    )
-    np.testing.assert_array_equal(np.asarray(out.output), dequantized)
+    codes, output = _integer_forward_np(qmodel, requantization, x)
+    np.testing.assert_array_equal(np.asarray(out.output_q), codes)
+    np.testing.assert_array_equal(np.asarray(out.output).view(np.uint32), output.view(np.uint32))
 
 
 @pytest.mark.parametrize("requantization", integer.REQUANTIZATIONS)

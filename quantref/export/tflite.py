@@ -13,30 +13,24 @@ and for ``io="int8"`` the same without the QUANTIZE and DEQUANTIZE at the ends. 
 TFLite clamps the requantized output at $\\max(-128, z_{out})$, the code of real 0.
 
 LiteRT runs a file with one of three sets of kernels (``OpResolverType``), and on x86-64 they do not compute the same
-integers. Measured against ``ai-edge-litert`` (the tests), each is predicted here bit for bit:
+integers. Measured against ``ai-edge-litert`` (the tests), each is predicted bit for bit by a mode of quantref's
+integer path (:data:`MODES`, :func:`quantref.integer.multipliers`):
 
-| kernels | LiteRT resolver | QUANTIZE (float → int8) | CONV_2D | FULLY_CONNECTED |
-| --- | --- | --- | --- | --- |
-| ``"reference"`` | ``BUILTIN_REF`` | half away, $x / s$ | gemmlowp | double |
-| ``"optimized"`` | ``BUILTIN_WITHOUT_DEFAULT_DELEGATES`` | half even, $x \\cdot (1/s)$ | ruy | ruy |
-| ``"xnnpack"`` | ``AUTO`` (the default XNNPACK delegate) | half even, $x \\cdot (1/s)$ | xnnpack | xnnpack |
+| kernels | LiteRT resolver | mode | QUANTIZE (float → int8) | CONV_2D | FULLY_CONNECTED |
+| --- | --- | --- | --- | --- | --- |
+| ``"reference"`` | ``BUILTIN_REF`` | ``"tflite"`` | half away, $x / s$ | gemmlowp | float64 |
+| ``"optimized"`` | ``BUILTIN_WITHOUT_DEFAULT_DELEGATES`` | ``"tflite-optimized"`` | by position | ruy | ruy |
+| ``"xnnpack"`` | ``AUTO`` (XNNPACK) | ``"tflite-xnnpack"`` | half even, $x \\cdot f_{32}(1/s)$ | float32 | float32 |
 
-The requantizations (:func:`requantize`) all compute $\\operatorname{round}(\\mathrm{acc} \\cdot M_c)$ with
-$M_c = s_{in} s_{w,c} / s_{out}$, and differ in how they round: gemmlowp's fixed point
-(``MultiplyByQuantizedMultiplier``, two roundings, the second half away from zero), ruy's (two roundings, the second
-half up), float64 with one rounding half away (TFLite's newer reference fully-connected kernel), and XNNPACK's
-float32 — $M_c$ folded in float32, the int32 sum converted to float32, one rounding half to even, as onnxruntime
-does. Out of range, the two TFLite
-QUANTIZE kernels convert with x86's ``cvttss2si``/``cvtps2dq`` (NaN and $|v| \\ge 2^{31}$ give INT32_MIN, so
-$x = +10^{30}$ becomes $-128$), while XNNPACK clamps at $2^{15}-1$ first ($+10^{30} \\to 127$).
-
-:func:`predict` computes each kernel set's output from the same :class:`Network`.
+The arithmetic of each — the requantizations, the QUANTIZE and DEQUANTIZE kernels, their NaN and out-of-range
+behaviour — is the oracle's, :mod:`quantref.runtimes.litert`. :func:`export_tflite` writes the prediction of each
+kernel set into ``expected.npz``, computed by :func:`quantref.integer.integer_forward` on the very quantized model
+it exports; :func:`predict` does the same for a hand-made :class:`Network`.
 
 References:
   LiteRT 8-bit quantization specification, https://ai.google.dev/edge/litert/models/quantization_spec
   TensorFlow ``tensorflow/lite/kernels/internal/reference/integer_ops/conv.h``, ``fully_connected.h``,
-  ``reference/quantize.h``; XNNPACK ``src/operators/convolution-nhwc.c`` (``init_requantization_scale``),
-  ``src/qs8-qc8w-gemm`` (fp32 requantization), ``src/f32-qs8-vcvt``.
+  ``reference/quantize.h``.
   Jacob et al., "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference",
   arXiv:1712.05877, 2017.
 """
@@ -52,11 +46,10 @@ from typing import Literal
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax import lax
 
 from quantref import _files, integer, nn, ptq
 from quantref.export import _tflite_schema as schema
-from quantref.runtimes import tflite as tflite_ops
+from quantref.runtimes import litert as qlitert
 
 __all__ = [
     "Kernels",
@@ -69,20 +62,16 @@ __all__ = [
     "Flatten",
     "Network",
     "model_bytes",
-    "Requantization",
-    "REQUANTIZATIONS",
-    "LAYER_REQUANTIZATION",
-    "quantize_input",
-    "requantize",
-    "dequantize_output",
+    "MODES",
     "predict",
     "export_tflite",
     "network_from_qmodel",
+    "quantized_model",
     "float_network",
 ]
 
-Kernels = Literal["reference", "optimized", "xnnpack"]
-KERNELS: tuple[str, ...] = ("reference", "optimized", "xnnpack")
+Kernels = qlitert.KernelSet
+KERNELS: tuple[str, ...] = qlitert.KERNEL_SETS
 #: The ``ai_edge_litert.interpreter.OpResolverType`` member that runs each kernel set.
 RESOLVERS: dict[str, str] = {
     "reference": "BUILTIN_REF",
@@ -356,174 +345,11 @@ def _pool_output_shape(shape, layer: MaxPool2D) -> tuple[int, ...]:
     return (*dims, shape[2])
 
 
-# --- what each kernel set computes ---------------------------------------------------------------------------------
+# --- what LiteRT computes ------------------------------------------------------------------------------------------
 
 
-def quantize_input(x: np.ndarray, quant: Quant, kernels: Kernels = "reference") -> np.ndarray:
-    """TFLite's QUANTIZE of a float32 tensor to int8, as each kernel set computes it on x86-64.
-
-    $$
-    \\text{reference: } \\operatorname{round\\_half\\_away}(f_{32}(x / s)) + z, \\qquad
-    \\text{xnnpack: } \\operatorname{rne}(f_{32}(x \\cdot f_{32}(1 / s))) + z,
-    $$
-
-    saturated to int8. The optimized kernel is vector code (NEON intrinsics, run on x86 through NEON_2_SSE) over
-    blocks of 8 elements of the flattened tensor, computing the xnnpack formula, and a scalar loop over the last
-    ``size % 8`` elements computing $\\operatorname{round\\_half\\_away}(x / s)$ in *double* — so the same value can
-    quantize differently depending on where it sits in the tensor.
-
-    Out of int32 range (and NaN) TFLite's conversions give INT32_MIN, and adding the zero point wraps (so
-    $+10^{30}$ gives $-128$ for $z \\ge 0$ and $127$ for $z < 0$). XNNPACK clamps the scaled value at $2^{15} - 1$
-    before converting and saturates from there on: large values go to the right end, NaN to 127.
-
-    Args:
-      x: float array.
-      quant: the int8 tensor's parameters.
-      kernels: ``"reference"``, ``"optimized"`` or ``"xnnpack"``.
-
-    Returns:
-      int8 numpy array shaped like ``x``.
-
-    Raises:
-      ValueError: for unknown ``kernels``.
-    """
-    _check_kernels(kernels)
-    if kernels == "reference":
-        return np.asarray(tflite_ops.quantize(x, float(quant.scale), int(quant.zero_point), "int8"))
-    x = np.asarray(x, np.float32)
-    scale, zero_point = np.float32(quant.scale), int(quant.zero_point)
-    with np.errstate(invalid="ignore", over="ignore"):
-        vector = np.rint(x * (np.float32(1) / scale))  # float32 product, rounded half to even
-        if kernels == "xnnpack":
-            # minps(v, 32767) (32767 for NaN), then int32 → int16 → int8 saturating packs around a saturating
-            # int16 add of the zero point: no wrap-around anywhere.
-            vector = np.where(np.isnan(vector), 32767.0, np.clip(vector, -32768.0, 32767.0))
-            return np.clip(vector.astype(np.int64) + zero_point, _QMIN, _QMAX).astype(np.int8)
-        quotient = x.astype(np.float64) / np.float64(scale)
-        truncated = np.trunc(quotient)
-        scalar = truncated + np.where(np.abs(quotient - truncated) >= 0.5, np.sign(quotient), 0.0)  # std::round
-    codes = np.where(_vector_lanes(x.shape), _x86_int32(vector), _x86_int32(scalar))
-    # An int32 add, wrapping like the C++ (INT32_MIN + z for out-of-range values).
-    codes = (codes + zero_point + 2**31) % 2**32 - 2**31
-    return np.clip(codes, _QMIN, _QMAX).astype(np.int8)
-
-
-def _vector_lanes(shape: tuple[int, ...]) -> np.ndarray:
-    """True for the elements TFLite's optimized QUANTIZE/DEQUANTIZE handle in 8-wide vector blocks."""
-    size = math.prod(shape)
-    return (np.arange(size) < size - size % 8).reshape(shape)
-
-
-def _x86_int32(values: np.ndarray) -> np.ndarray:
-    """``cvttss2si``/``cvtps2dq`` on integer-valued floats: NaN and values outside int32 give INT32_MIN (int64)."""
-    in_range = (values >= -(2.0**31)) & (values < 2.0**31)
-    return np.where(in_range, np.where(in_range, values, 0.0).astype(np.int64), -(2**31))
-
-
-Requantization = Literal["gemmlowp", "ruy", "double", "xnnpack"]
-REQUANTIZATIONS: tuple[str, ...] = ("gemmlowp", "ruy", "double", "xnnpack")
-#: Which requantization each kernel set applies to each layer type, as measured against LiteRT (see the tests).
-LAYER_REQUANTIZATION: dict[str, dict[str, str]] = {
-    "reference": {"conv": "gemmlowp", "fully_connected": "double"},
-    "optimized": {"conv": "ruy", "fully_connected": "ruy"},
-    "xnnpack": {"conv": "xnnpack", "fully_connected": "xnnpack"},
-}
-
-
-def requantize(
-    acc: np.ndarray,
-    requantization: Requantization,
-    input_scale: float,
-    kernel_scale: np.ndarray,
-    output_scale: float,
-    output_zero_point: int,
-    qmin: int = _QMIN,
-    qmax: int = _QMAX,
-) -> np.ndarray:
-    """Rescales int32 accumulators to int8 codes the way one of LiteRT's kernels does.
-
-    With $M_c = s_{in} s_{w,c} / s_{out}$ and, for the fixed-point methods, $(q_m, e)$ =
-    :func:`quantref.runtimes.tflite.quantize_multiplier` of $M_c$ (computed in double), $\\ell = \\max(e, 0)$,
-    $r = \\max(-e, 0)$:
-
-    - ``"gemmlowp"`` (TFLite's reference CONV_2D): :func:`quantref.runtimes.tflite.multiply_by_quantized_multiplier`
-      — a rounding doubling high multiply (ties towards $+\\infty$), then a rounding right shift by $r$ with ties
-      *away from zero*.
-    - ``"ruy"`` (the optimized CONV_2D and FULLY_CONNECTED, through ruy's x86 kernels): the same two steps, but the
-      right shift rounds ties *towards* $+\\infty$:
-      $h = \\lfloor (2^{\\ell} \\mathrm{acc} \\cdot q_m + 2^{30}) / 2^{31} \\rfloor$,
-      $y = \\lfloor (h + 2^{r-1}) / 2^{r} \\rfloor$. A negative value exactly halfway (e.g. $-3 \\cdot \\tfrac12$)
-      goes up (to $-1$), where gemmlowp's goes down (to $-2$).
-    - ``"double"`` (the reference FULLY_CONNECTED, TFLite's "requant in float" kernel): no fixed point at all,
-      $y = \\operatorname{round\\_half\\_away}\\big(\\mathrm{acc} \\cdot
-      ((\\text{double})s_{in} (\\text{double})s_{w,c} / (\\text{double})s_{out})\\big)$ in float64.
-    - ``"xnnpack"`` (the XNNPACK delegate): $M_c$ folded in *float32*,
-      $y = \\operatorname{rne}(f_{32}(f_{32}(\\mathrm{acc}) \\cdot f_{32}(f_{32}(s_{in} s_{w,c}) / s_{out})))$ — the
-      formula of onnxruntime's QLinearConv.
-
-    Then $\\operatorname{clamp}(y + z_{out}, q_{min}, q_{max})$. ``"double"`` and ``"xnnpack"`` round once, so they
-    differ from each other only within float rounding of a tie. ``"gemmlowp"`` and ``"ruy"`` round twice, and the
-    first rounding *makes* ties for the second: whenever $h < 0$ and its low $r$ bits are exactly $10\\ldots0$ —
-    about one negative accumulator in $2^r$ — gemmlowp's result is one below ruy's. With power-of-two scales
-    (exact ties everywhere) the four differ on up to half of all accumulators (see the tests).
-
-    References:
-      TensorFlow ``tensorflow/lite/kernels/internal/common.h`` (``MultiplyByQuantizedMultiplier``),
-      ``reference/integer_ops/conv.h``, ``reference/integer_ops/fully_connected.h``; ruy
-      ``ruy/kernel_avx2_fma.cc`` (``rounding_right_shift``); XNNPACK ``src/operators/convolution-nhwc.c``,
-      ``src/qs8-qc8w-gemm/gen/*-minmax-fp32-*.c``.
-
-    Args:
-      acc: int32 accumulators (bias included), output channels last.
-      requantization: one of :data:`REQUANTIZATIONS`.
-      input_scale: the layer input's scale.
-      kernel_scale: float32 weight scales, ``(out,)`` or a scalar.
-      output_scale: the output's scale.
-      output_zero_point: the output's zero point.
-      qmin: lowest code (``max(-128, z_out)`` for a fused ReLU).
-      qmax: highest code.
-
-    Returns:
-      int8 numpy array shaped like ``acc``.
-
-    Raises:
-      ValueError: for an unknown ``requantization``.
-    """
-    if requantization not in REQUANTIZATIONS:
-        raise ValueError(f"requantization must be one of {REQUANTIZATIONS}, got {requantization!r}")
-    acc = np.asarray(acc, np.int64)
-    kernel_scale = np.asarray(kernel_scale, np.float32)
-    if requantization == "xnnpack":
-        multiplier = np.float32(input_scale) * kernel_scale / np.float32(output_scale)  # float32, left to right
-        scaled = acc.astype(np.float32) * multiplier
-        low, high = qmin - int(output_zero_point), qmax - int(output_zero_point)
-        # Clamped before rounding (the same for integer bounds); np.rint is round half to even.
-        return (np.rint(np.clip(scaled, low, high)).astype(np.int64) + int(output_zero_point)).astype(np.int8)
-    if requantization == "double":
-        multiplier = np.float64(np.float32(input_scale)) * kernel_scale.astype(np.float64)
-        product = acc.astype(np.float64) * (multiplier / np.float64(np.float32(output_scale)))
-        truncated = np.trunc(product)
-        rounded = truncated + np.where(np.abs(product - truncated) >= 0.5, np.sign(product), 0.0)  # std::round
-        scaled = _x86_int32(rounded)  # static_cast<int32_t>(double)
-    else:
-        quantized, shift = tflite_ops.per_channel_multipliers(
-            float(input_scale), np.broadcast_to(kernel_scale.reshape(-1), (acc.shape[-1],)), float(output_scale)
-        )
-        if requantization == "gemmlowp":
-            scaled = np.asarray(tflite_ops.multiply_by_quantized_multiplier(acc.astype(np.int32), quantized, shift))
-        else:
-            scaled = _ruy_multiply(acc, quantized.astype(np.int64), shift.astype(np.int64))
-    return np.clip(scaled.astype(np.int64) + int(output_zero_point), qmin, qmax).astype(np.int8)
-
-
-def _ruy_multiply(acc: np.ndarray, quantized_multiplier: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """ruy's fixed-point multiply, exactly, in int64 (|acc · 2^ℓ · q_m| < 2^62 for int32 accumulators)."""
-    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
-    # The left shift wraps in int32, as the C++ and ruy's vector code do.
-    shifted = ((acc << left) + 2**31) % 2**32 - 2**31
-    high = (shifted * quantized_multiplier + 2**30) >> 31
-    nudge = np.where(right > 0, np.left_shift(1, np.maximum(right - 1, 0)), 0)
-    return (high + nudge) >> right
+#: The mode of :func:`quantref.integer.multipliers` that predicts each kernel set bit for bit.
+MODES: dict[str, str] = {"reference": "tflite", "optimized": "tflite-optimized", "xnnpack": "tflite-xnnpack"}
 
 
 def predict(
@@ -535,9 +361,10 @@ def predict(
 ) -> np.ndarray:
     """The output LiteRT computes from :func:`model_bytes` of ``network`` with the given kernel set.
 
-    ``"reference"`` and ``"optimized"`` requantize with TFLite's fixed-point kernels
-    (:func:`quantref.runtimes.tflite.conv2d`, :func:`quantref.runtimes.tflite.fully_connected`); ``"xnnpack"``
-    accumulates the same int32 sums and requantizes with :func:`requantize_xnnpack`.
+    It is :func:`quantref.integer.integer_forward` in the kernel set's mode (:data:`MODES`) on the network as a
+    quantized model (:func:`quantized_model`): the same integer path that :func:`export_tflite` writes into
+    ``expected.npz``. A network without layers (a QUANTIZE and a DEQUANTIZE) is
+    :func:`quantref.runtimes.litert.quantize` then :func:`quantref.runtimes.litert.dequantize`.
 
     Args:
       network: the network.
@@ -546,125 +373,99 @@ def predict(
       io: as in :func:`model_bytes`.
 
     Returns:
-      The output: float32 for ``io="float"`` (dequantized), int8 codes for ``io="int8"``.
+      The output as a numpy array: float32 for ``io="float"`` (dequantized), int8 codes for ``io="int8"``.
 
     Raises:
-      ValueError: for unknown ``kernels`` or ``io``, or an input of the wrong shape or dtype.
+      ValueError: for unknown ``kernels`` or ``io``, a float network, layers without a conv or dense among them,
+        or an input of the wrong shape or dtype.
     """
     _check_kernels(kernels)
+    if io not in ("float", "int8"):
+        raise ValueError(f"io must be 'float' or 'int8', got {io!r}")
     if network.input is None:
         raise ValueError("predict runs int8 networks; a float network (input=None) has nothing to predict bit for bit")
     x = np.asarray(x)
     if x.shape[1:] != tuple(network.input_shape):
         raise ValueError(f"x must have shape (N, {', '.join(map(str, network.input_shape))}), got {x.shape}")
-    if io == "float":
-        codes = quantize_input(x, network.input, kernels)
-    elif io == "int8":
-        if x.dtype != np.int8:
-            raise ValueError(f"with io='int8' x must be int8 codes, got {x.dtype}")
-        codes = x
-    else:
-        raise ValueError(f"io must be 'float' or 'int8', got {io!r}")
-    quant = network.input
-    for layer in network.layers:
-        if isinstance(layer, (Conv2D, FullyConnected)):
-            codes = _layer(layer, codes, quant, kernels)
-            quant = layer.output
-        elif isinstance(layer, MaxPool2D):
-            window, strides = (1, *layer.window, 1), (1, *layer.strides, 1)
-            pooled = lax.reduce_window(jnp.asarray(codes), jnp.int8(_QMIN), lax.max, window, strides, layer.padding)
-            codes = np.asarray(pooled)
-        elif isinstance(layer, Flatten):
-            codes = codes.reshape(codes.shape[0], -1)
-        else:
-            raise ValueError(f"cannot run a layer of type {type(layer).__name__}")
-    if io == "int8":
-        return codes
-    return dequantize_output(codes, quant, kernels)
+    if io == "int8" and x.dtype != np.int8:
+        raise ValueError(f"with io='int8' x must be int8 codes, got {x.dtype}")
+    if not network.layers:
+        quant = network.input
+        codes = x if io == "int8" else qlitert.quantize(x, quant.scale, quant.zero_point, "int8", kernels)
+        return np.asarray(codes if io == "int8" else qlitert.dequantize(codes, quant.scale, quant.zero_point, kernels))
+    qmodel = quantized_model(network)
+    out = integer.integer_forward(qmodel, integer.multipliers(qmodel, MODES[kernels]), x)
+    return np.asarray(out.output_q if io == "int8" else out.output)
 
 
-def dequantize_output(codes: np.ndarray, quant: Quant, kernels: Kernels = "reference") -> np.ndarray:
-    """TFLite's DEQUANTIZE of int8 codes to float32, as each kernel set computes it.
-
-    $$
-    \\text{reference, xnnpack: } f_{32}\\big((q - z) \\cdot s\\big), \\qquad
-    \\text{optimized: } f_{32}\\big(f_{32}(q \\cdot s) - f_{32}(z \\cdot s)\\big)
-    $$
-
-    The first is one rounding of an exact product; the optimized kernel's vector blocks (8 elements of the flattened
-    tensor at a time) round twice, so their result can be one float32 ulp away (e.g. $q = -9$, $z = 5$, $s = 0.1$
-    gives $-1.4000001$ instead of $-1.4$); its scalar loop over the last ``size % 8`` elements rounds once.
+def quantized_model(network: Network) -> ptq.QuantizedModel:
+    """The :class:`quantref.ptq.QuantizedModel` of an int8 :class:`Network` (the inverse of
+    :func:`network_from_qmodel`): its trace, layers and activation grids, for :mod:`quantref.integer`.
 
     Args:
-      codes: int8 codes.
-      quant: their scale and zero point.
-      kernels: ``"reference"``, ``"optimized"`` or ``"xnnpack"``.
+      network: an int8 network with at least one conv or dense layer.
 
     Returns:
-      float32 numpy array shaped like ``codes``.
+      The quantized model, int8 activations and weights.
 
     Raises:
-      ValueError: for unknown ``kernels``.
+      ValueError: for a float network or one without a conv or dense layer.
     """
-    _check_kernels(kernels)
-    scale = np.float32(quant.scale)
-    codes = np.asarray(codes).astype(np.int32)
-    # (q - z) · s is exact in float64 (an 8-bit times a 24-bit integer), so this rounds once, as float32 does.
-    once = ((codes - int(quant.zero_point)) * np.float64(scale)).astype(np.float32)
-    if kernels != "optimized":
-        return once
-    twice = codes.astype(np.float32) * scale - np.float32(int(quant.zero_point)) * scale
-    return np.where(_vector_lanes(codes.shape), twice, once).astype(np.float32)
+    if network.input is None:
+        raise ValueError("a float network (input=None) has no quantization")
+    steps: list[nn.Step] = []
+    layers: dict[str, ptq.LayerQuant] = {}
+    activations: dict[str, ptq.ActivationQuant] = {}
+    shape, quant, last = tuple(network.input_shape), network.input, None
+
+    def step(kind: str, path: str | None, **params) -> None:
+        steps.append(nn.Step(kind, path, tuple({**params, "input_shape": shape}.items()), (len(steps),)))
+
+    for layer in network.layers:
+        if isinstance(layer, (Conv2D, FullyConnected)):
+            activations[f"{layer.name}.input"] = _activation(quant)
+            kernel_scale = jnp.asarray(layer.kernel_scale, jnp.float32)
+            layers[layer.name] = ptq.LayerQuant(jnp.asarray(layer.kernel), kernel_scale, jnp.asarray(layer.bias))
+            if isinstance(layer, Conv2D):
+                kernel_shape = np.shape(layer.kernel)
+                pads = _explicit_padding(shape, kernel_shape[:2], layer.strides, layer.padding)
+                step("conv", layer.name, strides=tuple(layer.strides), padding=pads, dilation=(1, 1), groups=1)
+                shape = _conv_output_shape(shape, kernel_shape, layer.strides, layer.padding)
+            else:
+                step("dense", layer.name)
+                shape = tuple(np.shape(layer.kernel)[1:])
+            if layer.relu:
+                step("relu", None)
+            quant, last = layer.output, layer.name
+        elif isinstance(layer, MaxPool2D):
+            pads = _explicit_padding(shape, layer.window, layer.strides, layer.padding)
+            step("max_pool", None, window=tuple(layer.window), strides=tuple(layer.strides), padding=pads)
+            shape = _pool_output_shape(shape, layer)
+        elif isinstance(layer, Flatten):
+            step("flatten", None)
+            shape = (math.prod(shape),)
+        else:
+            raise ValueError(f"cannot run a layer of type {type(layer).__name__}")
+    if last is None:
+        raise ValueError("the network has no conv or dense layer")
+    activations[f"{last}.output"] = _activation(quant)
+    trace = nn.Trace(tuple(steps), (len(steps),))
+    return ptq.QuantizedModel(layers, activations, trace, ptq.weight_format(8), ptq.activation_format(8, True))
 
 
-def _layer(layer: Conv2D | FullyConnected, codes: np.ndarray, inp: Quant, kernels: str) -> np.ndarray:
-    out = layer.output
-    relu_min = max(_QMIN, int(out.zero_point)) if layer.relu else _QMIN
-    if isinstance(layer, Conv2D):
-        filters = np.transpose(np.asarray(layer.kernel), (3, 0, 1, 2))  # HWIO -> OHWI
-        kind = "conv"
-    else:
-        filters = np.ascontiguousarray(np.asarray(layer.kernel).T)  # (in, out) -> (out, in)
-        kind = "fully_connected"
-    requantization = LAYER_REQUANTIZATION[kernels][kind]
-    if requantization == "gemmlowp":
-        # quantref's model of TFLite's reference ConvPerChannel, end to end.
-        channels = filters.shape[0]
-        kernel_scale = np.broadcast_to(np.asarray(layer.kernel_scale, np.float32).reshape(-1), (channels,))
-        multiplier, shift = tflite_ops.per_channel_multipliers(float(inp.scale), kernel_scale, float(out.scale))
-        result = tflite_ops.conv2d(
-            codes,
-            filters,
-            layer.bias,
-            multiplier,
-            shift,
-            input_zero_point=int(inp.zero_point),
-            output_zero_point=int(out.zero_point),
-            strides=layer.strides,
-            padding=layer.padding,
-            activation_min=relu_min,
-            activation_max=_QMAX,
-        )
-        return np.asarray(result)
-    acc = _accumulate(layer, codes, filters, int(inp.zero_point))
-    return requantize(acc, requantization, inp.scale, layer.kernel_scale, out.scale, out.zero_point, relu_min, _QMAX)
+def _activation(quant: Quant) -> ptq.ActivationQuant:
+    return ptq.ActivationQuant(jnp.float32(quant.scale), jnp.int32(quant.zero_point))
 
 
-def _accumulate(layer, codes: np.ndarray, filters: np.ndarray, input_zero_point: int) -> np.ndarray:
-    """int32 sums of $w (x - z_{in})$ plus the bias; padding taps contribute nothing, as in every kernel set."""
-    shifted = jnp.asarray(codes, jnp.int32) - input_zero_point
-    if isinstance(layer, Conv2D):
-        acc = lax.conv_general_dilated(
-            shifted,
-            jnp.asarray(filters, jnp.int32),
-            layer.strides,
-            layer.padding,  # XLA's SAME is TFLite's: the odd extra row/column after
-            dimension_numbers=("NHWC", "OHWI", "NHWC"),
-            preferred_element_type=jnp.int32,
-        )
-    else:
-        acc = jnp.einsum("nd,od->no", shifted, jnp.asarray(filters, jnp.int32), preferred_element_type=jnp.int32)
-    return np.asarray(acc + jnp.asarray(layer.bias, jnp.int32))
+def _explicit_padding(shape, window, strides, padding: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """TFLite's SAME (the odd extra row/column at the bottom/right) or VALID as ``((top, bottom), (left, right))``."""
+    if padding == "VALID":
+        return ((0, 0), (0, 0))
+    pads = []
+    for size, k, s in zip(shape[:2], window, strides):
+        total = max((-(-size // s) - 1) * s + k - size, 0)
+        pads.append((total // 2, total - total // 2))
+    return tuple(pads)
 
 
 def _check_kernels(kernels: str) -> None:
@@ -724,12 +525,15 @@ def export_tflite(
     inputs = {"x": test_x}
     if test_y is not None:
         inputs["y"] = np.asarray(test_y)
+    integer.integer_forward(qmodel, integer.multipliers(qmodel, MODES["reference"]), test_x[:1])  # checks test_x
     fed = test_x
     if io == "int8":
-        fed = inputs["x_q"] = quantize_input(test_x, network.input, "reference")
-    expected = {
-        _EXPECTED_KEYS[kernels]: predict(network, fed, kernels=kernels, io=io) for kernels in KERNELS
-    }  # fmt: skip
+        quant = network.input
+        fed = inputs["x_q"] = np.asarray(qlitert.quantize(test_x, quant.scale, quant.zero_point, "int8", "reference"))
+    expected = {}
+    for kernels, mode in MODES.items():
+        out = integer.integer_forward(qmodel, integer.multipliers(qmodel, mode), fed)
+        expected[_EXPECTED_KEYS[kernels]] = np.asarray(out.output_q if io == "int8" else out.output)
     files: dict[str, Callable[[Path], None]] = {
         "model.tflite": lambda path: path.write_bytes(model),
         "test_inputs.npz": lambda path: _files.save_npz(path, inputs),
@@ -813,7 +617,7 @@ def _layers(steps: tuple[nn.Step, ...], weights, qmodel: ptq.QuantizedModel | No
         if step.kind in ("conv", "dense"):
             kernel, kernel_scale, bias = (np.asarray(w) if w is not None else None for w in weights[step.path])
             output = _quant(qmodel.output_activation(step.path)) if qmodel is not None else None
-            relu = _relu_follows(steps, index)
+            relu = integer.relu_follows(steps, index)
             if step.kind == "dense":
                 layers.append(FullyConnected(name, kernel, kernel_scale, bias, output, relu))
                 continue
@@ -832,28 +636,15 @@ def _layers(steps: tuple[nn.Step, ...], weights, qmodel: ptq.QuantizedModel | No
     return tuple(layers)
 
 
-def _relu_follows(steps: tuple[nn.Step, ...], index: int) -> bool:
-    """Whether a ReLU comes after layer ``index`` before the next layer (it then clamps that layer's output)."""
-    for step in steps[index + 1 :]:
-        if step.kind in ("conv", "dense"):
-            return False
-        if step.kind == "relu":
-            return True
-    return False
-
-
 def _padding_mode(name: str, shape, window, strides, padding) -> Literal["SAME", "VALID"]:
     """TFLite's padding mode that pads exactly as ``padding`` ``((top, bottom), (left, right))`` does."""
     padding = tuple(tuple(int(p) for p in pair) for pair in padding)
     if all(p == 0 for pair in padding for p in pair):
         return "VALID"
-    same = []
-    for size, k, s in zip(shape[:2], window, strides):
-        total = max((-(-size // s) - 1) * s + k - size, 0)
-        same.append((total // 2, total - total // 2))
-    if padding == tuple(same):
+    same = _explicit_padding(shape, window, strides, "SAME")
+    if padding == same:
         return "SAME"
     raise ValueError(
-        f"{name}: padding {padding} is neither TFLite's SAME {tuple(same)} nor VALID; TFLite would need a PAD "
+        f"{name}: padding {padding} is neither TFLite's SAME {same} nor VALID; TFLite would need a PAD "
         "operator, which this export does not write"
     )
