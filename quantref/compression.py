@@ -66,7 +66,7 @@ import numpy as np
 from flax import nnx
 
 from quantref import _files, coding, nn, pruning, train
-from quantref._validate import check_bool, check_choice, check_int
+from quantref._validate import as_array, check_bool, check_choice, check_int
 
 __all__ = [
     "MAGIC",
@@ -158,6 +158,9 @@ def kmeans_1d(values: np.ndarray, clusters: int, *, iterations: int = 50) -> tup
     """
     clusters = check_int(clusters, "clusters", low=1)
     iterations = check_int(iterations, "iterations", low=0)
+    values = as_array(values, "values")
+    if values.dtype.kind not in "iuf":
+        raise TypeError(f"values must be a real array, got dtype {values.dtype}")
     values = np.asarray(values, np.float64).ravel()
     if not len(values) or not np.all(np.isfinite(values)):
         raise ValueError(f"values must be a non-empty finite array, got {len(values)} values")

@@ -48,7 +48,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from quantref import cache, data, nn, train
-from quantref._validate import check_choice, check_int, check_real
+from quantref._validate import check_choice, check_int, check_real, real_array
 
 __all__ = [
     "SCOPES",
@@ -94,7 +94,7 @@ def magnitude_mask(weights: jax.Array | np.ndarray, sparsity: float) -> jax.Arra
       ValueError: if ``sparsity`` is not in [0, 1].
     """
     sparsity = _check_sparsity(sparsity, "sparsity")
-    weights = jnp.asarray(weights)
+    weights = real_array(weights, "weights")
     return _smallest_zeroed(jnp.abs(weights).ravel(), round(sparsity * weights.size)).reshape(weights.shape)
 
 
@@ -183,7 +183,7 @@ def n_m_mask(kernel: jax.Array | np.ndarray, n: int = 2, m: int = 4) -> jax.Arra
     """
     m = check_int(m, "m", low=1)
     n = check_int(n, "n", low=1, high=m)
-    kernel = jnp.asarray(kernel)
+    kernel = real_array(kernel, "kernel")
     if kernel.ndim < 2:
         raise ValueError(f"kernel must have an input and an output axis, got shape {kernel.shape}")
     if kernel.shape[-2] % m:
@@ -419,6 +419,9 @@ def fine_tune(
     Raises:
       ValueError: if ``config.steps`` or ``config.batch_size`` is not positive or exceeds the data.
     """
+    x, y = np.asarray(real_array(x, "x")), np.asarray(y)
+    if y.dtype.kind not in "iu" or y.shape != x.shape[:1]:
+        raise ValueError(f"y must hold one integer label per example of x {x.shape}, got {y.dtype}{y.shape}")
     steps = check_int(config.steps, "config.steps", low=1)
     batch_size = check_int(config.batch_size, "config.batch_size", low=1, high=len(x))
     tuned = with_masks(model, masks or {})

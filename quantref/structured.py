@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from quantref import nn
-from quantref._validate import check_int, check_real
+from quantref._validate import check_int, check_real, real_array
 
 __all__ = ["channel_norms", "channel_keep", "prune_channels", "shrink_channels"]
 
@@ -52,7 +52,9 @@ def channel_norms(kernel: jax.Array | np.ndarray, ord: int = 1) -> jax.Array:
       ``(out,)`` float32 norms.
     """
     ord = check_int(ord, "ord", low=1, high=2)
-    kernel = jnp.asarray(kernel, jnp.float32)
+    kernel = real_array(kernel, "kernel")
+    if kernel.ndim < 2:
+        raise ValueError(f"kernel must have an output axis after its input axes, got shape {kernel.shape}")
     return jnp.linalg.norm(kernel.reshape(-1, kernel.shape[-1]), ord=ord, axis=0)
 
 

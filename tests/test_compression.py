@@ -296,6 +296,17 @@ def test_write_and_read_compressed(shared_model, tmp_path):
         compression.read_compressed(paths["model"])
 
 
+def test_bad_arguments_are_named():
+    with pytest.raises(TypeError, match="values must be an array"):
+        compression.kmeans_1d("weights", 4)
+    with pytest.raises(TypeError, match="compressed must be a CompressedModel"):
+        compression.encode({"w": np.ones(3)})
+    with pytest.raises(TypeError, match="blob must be bytes"):
+        compression.decode("model.qrc")
+    with pytest.raises(ValueError, match="clusters must be an int in"):
+        compression.kmeans_1d(np.ones(3), 0)
+
+
 def test_compress_rejects_what_it_cannot_store(pruned):
     with pytest.raises(ValueError, match="bias_dtype must be one of"):
         compression.compress(pruned, bias_dtype="int8")

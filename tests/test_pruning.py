@@ -135,6 +135,14 @@ def test_layer_masks_per_path_and_errors(cnn):
         pruning.magnitude_masks(model, 0.5, scope="row")
     with pytest.raises(TypeError, match="sparsity must be a real number"):
         pruning.magnitude_mask(np.ones(4), "half")
+    with pytest.raises(TypeError, match="weights must be an array"):
+        pruning.magnitude_mask("weights", 0.5)
+    with pytest.raises(TypeError, match="kernel must be an array"):
+        pruning.n_m_mask(None)
+    with pytest.raises(ValueError, match="kernel must have an output axis"):
+        structured.channel_norms(np.ones(3))
+    with pytest.raises(ValueError, match="y must hold one integer label per example"):
+        pruning.fine_tune(model, np.zeros((4, 8, 8, 1)), np.zeros(4), progress=False)
 
 
 @pytest.mark.parametrize("ord", [1, 2])
