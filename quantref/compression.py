@@ -20,15 +20,11 @@ The result is written to a file whose format is documented, versioned and checke
 
 **File format, version 1** (``model.qrc``). All multi-byte header fields are little-endian.
 
-=========  ======================================================================================================
-bytes      content
-=========  ======================================================================================================
-0–3        magic ``b"QRDC"``
-4          format version, ``1``
-5–8        payload length $P$ in bytes (uint32)
-9 … 8+P    payload: one bit stream, most significant bit first, zero-padded to a byte
-last 4     CRC-32 (IEEE, as ``zlib.crc32``) of every byte before it (uint32)
-=========  ======================================================================================================
+- bytes 0–3: the magic ``b"QRDC"``;
+- byte 4: the format version, ``1``;
+- bytes 5–8: the payload length $P$ in bytes (uint32);
+- bytes 9 … 8 + P: the payload, one bit stream, most significant bit first, zero-padded to a byte;
+- the last 4 bytes: the CRC-32 (IEEE, as ``zlib.crc32``) of every byte before them (uint32).
 
 The payload is a varint (LEB128, :class:`quantref.coding.BitWriter`) count of tensors, then per tensor: its name
 (varint length, UTF-8 bytes), its rank and shape (varints), a 2-bit kind, and a body:
@@ -43,9 +39,10 @@ The payload is a varint (LEB128, :class:`quantref.coding.BitWriter`) count of te
   $\\lceil \\log_2 A \\rceil$ bits, or (1) a Huffman table — 3 bits $w$ and each symbol's code length in $w$ bits —
   and the symbols in the canonical code of those lengths (:func:`quantref.coding.canonical_codes`).
 
-:func:`read_compressed` checks the magic, the version, the length, the checksum, and every field against the
-bytes left, and raises ``ValueError`` for any file that is not exactly what :func:`write_compressed` wrote —
-never a wrong model.
+:func:`read_compressed` checks the magic, the version and the length (a truncated file), then the checksum (a
+corrupted one: CRC-32 catches every error burst of up to 32 bits and all but one in $2^{32}$ of the others), then
+every field against the bytes left, and raises a ``ValueError`` that says which — it never returns a model the
+file does not hold.
 
 References:
   Han, Mao and Dally, "Deep Compression: Compressing Deep Neural Networks with Pruning, Trained Quantization and
