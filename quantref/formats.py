@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -43,6 +44,7 @@ __all__ = [
     "float8_dtype",
     "float8_max",
     "cast_float8",
+    "float8_to_float32",
     "FLOAT4_E2M1",
     "float4_max",
     "cast_float4",
@@ -291,6 +293,26 @@ def cast_float8(x: jnp.ndarray | np.ndarray, name: str, *, saturate: bool = True
         # Clamp only finite overflow and infinities; jnp.clip keeps NaN as NaN.
         x = jnp.clip(x, -top, top)
     return x.astype(dtype)
+
+
+def float8_to_float32(x: jnp.ndarray) -> jnp.ndarray:
+    """Widen float8 values to float32 exactly, NaN included as ml_dtypes (and onnxruntime) widen it.
+
+    The fnuz formats have one NaN code, 0x80 (the bit pattern of −0 elsewhere); ml_dtypes and onnxruntime widen it to
+    a NaN with the sign bit set, XLA's conversion to one without. Other values widen exactly either way.
+
+    Args:
+      x: an array of one of the float8 dtypes.
+
+    Returns:
+      float32 values.
+    """
+    wide = jnp.asarray(x).astype(jnp.float32)
+    if np.dtype(x.dtype) in (FLOAT8_DTYPES["float8_e4m3fnuz"], FLOAT8_DTYPES["float8_e5m2fnuz"]):
+        code = jax.lax.bitcast_convert_type(jnp.asarray(x), jnp.uint8)
+        negative_nan = jax.lax.bitcast_convert_type(jnp.uint32(0xFFC00000), jnp.float32)
+        wide = jnp.where(code == 0x80, negative_nan, wide)
+    return wide
 
 
 #: FP4 E2M1 (OCP Microscaling's element type; ONNX FLOAT4E2M1): 1 sign, 2 exponent, 1 mantissa bit, no Inf or NaN.

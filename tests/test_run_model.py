@@ -446,7 +446,7 @@ def tiny_model(extra_nodes=(), domain_imports=()):
     return helper.make_model(graph, opset_imports=opsets)
 
 
-@pytest.mark.parametrize("op", ["Softmax", "LSTM"])
+@pytest.mark.parametrize("op", ["LSTM", "NonMaxSuppression"])
 def test_unsupported_operator_names_op_and_node(op):
     model = tiny_model([helper.make_node(op, ["q"], ["y"], name="my_node")])
     with pytest.raises(ValueError, match=rf"node 1 'my_node' \({op}\): unsupported operator '{op}'.*QLinearConv"):
@@ -460,20 +460,26 @@ def zero_scale_model(last_op):
 
 
 def test_unsupported_operator_is_reported_before_running():
-    # The QuantizeLinear has a zero scale, an error when it runs; the Softmax after it must be reported first.
-    with pytest.raises(ValueError, match=r"node 1 \(unnamed\) \(Softmax\)"):
-        run_model(zero_scale_model("Softmax"), {"x": np.zeros((1, 4), np.float32)})
+    # The QuantizeLinear has a zero scale, an error when it runs; the LSTM after it must be reported first.
+    with pytest.raises(ValueError, match=r"node 1 \(unnamed\) \(LSTM\)"):
+        run_model(zero_scale_model("LSTM"), {"x": np.zeros((1, 4), np.float32)})
     # Errors while running name the node too.
     with pytest.raises(ValueError, match=r"node 0 'quant' \(QuantizeLinear\): y_scale must be finite and > 0"):
         run_model(zero_scale_model("Identity"), {"x": np.zeros((1, 4), np.float32)})
 
 
-def test_non_default_domain():
+def test_unknown_domain_and_unsupported_microsoft_operator():
     model = tiny_model(
-        [helper.make_node("QLinearAdd", ["q"], ["y"], name="add", domain="com.microsoft")],
+        [helper.make_node("QLinearAdd", ["q"], ["y"], name="add", domain="com.example")],
+        domain_imports=["com.example"],
+    )
+    with pytest.raises(ValueError, match=r"'add'.*domain 'com\.example'.*com\.microsoft operators"):
+        run_model(model, {"x": np.zeros((1, 4), np.float32)})
+    model = tiny_model(
+        [helper.make_node("QAttention", ["q"], ["y"], name="attention", domain="com.microsoft")],
         domain_imports=["com.microsoft"],
     )
-    with pytest.raises(ValueError, match=r"'add'.*com\.microsoft"):
+    with pytest.raises(ValueError, match=r"'attention'.*unsupported operator 'QAttention'.*QLinearAdd"):
         run_model(model, {"x": np.zeros((1, 4), np.float32)})
 
 

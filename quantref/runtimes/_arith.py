@@ -100,3 +100,64 @@ def shift_right_low32(hi: jax.Array, lo: jax.Array, amount: jax.Array) -> jax.Ar
     hi_signed = jax.lax.bitcast_convert_type(hi, jnp.int32)
     from_large = hi_signed >> jnp.clip(amount - 32, 0, 31)
     return jnp.where(small, jax.lax.bitcast_convert_type(from_small, jnp.int32), from_large)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Float32 roundings that XLA must not merge: one rounding per operation, and an exact fused multiply-add
+
+
+def rounded(value: jax.Array) -> jax.Array:
+    """``value`` itself, kept from being fused into a multiply-add with what follows.
+
+    XLA's CPU backend (through LLVM) contracts ``a * b + c`` into one fused multiply-add where it can, which rounds
+    once where a runtime that computes ``a * b`` and ``+ c`` in two kernels rounds twice. A select that depends on
+    the value (NaN lanes take ``value + 1``, which is the same NaN) cannot be folded away, and stops the contraction.
+    """
+    return jnp.where(jnp.isnan(value), value + 1, value)
+
+
+def two_sum(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Knuth's TwoSum: ``s = fl(a + b)`` and the exact error ``e`` with ``s + e = a + b`` (no overflow)."""
+    s = a + b
+    b_virtual = s - a
+    a_virtual = s - b_virtual
+    return s, (a - a_virtual) + (b - b_virtual)
+
+
+def _add_round_to_odd(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a + b`` rounded to odd: truncated toward zero, with the last bit set when the sum is inexact."""
+    s, e = two_sum(a, b)
+    bits = jax.lax.bitcast_convert_type(s, jnp.int32)
+    even = (bits & 1) == 0
+    # Move one ulp toward the error (toward zero when they differ in sign), which lands on the odd neighbour.
+    step = jnp.where(jnp.signbit(e) == jnp.signbit(s), 1, -1).astype(jnp.int32)
+    odd = jax.lax.bitcast_convert_type(bits + step, jnp.float32)
+    return jnp.where((e != 0) & even, odd, s)
+
+
+def sum3(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
+    """``a + b + c`` correctly rounded to float32 (one rounding), from float32 operations only.
+
+    Boldo and Melquiond's algorithm: two error-free additions, the two errors added with rounding to odd, and one
+    final rounding to nearest, which is then the correct rounding of the exact sum (no overflow or underflow).
+
+    References:
+      Boldo and Melquiond, "Emulation of a FMA and correctly-rounded sums: proved algorithms using rounding to
+      odd", IEEE Transactions on Computers 57(4), 2008.
+    """
+    upper, lower = two_sum(b, c)
+    top, low = two_sum(a, upper)
+    return top + _add_round_to_odd(low, lower)
+
+
+def fma_small_int(a: jax.Array, r: jax.Array, c: jax.Array) -> jax.Array:
+    """``fma(a, r, c) = rn(a·r + c)`` for float32 ``a`` holding integers with ``|a| < 2^8``, exactly.
+
+    ``r`` is split into its top 16 and low 8 significand bits, so both partial products are exact in float32, and
+    the three terms are summed with one rounding (:func:`sum3`). Independent of whether the backend has (or uses)
+    a hardware fused multiply-add.
+    """
+    r_bits = jax.lax.bitcast_convert_type(r, jnp.int32)
+    r_high = jax.lax.bitcast_convert_type(r_bits & jnp.int32(-256), jnp.float32)
+    r_low = r - r_high
+    return sum3(a * r_high, a * r_low, c)

@@ -266,7 +266,9 @@ def quantize_linear(
 @functools.partial(jax.jit, static_argnames=("axis", "block_size", "out_dtype"))
 def _dequantize(x, scale, zero_point, *, axis, block_size, out_dtype):
     scale = expand_param(scale, x.shape, axis, block_size)
-    if x.dtype in _FLOAT8_NAMES or x.dtype == _FLOAT4:
+    if x.dtype in _FLOAT8_NAMES:
+        return (formats.float8_to_float32(x) * scale).astype(out_dtype)
+    if x.dtype == _FLOAT4:
         return (x.astype(jnp.float32) * scale).astype(out_dtype)
     zero_point = expand_param(zero_point.astype(jnp.int32), x.shape, axis, block_size)
     # int32 subtraction (wrapping for int32 inputs), one rounding to float32, one float32 multiply.
