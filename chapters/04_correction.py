@@ -13,8 +13,8 @@
 #
 # ## What "correction" is not
 #
-# Some write-ups present an "error correction" step $x_c = x_q + \alpha (x - x_q)$: add back a fraction of the
-# quantization error. Put numbers in it: the value 0.63 on an int8 grid of step 0.1, corrected with $\alpha = 0.5$:
+# Some write-ups present an "error correction" step $x_c = x_q + \eta\,(x - x_q)$: add back a fraction of the
+# quantization error. Put numbers in it: the value 0.63 on an int8 grid of step 0.1, corrected with $\eta = 0.5$:
 
 # %%
 import dataclasses
@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 from quantref import affine, correction, data, formats, gptq, integer, nn, ptq, rounding, train
 from quantref.export import onnx as export_onnx
 
-step, alpha = np.float32(0.1), 0.5
+step, eta = np.float32(0.1), 0.5
 x = np.float32(0.63)
 code = int(affine.quantize(x, step, 0, formats.INT8))
 x_q = float(affine.dequantize(code, step, 0))
-x_c = x_q + alpha * (x - x_q)
+x_c = x_q + eta * (x - x_q)
 print(f"x = {x:.2f}, code {code}, dequantized x_q = {x_q:.2f}, 'corrected' x_c = {x_c:.3f}")
 print(f"x_c / step = {x_c / step:.2f} grid steps: {'on' if float(x_c / step).is_integer() else 'off'} the grid")
 
@@ -96,14 +96,14 @@ show("W4A8 per-channel, nearest", score(folded, w4))
 #
 # Take conv2 at 4 bits on its own (float inputs). Its output is $Y = XW$ with $X$ the receptive fields of its input
 # (`nn.input_rows`, one row per output pixel). The error of a quantized kernel $\hat W$ on the calibration data is
-# a quadratic form in $\Delta = \hat W - W$ with the input's second moments as its matrix:
+# a quadratic form in the weights' error $E = \hat W - W$, with the input's second moments as its matrix:
 #
 # $$
-# \lVert XW - X\hat W \rVert_F^2 = \operatorname{tr}\big(\Delta^\top X^\top X\, \Delta\big),
+# \lVert XW - X\hat W \rVert_F^2 = \operatorname{tr}\big(E^\top X^\top X\, E\big),
 # $$
 #
 # so it depends on the data only through $X^\top X$, whatever the number of images. Nearest rounding minimises
-# $\lVert \Delta \rVert^2$, which is the right thing only if $X^\top X$ is a multiple of the identity: inputs
+# $\lVert E \rVert^2$, which is the right thing only if $X^\top X$ is a multiple of the identity: inputs
 # uncorrelated and equally strong. conv2's inputs are ReLU outputs of overlapping patches — non-negative and
 # correlated — so the errors of different weights interact, and choosing them together can make them cancel.
 
@@ -125,20 +125,25 @@ nearest_error = float(gptq.layer_error(conv2_kernel, nearest * conv2_scale, alon
 print(f"output error of nearest rounding: {nearest_error:.4f} per output pixel (summed over the 32 channels)")
 
 # %% [markdown]
+# That 0.2960 is the number to beat. Each method below removes a different part of it: a better grid, the error's
+# mean, the channels' unequal ranges, and finally the rounding itself, chosen with $X^\top X$ in view.
+#
 # ## 1. The grid: per-channel scales by squared error
 #
 # Chapter 3 chose an activation range by minimising the squared error of the quantized values (the "MSE" observer);
-# for weights the same search runs per output channel: shrink $\max|W_c|$ by a factor $\alpha$ from a grid of
-# candidates and keep the one with the smallest $\lVert W_c - Q_\alpha(W_c)\rVert^2$. At 4 bits, clipping a few
+# for weights the same search runs per output channel: shrink $\max|W_c|$ by a factor $\rho$ from a grid of
+# candidates and keep the one with the smallest $\lVert W_c - Q_\rho(W_c)\rVert^2$. At 4 bits, clipping a few
 # large weights buys a finer step for all the others (`gptq.weight_scale(..., method="mse")`, and
 # `correction.mse_scales` for a whole model):
 
 # %%
 candidates = 100
-print(f"candidates alpha = {1:.2f}, {(candidates - 1) / candidates:.2f}, ..., {1 / candidates:.2f}")
+print(f"shrink factors tried: {1:.2f}, {(candidates - 1) / candidates:.2f}, ..., {1 / candidates:.2f}")
 mse_scale = gptq.weight_scale(folded.conv2.kernel[...], w4.weight_format, method="mse", num_candidates=candidates)
-alphas = np.asarray(mse_scale / conv2_scale)
-print(f"conv2, 4 bits: alpha per channel from {alphas.min():.2f} to {alphas.max():.2f}, median {np.median(alphas):.2f}")
+shrink = np.asarray(mse_scale / conv2_scale)
+print(
+    f"conv2, 4 bits: shrink factor per channel {shrink.min():.2f} to {shrink.max():.2f}, median {np.median(shrink):.2f}"
+)
 for name, scale in (("min-max", conv2_scale), ("MSE", mse_scale)):
     quantized = gptq.round_to_nearest(conv2_kernel, scale, w4.weight_format) * scale
     weight_sqnr = float(rounding.sqnr_db(conv2_kernel, quantized))
@@ -148,7 +153,7 @@ w4_mse = correction.mse_scales(folded, w4)
 show("W4A8 per-channel, MSE", score(folded, w4_mse))
 
 # %% [markdown]
-# Every channel clips: $\alpha$ lies between 0.75 and 0.96. The weights' SQNR goes from 18.96 to 19.87 dB and
+# Every channel clips: $\rho$ lies between 0.75 and 0.96. The weights' SQNR goes from 18.96 to 19.87 dB and
 # conv2's output error falls from 0.2960 to 0.2530; through the network, the logit SQNR goes from 21.3 to 22.2 dB.
 #
 # ## 2. Bias correction: remove the error's mean
@@ -159,7 +164,7 @@ show("W4A8 per-channel, MSE", score(folded, w4_mse))
 # float and the quantized network,
 #
 # $$
-# \hat b = b - \big(\hat W^\top \mathbb E[\hat x] - W^\top \mathbb E[x]\big) .
+# \widehat{\mathrm{bias}} = \mathrm{bias} - \big(\hat W^\top \mathbb E[\hat x] - W^\top \mathbb E[x]\big) .
 # $$
 #
 # `correction.bias_correction` measures both means on the calibration data, layer by layer, each layer seeing the
@@ -188,8 +193,9 @@ show("+ bias correction", score(folded, w4_bc))
 # the correction never saw — and the logit SQNR goes from 22.2 to 27.1 dB, a larger step than the grid search took.
 #
 # DFQ also gives a version that needs no data: if the BatchNorm after the previous layer says its output channel
-# is $\mathcal N(\beta_c, \gamma_c^2)$, the mean after the ReLU is that of a clipped normal, $\mathbb E[x_c] =
-# \beta_c \Phi(\beta_c/\gamma_c) + \gamma_c \varphi(\beta_c/\gamma_c)$. It reaches only the layers whose input is
+# is $\mathcal N(\delta_c, \gamma_c^2)$ (its learned shift and scale, as chapter 7 names them), the mean after the
+# ReLU is that of a clipped normal, $\mathbb E[x_c] = \delta_c \Phi(\delta_c/\gamma_c) + \gamma_c
+# \varphi(\delta_c/\gamma_c)$. It reaches only the layers whose input is
 # such a ReLU — here conv2; not conv1 (the image) nor the dense layer (after max-pooling, and the max of four
 # clipped normals is not a clipped normal) — and it ignores the error coming in from earlier layers:
 
@@ -253,15 +259,15 @@ plt.show()
 # The logits move by 4.8e-06 at most (float32 rounding): the function is the same. conv1's output channels, whose
 # ranges spanned a factor 3.0, now span 2.0, the same as conv2's input channels — the geometric mean of the two
 # spreads. Bias absorption is the other half of DFQ: if a channel's output is at least $c_i$ for almost every input (DFQ
-# takes $c_i = \max(0, \beta_i - 3\gamma_i)$ from the BatchNorm), $c_i$ can move out of the ReLU into the next
+# takes $c_i = \max(0, \delta_i - 3\gamma_i)$ from the BatchNorm), $c_i$ can move out of the ReLU into the next
 # layer's bias, and the activation's grid gets a finer step. On this network no channel qualifies:
 
 # %%
 absorbed = correction.absorb_bias(equalized.model, x_test[:1], equalized.statistics)
 for path, (mean, std) in equalized.statistics.items():
     print(
-        f"{path}: beta - 3 gamma > 0 in {int(np.sum(np.asarray(mean - 3 * std) > 0))} of {len(mean)} channels; "
-        f"largest beta / gamma {float(np.max(np.asarray(mean / std))):.2f}"
+        f"{path}: delta - 3 gamma > 0 in {int(np.sum(np.asarray(mean - 3 * std) > 0))} of {len(mean)} channels; "
+        f"largest delta / gamma {float(np.max(np.asarray(mean / std))):.2f}"
     )
 print(
     "biases changed by absorption:",
@@ -272,7 +278,7 @@ print(
 )
 
 # %% [markdown]
-# Every BatchNorm here centres its channel near zero ($\beta_c / \gamma_c$ is at most 0.08) with about unit
+# Every BatchNorm here centres its channel near zero ($\delta_c / \gamma_c$ is at most 0.08) with about unit
 # spread, so no channel is positive "almost always": absorption is the identity on this network, and the rows
 # below are equalization alone. Equalization changes the activations' ranges too (conv1's outputs are divided by
 # $s$), so the equalized model gets its own calibration; its layer SQNRs are measured against the equalized float
@@ -297,20 +303,21 @@ for bits in (8, 4):
 #
 # Keep the grid and choose, per weight, $\lfloor W/s \rfloor$ or $\lfloor W/s \rfloor + 1$ — whichever makes the
 # layer's output closest, not the weight. AdaRound relaxes the choice to $h(V) \in [0, 1]$, a "rectified sigmoid"
-# $h(V) = \operatorname{clamp}(\sigma(V)(\zeta - \gamma) + \gamma, 0, 1)$ with $\zeta = 1.1$, $\gamma = -0.1$,
-# which reaches 0 and 1 exactly, and minimises
+# $h(V) = \operatorname{clamp}(1.2\,\sigma(V) - 0.1,\ 0,\ 1)$ (a sigmoid stretched so that it reaches 0 and 1
+# exactly), and minimises
 #
 # $$
 # \frac1N \big\lVert XW - \hat X\, s \operatorname{clamp}(\lfloor W/s \rfloor + h(V)) \big\rVert_F^2
-# + \lambda \sum_{ij} \big(1 - |2h(V_{ij}) - 1|^\beta\big)
+# + \lambda \sum_{ij} \big(1 - |2h(V_{ij}) - 1|^p\big)
 # $$
 #
-# with Adam (optax), $\lambda = 0.01$, the regulariser switched on after the first 0.2 of the steps and $\beta$
-# annealed from 20 to 2, so that every $h$ ends at 0 or 1 and the rounding is hard. $\hat X$ are the layer's inputs
-# in the network whose earlier layers are already quantized and $X$ those in the float network: the rounding also
-# compensates the error that arrives. The squared norm expands into $\hat X^\top \hat X$, $\hat X^\top(\hat X - X)$
-# and $(\hat X - X)^\top (\hat X - X)$, so each step is exact over all the calibration data at the cost of a few
-# products of the size of $X^\top X$ (`gptq.reconstruction_error`).
+# with Adam (optax), $\lambda = 0.01$, the regulariser switched on after the first 0.2 of the steps and its
+# exponent $p$ (the paper's β, `beta` here) annealed from 20 to 2, so that every $h$ ends at 0 or 1 and the
+# rounding is hard. $\hat X$ are the layer's inputs in the network whose earlier layers are already quantized and
+# $X$ those in the float network: the rounding also compensates the error that arrives. The squared norm expands
+# into $\hat X^\top \hat X$, $\hat X^\top(\hat X - X)$ and $(\hat X - X)^\top (\hat X - X)$, so each step is exact
+# over all the calibration data at the cost of a few products of the size of $X^\top X$
+# (`gptq.reconstruction_error`).
 #
 # The AdaRound paper opens with an experiment (its first table): round one layer 100 times at random — each weight
 # up with probability equal to its fractional part — and compare with nearest rounding. Here on conv2 at 4 bits, by
@@ -318,8 +325,9 @@ for bits in (8, 4):
 
 # %%
 ADAROUND = {"iterations": 1000, "learning_rate": 0.01, "regularization": 0.01, "beta": (20.0, 2.0), "warmup": 0.2}
+stretch = correction.ZETA - correction.GAMMA
 print(
-    f"zeta {correction.ZETA}, gamma {correction.GAMMA}: h = clip(sigmoid(V) * {correction.ZETA - correction.GAMMA:.1f} "
+    f"the paper's zeta {correction.ZETA} and gamma {correction.GAMMA}: h = clip({stretch:.1f} sigmoid(V) "
     f"{correction.GAMMA:+.1f}, 0, 1); {ADAROUND}"
 )
 fmt4 = w4.weight_format
@@ -363,7 +371,7 @@ plt.show()
 # ## 5. GPTQ: round one row, move the rest
 #
 # GPTQ keeps the same objective in its symmetric form, $\lVert \hat X W - \hat X \hat W \rVert^2 = \frac12
-# \operatorname{tr}(\Delta^\top H \Delta)$ with $H = 2\hat X^\top \hat X$, and rounds the kernel one input row at a
+# \operatorname{tr}(E^\top H E)$ with $H = 2\hat X^\top \hat X$, and rounds the kernel one input row at a
 # time. After row $i$ is rounded, the rows not yet rounded move to cancel its error as well as a quadratic allows:
 # $w_j \mathrel{-}= U_{ij}(w_i - s\,q_i)/U_{ii}$ for $j > i$, with $U$ the upper Cholesky factor of $H^{-1}$
 # (dampened by 0.01 times its mean diagonal). The updates are applied lazily, in blocks of 128 rows, so that they
