@@ -304,7 +304,8 @@ for name, values in times.items():
 # %%
 dc = compression.deep_compression(model, splits.x_train, splits.y_train)
 print("per-layer sparsity:", {path: f"{value:.1%}" for path, value in pruning.sparsity(dc.pruned).items()})
-print("bits per shared weight:", dict(compression.DeepCompressionConfig().bits))
+bits_per_layer = dict(compression.DeepCompressionConfig().bits)
+print("bits per shared weight:", bits_per_layer)
 stages = {
     "float32, dense": (compression.compress(folded, sparse=False), False),
     "pruned: sparse, float32 values": (compression.compress(dc.pruned), False),
@@ -331,11 +332,11 @@ print("for comparison, Deep Compression (Han et al., Table 1): LeNet-300-100 40x
 
 # %% [markdown]
 # Pruning alone makes the file 16.2× smaller (each survivor still costs 32 bits and a gap), weight sharing takes
-# it to 36.1×, Huffman coding to 37.8× and half-precision biases to 42.5×: 938 bytes for the whole network, at the
-# float model's accuracy (the +0.33 points are one test image, noise). That is as far as the paper's LeNets went,
-# on a network with fewer weights to lose. Centroid fine-tuning is what makes 4-bit sharing free: k-means alone
-# leaves the test loss at 0.077, and a few hundred steps on 16 numbers per layer bring it to 0.050. Where do the
-# bytes go, and why does Huffman coding gain so little?
+# it to 38.0×, Huffman coding to 40.1× and half-precision biases to 45.4×: 877 bytes for the whole network, at the
+# float model's accuracy (the +0.33 points are one test image, noise). That is further than the paper's LeNets
+# went, on a network with far fewer weights to lose. Centroid fine-tuning is what makes 4-bit sharing free: k-means
+# alone leaves the test loss at 0.077, and a few hundred steps on 16 numbers per layer bring it to 0.050. Where do
+# the bytes go, and why does Huffman coding gain so little?
 
 
 # %%
@@ -361,15 +362,20 @@ print(
     f"codebooks: {codebook_bytes} bytes; biases: {bias_bytes} bytes; together "
     f"{(codebook_bytes + bias_bytes) / table[-1][1]:.0%} of the whole file's {table[-1][1]} bytes"
 )
-print(f"a codebook: {4 * len(sparse_tensors['dense.kernel'].centroids)} bytes per layer")
+for name, tensor in sparse_tensors.items():
+    used = len(tensor.centroids)
+    unused = 2 ** bits_per_layer[name.split(".")[0]] - used
+    print(f"{name} codebook: {used} centroids used, {4 * used} bytes; {unused} unused, not stored")
 print(f"Huffman coding saved {table[3][1] - table[4][1]} bytes")
 
 # %% [markdown]
 # Each cluster index carries less than its 4 bits of information (2.69 to 3.48), and the gaps between survivors
 # are close to their entropy already in the best fixed width the encoder picks for each layer, so Huffman coding can
-# only remove the difference: 49 bytes. The paper's layers had hundreds of thousands of weights; here 38 % of the
-# file is what no entropy coder touches — the codebooks (16 float32 centroids, 64 bytes a layer, 192 in all) and
-# the biases. conv1 pays most per weight: its 58 survivors carry a whole codebook.
+# only remove the difference: 54 bytes. The paper's layers had hundreds of thousands of weights; here 34 % of the
+# file is what no entropy coder touches — the codebooks (136 bytes) and the biases (161). conv1 pays most per
+# weight: its 58 survivors carry a codebook of 13 float32 centroids. Why not 16? Linear initialisation spreads the
+# centroids evenly over the range of the surviving weights, and some land where no weight is: 3, 4 and 7 of the 16
+# per layer end up with no member, and the file stores only the centroids that some weight uses.
 #
 # What k-means did to conv2:
 
@@ -389,10 +395,13 @@ figure.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Pruning cut a hole around zero in the distribution, and k-means placed the 16 shared values over the two sides;
-# fine-tuning moved them a little, each by the summed gradient of its members. The file reads back bit for bit —
-# every kernel is exactly the one the fine-tuned model computes with — and a truncated or corrupted file is refused
-# with an error that says so, never read as a different model (the tests cut and flip bits everywhere in it):
+# Pruning cut a hole around zero in the distribution, and the linear initialisation put centroids across the
+# whole range, hole included. k-means moved the others onto the two sides, and fine-tuning moved them further, each
+# by the summed gradient of its members; a centroid in the hole has no members, so neither step moves it.
+#
+# The file reads back bit for bit — every kernel is exactly the one the fine-tuned model computes with — and a
+# truncated or corrupted file is refused with an error that says so, never read as a different model (the tests cut
+# and flip bits everywhere in it):
 
 # %%
 path = compression.write_compressed(dc.compressed, out_dir, force=True)["model"]

@@ -289,9 +289,9 @@ class CompressedModel:
 def compress(model: nnx.Module, *, bias_dtype: str = "float32", sparse: bool = True) -> CompressedModel:
     """The compressed form of a model: shared kernels as codebooks, kernels with zeros as sparse tensors.
 
-    A layer wrapped with :class:`SharedWeights` gives a codebook tensor; a plain kernel with zeros (with
-    ``sparse=True``) a sparse tensor of raw values; every other array — dense kernels, biases (in ``bias_dtype``),
-    any state outside the layers — a dense tensor. :func:`decompress` returns exactly the kernels the model computes
+    A layer wrapped with :class:`SharedWeights` gives a codebook tensor (of the centroids its weights use); a plain
+    kernel with zeros (with ``sparse=True``) a sparse tensor of raw values; every other array — dense kernels, biases
+    (in ``bias_dtype``), any state outside the layers — a dense tensor. :func:`decompress` returns exactly the kernels the model computes
     with (and the biases rounded to ``bias_dtype``).
 
     Args:
@@ -324,8 +324,12 @@ def compress(model: nnx.Module, *, bias_dtype: str = "float32", sparse: bool = T
             shared = layer.weight_quantizer
             indices = np.asarray(shared.indices[...]).ravel()
             positions = np.flatnonzero(indices >= 0)
+            # A centroid no weight uses (linear initialisation can leave some in the gap pruning cut around zero)
+            # is not stored: the codebook keeps the used ones, in order, and the indices are renumbered.
+            used, renumbered = np.unique(indices[positions], return_inverse=True)
+            centroids = np.asarray(shared.centroids[...])[used]
             tensors[f"{path}.kernel"] = SparseTensor(
-                tuple(inner.kernel.shape), positions, None, np.asarray(shared.centroids[...]), indices[positions]
+                tuple(inner.kernel.shape), positions, None, centroids, renumbered.ravel()
             )
         else:
             kernel = np.asarray(inner.kernel[...], np.float32)
