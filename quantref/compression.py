@@ -291,8 +291,8 @@ def compress(model: nnx.Module, *, bias_dtype: str = "float32", sparse: bool = T
 
     A layer wrapped with :class:`SharedWeights` gives a codebook tensor (of the centroids its weights use); a plain
     kernel with zeros (with ``sparse=True``) a sparse tensor of raw values; every other array — dense kernels, biases
-    (in ``bias_dtype``), any state outside the layers — a dense tensor. :func:`decompress` returns exactly the kernels the model computes
-    with (and the biases rounded to ``bias_dtype``).
+    (in ``bias_dtype``), any state outside the layers — a dense tensor. :func:`decompress` returns exactly the
+    kernels the model computes with (and the biases rounded to ``bias_dtype``).
 
     Args:
       model: an NNX model of conv and dense layers, plain or wrapped by :func:`share_weights` (no other
