@@ -2,7 +2,8 @@
 
 ``quantref tour`` runs every chapter (rendering each into its site page), renders the conformance page and builds
 the site; ``quantref chapter N`` runs one chapter; ``quantref export onnx|tflite OUT_DIR`` writes the quantized model
-for onnxruntime or LiteRT; ``quantref vectors OUT_DIR`` writes test vectors for other backends and
+for onnxruntime or LiteRT; ``quantref compress OUT_DIR`` writes the Deep-Compressed model file;
+``quantref vectors OUT_DIR`` writes test vectors for other backends and
 ``quantref check OUT_DIR RESULTS`` checks a backend's results against them; ``quantref cache path|clear`` shows or
 clears the trained-model cache.
 """
@@ -152,6 +153,24 @@ def cmd_export(args: argparse.Namespace) -> int:
 _EXPORT_EXTRAS = {"onnx": "tour", "tflite": "litert"}
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    """Deep-compress the walkthrough model (prune, share weights, Huffman-code) and write ``model.qrc``."""
+    from quantref import _files, compression, data, train
+
+    try:
+        _files.check_output_dir(args.out_dir, force=args.force)
+        splits = data.load_splits()
+        result = compression.deep_compression(
+            train.load_or_train(progress=False), splits.x_train, splits.y_train, progress=False
+        )
+        paths = compression.write_compressed(result.compressed, args.out_dir, force=args.force)
+    except (ValueError, TypeError) as error:
+        raise CommandError(str(error)) from error
+    for name, path in paths.items():
+        print(f"{name:>12}: {path} ({Path(path).stat().st_size:,} bytes)")
+    return 0
+
+
 def cmd_vectors(args: argparse.Namespace) -> int:
     """Write the test vectors (``manifest.json`` and ``cases/*.npz``) into OUT_DIR."""
     from quantref import vectors
@@ -228,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--observer", default="min_max", help="calibration method for the activations")
     export.set_defaults(func=cmd_export)
+
+    compress = commands.add_parser(
+        "compress", help="Deep-compress the walkthrough model (prune, share weights, Huffman) into OUT_DIR/model.qrc"
+    )
+    compress.add_argument("out_dir")
+    compress.add_argument(
+        "--force", action="store_true", help="replace quantref's files in a non-empty OUT_DIR (other files are kept)"
+    )
+    compress.set_defaults(func=cmd_compress)
 
     vectors = commands.add_parser("vectors", help="write test vectors for other backends into OUT_DIR")
     vectors.add_argument("out_dir")

@@ -184,3 +184,15 @@ def test_export_force_killed_leaves_the_old_or_the_new_set(tmp_path, export_sets
     assert state == (["new"] if kill_after is None else ["old"])
     assert (out / "notes.txt").read_text() == "the user's"
     assert sorted(p.name for p in out.iterdir()) == sorted([*FILES, "notes.txt"])
+
+
+@pytest.mark.slow
+def test_cli_compress_writes_a_file_that_reads_back(tmp_path, capsys):
+    from quantref import cli, compression
+
+    out = tmp_path / "compressed"
+    assert cli.main(["compress", str(out)]) == 0
+    model = compression.read_compressed(out / "model.qrc")
+    assert isinstance(model, compression.CompressedModel)
+    assert cli.main(["compress", str(out)]) == 2  # not empty, no --force
+    assert "not empty" in capsys.readouterr().err
