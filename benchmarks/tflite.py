@@ -7,8 +7,10 @@ Quantizes the walkthrough CNN (int8 activations, per-channel int8 weights), writ
 times ``invoke()`` with each of LiteRT's kernel sets (reference kernels, optimized builtin kernels, the default
 XNNPACK delegate). Also prints the two files' sizes and the accuracy of each on the test split.
 
-Prints medians and the ratio int8/float (below 1 means the int8 model is faster). No number here is a test
-assertion: the machines are shared and noisy.
+Prints medians and the ratio int8/float (below 1 means the int8 model is faster). Then the cost of quantref's
+prediction of each kernel set: ``integer.integer_forward`` (jit) in each TFLite mode, against the same path in
+``"onnxruntime"`` mode (float32 requantization), timed in the same run. No number here is a test assertion: the
+machines are shared and noisy.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import platform
 import tempfile
+import time
 
 import numpy as np
 from kernels import median_seconds  # benchmarks/kernels.py, beside this script
@@ -28,9 +31,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import ai_edge_litert
+    import jax
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from quantref import data, nn, ptq, train
+    from quantref import data, integer, nn, ptq, train
     from quantref.export import tflite
 
     splits = data.load_splits()
@@ -71,6 +75,22 @@ def main() -> None:
                 times[name] = median_seconds(runner.invoke, args.repeats)
             float_ms, int8_ms = times["float"] * 1e3, times["model"] * 1e3
             print(f"{kernels:<12} {batch:>6} {float_ms:>10.3f} {int8_ms:>10.3f} {int8_ms / float_ms:>11.2f}")
+    print("quantref's prediction (integer_forward, jit), batch 1024, against its onnxruntime mode (interleaved)")
+    x = splits.x_test[rng.integers(0, len(splits.x_test), 1024)]
+    forwards = {}
+    for mode in ("onnxruntime", *tflite.MODES.values()):
+        rescale = integer.multipliers(qmodel, mode)
+        forwards[mode] = jax.jit(lambda x, rescale=rescale: integer.integer_forward(qmodel, rescale, x).output)
+        forwards[mode](x).block_until_ready()
+    samples = {mode: [] for mode in forwards}
+    for _ in range(args.repeats):  # one call of each mode per round: the same load for all
+        for mode, forward in forwards.items():
+            start = time.perf_counter()
+            forward(x).block_until_ready()
+            samples[mode].append(time.perf_counter() - start)
+    medians = {mode: float(np.median(times)) * 1e3 for mode, times in samples.items()}
+    for mode, ms in medians.items():
+        print(f"{mode:<18} {ms:>8.3f} ms {ms / medians['onnxruntime']:>6.2f}")
 
 
 if __name__ == "__main__":
