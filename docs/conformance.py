@@ -459,6 +459,122 @@ for real in (0.3, 0.0013, 3.05e-5, 0.999):
 table(["M", "q_m", "shift", "differ", "max err double", "max err single", "worst case"], rows)
 
 # %% [markdown]
+# ## LiteRT: three kernel sets, three sets of integers
+#
+# LiteRT, TFLite's runtime, runs an int8 model with one of three kernel sets, picked by its op resolver, and on
+# x86-64 they do not round alike. `quantref.runtimes.litert` has the arithmetic of each, and `quantref.integer`
+# predicts a whole network with each (modes `"tflite"`, `"tflite-optimized"`, `"tflite-xnnpack"`; chapter 9 runs
+# the walkthrough CNN through all three, bit for bit):
+#
+# | kernel set (resolver) | QUANTIZE | CONV_2D | FULLY_CONNECTED | DEQUANTIZE |
+# |---|---|---|---|---|
+# | reference (`BUILTIN_REF`) | $f_{32}(x/s)$, half away | gemmlowp | float64 | one rounding |
+# | optimized (`BUILTIN_WITHOUT_DEFAULT_DELEGATES`) | by position | ruy | ruy | by position |
+# | XNNPACK (`AUTO`) | $x \cdot f_{32}(1/s)$, half to even | float32 | float32 | one rounding |
+#
+# - **gemmlowp**: $M$ as a 31-bit fixed-point multiplier; a rounding high multiply (ties up), then a rounding shift
+#   with ties away from zero. **ruy**: the same multiplier and high multiply, then a shift with ties *up*.
+# - **float64**: $\operatorname{round}(f_{64}(\mathrm{acc} \cdot M))$, half away from zero. **float32**:
+#   onnxruntime's formula, $\operatorname{rne}(f_{32}(f_{32}(\mathrm{acc}) \cdot f_{32}(M)))$.
+# - **by position**: the optimized kernels walk the flattened tensor in blocks of 8 — QUANTIZE as
+#   $\operatorname{rne}(x \cdot f_{32}(1/s))$, DEQUANTIZE as $f_{32}(f_{32}(qs) - f_{32}(zs))$ — and the last
+#   $n \bmod 8$ values in a scalar loop: $\operatorname{round}(f_{64}(x/s))$ half away, and $f_{32}((q - z)s)$,
+#   one rounding.
+#
+# Out of range the two TFLite QUANTIZE kernels hit x86's INT32_MIN and wrap when adding the zero point; XNNPACK
+# saturates. With `ai-edge-litert` installed (the `litert` extra) the counts below come from the live interpreter,
+# running small models that quantref writes (`quantref.export.tflite.model_bytes`), and the page checks that quantref
+# predicts every output bit for bit; without it they are quantref's predictions. QUANTIZE first, on the values of
+# the next section plus every tie $x = (k + \tfrac12)s$, in one tensor whose size leaves the optimized kernel a
+# scalar tail; then the special values, with a zero point at which the wrap and the saturation part ways:
+
+# %%
+from quantref.export import tflite  # noqa: E402
+
+LITERT = importlib.util.find_spec("ai_edge_litert") is not None
+if LITERT:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+
+def litert_run(network, x, kernels, io="float"):
+    """A kernel set's output: quantref's prediction, or the live interpreter's, checked to be the same bits."""
+    ours = tflite.predict(network, x, kernels=kernels, io=io)
+    if not LITERT:
+        return ours
+    resolver = getattr(OpResolverType, tflite.RESOLVERS[kernels])
+    runner = Interpreter(model_content=tflite.model_bytes(network, io=io), experimental_op_resolver_type=resolver)
+    index = runner.get_input_details()[0]["index"]
+    runner.resize_tensor_input(index, list(x.shape))
+    runner.allocate_tensors()
+    runner.set_tensor(index, x)
+    runner.invoke()
+    return agree(runner.get_tensor(runner.get_output_details()[0]["index"]), ours, f"LiteRT ({kernels})")
+
+
+def pairwise(codes):
+    """How many codes each pair of kernel sets disagrees on."""
+    pairs = (("reference", "optimized"), ("reference", "xnnpack"), ("optimized", "xnnpack"))
+    return [(f"{a} vs {b}", f"{int(np.sum(codes[a] != codes[b]))} of {codes[a].size}") for a, b in pairs]
+
+
+def quantize_codes(x, scale, zero_point):
+    """Each kernel set's QUANTIZE codes, from a QUANTIZE → DEQUANTIZE model: (q - z)·s divided back by s and
+    rounded recovers q exactly."""
+    network = tflite.Network((x.size,), tflite.Quant(float(scale), zero_point), ())
+    return {
+        kernels: np.rint(litert_run(network, x[None], kernels)[0].astype(np.float64) / np.float64(scale)).astype(int)
+        + zero_point
+        for kernels in tflite.KERNELS
+    }
+
+
+values = (np.random.default_rng(1).standard_normal(200_000) * 0.5).astype(np.float32)
+ties = ((np.arange(-128, 127) + 0.5) * np.float64(np.float32(0.0123))).astype(np.float32)
+x = np.concatenate([values, ties])  # 200,255 values: the last 7 (ties) are the optimized kernel's scalar tail
+table(["QUANTIZE", "codes that differ"], pairwise(quantize_codes(x, 0.0123, -7)))
+special = np.float32([np.nan, np.inf, -np.inf, 1e30, -1e30, 3e9])
+codes = quantize_codes(special, 0.1, 7)
+table(["x"] + [f"{kernels}, z = 7" for kernels in tflite.KERNELS], zip(special, *codes.values()))
+
+# %% [markdown]
+# Then the integer layers: one CONV_2D (3×3, 16 channels, per-channel scales) and one FULLY_CONNECTED (256 inputs,
+# 10 outputs) on random int8 inputs, int8 in and out, so only the requantization differs. The reference CONV_2D
+# and the optimized kernels share their fixed-point multiplier and differ only in the final shift's negative ties;
+# the reference FULLY_CONNECTED rounds one float64 product; XNNPACK rounds one float32 product, like onnxruntime.
+
+# %%
+rng = np.random.default_rng(7)
+conv = tflite.Conv2D(
+    "conv",
+    rng.integers(-127, 128, (3, 3, 4, 16)).astype(np.int8),
+    (rng.uniform(0.5, 2, 16) * 2e-3).astype(np.float32),
+    rng.integers(-3000, 3000, 16).astype(np.int32),
+    tflite.Quant(0.05, -10),
+)
+dense = tflite.FullyConnected(
+    "dense",
+    rng.integers(-127, 128, (256, 10)).astype(np.int8),
+    (rng.uniform(0.5, 2, 10) * 1e-3).astype(np.float32),
+    rng.integers(-3000, 3000, 10).astype(np.int32),
+    tflite.Quant(0.2, 3),
+)
+layers = {
+    "CONV_2D": (tflite.Network((8, 8, 4), tflite.Quant(0.02, 5), (conv,)), (256, 8, 8, 4)),
+    "FULLY_CONNECTED": (tflite.Network((256,), tflite.Quant(0.02, 5), (dense,)), (2048, 256)),
+}
+for name, (network, shape) in layers.items():
+    x = rng.integers(-128, 128, shape).astype(np.int8)
+    codes = {kernels: litert_run(network, x, kernels, io="int8") for kernels in tflite.KERNELS}
+    table([name, "codes that differ"], pairwise(codes))
+
+# %% [markdown]
+# Every count is a set of ties (for XNNPACK, also products within float32 rounding of a tie, and for the fixed-point
+# kernels results that their double rounding moves), and quantref reproduces each kernel set's side of every one.
+# A kernel written to match one LiteRT kernel set is therefore off by one code, here and there, against the others:
+# decide which one it follows, and test at constructed ties. XNNPACK's layers requantize as onnxruntime does, but
+# its QUANTIZE multiplies by $f_{32}(1/s)$, which onnxruntime's QuantizeLinear does not.
+
+# %% [markdown]
 # ## Where they agree
 #
 # Off the ties and the special values the runtimes agree. Quantizing 200,000 normally distributed values to int8
