@@ -2,13 +2,15 @@
 transcription, and the integer-only CNN in every mode against an independent numpy implementation (int64, and
 float64 where LiteRT uses double: tests/litert_reference.py) and against the fake-quant simulation."""
 
+import dataclasses
+
 import jax.numpy as jnp
 import litert_reference as reference
 import numpy as np
 import pytest
 
 from quantref import integer, ptq
-from quantref.runtimes import tflite
+from quantref.runtimes import litert, tflite
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -160,6 +162,24 @@ def test_onnxruntime_requantize_rounds_before_adding_the_zero_point():
     )
 
 
+def test_each_multiplier_type_requantizes_as_its_runtime():
+    """M = 1/4 on accumulators around the ties: the four rules of the four multiplier types, side by side."""
+    acc = jnp.array([-10, -6, -3, -2, 1, 2, 6, 10], jnp.int32)  # acc / 4: -2.5 -1.5 -0.75 -0.5 0.25 0.5 1.5 2.5
+    quantized, shift = tflite.quantize_multiplier(0.25)
+    rules = {
+        "float32": integer.FloatMultiplier(jnp.float32(0.25)),  # half to even
+        "gemmlowp": integer.FixedPointMultiplier(jnp.int32(quantized), jnp.int32(shift)),
+        "ruy": integer.RuyMultiplier(jnp.int32(quantized), jnp.int32(shift)),
+        "float64": litert.encode_float64(0.25),  # an integer.Float64Multiplier: half away from zero
+    }
+    got = {name: np.asarray(integer.requantize(acc, m, jnp.int32(0), -128, 127)).tolist() for name, m in rules.items()}
+    assert got["float32"] == [-2, -2, -1, 0, 0, 0, 2, 2]
+    assert got["float64"] == [-3, -2, -1, -1, 0, 1, 2, 3]
+    # The fixed-point rules round twice (the high multiply, then the shift): 0.25 -> 1 and -0.75 -> 0 can happen.
+    assert got["gemmlowp"] == [-3, -2, -1, -1, 1, 1, 2, 3]
+    assert got["ruy"] == [-2, -1, 0, 0, 1, 1, 2, 3]
+
+
 # --- the network -------------------------------------------------------------------------------------------------
 
 
@@ -215,6 +235,39 @@ def test_relu_is_the_clamp_only_where_a_relu_follows(qmodel, splits):
     assert int(np.asarray(out.codes["dense.output"]).min()) < int(qmodel.activations["dense.output"].zero_point)
 
 
+def test_multipliers_per_mode_and_layer_kind(qmodel_signed):
+    types = {
+        mode: {path: type(m).__name__ for path, m in integer.multipliers(qmodel_signed, mode).layers.items()}
+        for mode in integer.REQUANTIZATIONS
+    }
+    assert (
+        types["onnxruntime"] == types["tflite-xnnpack"] == dict.fromkeys(("conv1", "conv2", "dense"), "FloatMultiplier")
+    )
+    assert types["tflite"] == {
+        "conv1": "FixedPointMultiplier",
+        "conv2": "FixedPointMultiplier",
+        "dense": "Float64Multiplier",
+    }
+    assert set(types["tflite-optimized"].values()) == {"RuyMultiplier"}
+    ruy, gemmlowp = (
+        integer.multipliers(qmodel_signed, mode).layers["conv1"] for mode in ("tflite-optimized", "tflite")
+    )
+    np.testing.assert_array_equal(
+        ruy.quantized_multiplier, gemmlowp.quantized_multiplier
+    )  # one encoding, two roundings
+
+
+def test_integer_codes_as_input_skip_the_quantization(qmodel_signed, splits):
+    """An int8-I/O model's input: the codes the float path computes give the same network output."""
+    for mode in ("tflite", "tflite-optimized"):
+        rescale = integer.multipliers(qmodel_signed, mode)
+        from_floats = integer.integer_forward(qmodel_signed, rescale, splits.x_test[:16])
+        from_codes = integer.integer_forward(qmodel_signed, rescale, from_floats.codes["conv1.input"])
+        np.testing.assert_array_equal(np.asarray(from_codes.output_q), np.asarray(from_floats.output_q))
+    with pytest.raises(TypeError, match="x must be"):  # uint8 codes for an int8 model are not its codes
+        integer.integer_forward(qmodel_signed, rescale, np.zeros((2, 8, 8, 1), np.uint8))
+
+
 def test_bad_arguments(qmodel):
     with pytest.raises(ValueError, match="requantization"):
         integer.multipliers(qmodel, "tensorrt")
@@ -224,3 +277,6 @@ def test_bad_arguments(qmodel):
         integer.integer_forward(qmodel, None, np.zeros((2, 8, 8, 1), np.float32))
     with pytest.raises(TypeError, match="qmodel"):
         integer.multipliers({"conv1": None})
+    four_bit = dataclasses.replace(qmodel, activation_format=ptq.activation_format(4, signed=False))
+    with pytest.raises(ValueError, match="8-bit"):
+        integer.multipliers(four_bit, "tflite")

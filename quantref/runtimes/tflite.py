@@ -27,6 +27,12 @@ at most 0.5 LSB.
 JAX without ``jax_enable_x64`` has no 64-bit integers, so the 64-bit products are built from 16-bit halves in
 uint32 arithmetic; everything here is ``jax.jit``-compatible and exact on any backend.
 
+These are TFLite's *reference* kernels (LiteRT's ``BUILTIN_REF`` resolver) — except that LiteRT's reference
+FULLY_CONNECTED calls the overload of ``FullyConnectedPerChannel`` that requantizes in float64, not the fixed-point
+one that :func:`fully_connected` here follows (measured against ai-edge-litert 2.3.0). That kernel, the optimized
+kernels' (ruy) rounding and the XNNPACK delegate's, and the QUANTIZE/DEQUANTIZE variants of each are in
+:mod:`quantref.runtimes.litert`.
+
 Subnormal float32 values: :func:`quantize` divides in float32, and JAX (XLA) on CPU flushes subnormal floats to
 zero, unlike TFLite. A scale below the smallest normal float32 (``np.finfo(np.float32).tiny`` ≈ 1.18e-38) raises
 ``ValueError``; subnormal *inputs* ``x`` and subnormal quotients ``x / s`` are flushed to zero here, unlike in
@@ -776,7 +782,3 @@ def conv2d(
         activation_max=int(activation_max),
         single_rounding=bool(single_rounding),
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# argument checks specific to these functions
