@@ -51,7 +51,7 @@ output — is the runtime's choice, and :func:`multipliers` picks one of four, e
 
 The 64-bit products and the float64 steps are emulated in 32-bit integers, so ``jax_enable_x64`` is not needed.
 
-Neither equals the float fake-quant simulation (:func:`quantref.ptq.fake_quant_forward`) bit for bit: there the
+None equals the float fake-quant simulation (:func:`quantref.ptq.fake_quant_forward`) bit for bit: there the
 accumulation is float32 on dequantized values and the rescale is a division $\\text{acc}\\,s_xs_w / s_y$ rounded
 once, so a value within float rounding of a tie lands on the other code; one changed code moves the next layer's
 accumulators, and the difference grows by a few LSB at the logits.
@@ -114,7 +114,8 @@ class IntegerOutput(NamedTuple):
       output_q: the network output's integer codes, in the activation format's storage dtype (uint8 or int8).
       scale: float32 scalar, the output's scale.
       zero_point: int32 scalar, the output's zero point.
-      output: float32, $(\\text{output\\_q} - z) \\cdot s$ (ONNX DequantizeLinear).
+      output: float32, $(\\text{output\\_q} - z) \\cdot s$ as the runtime dequantizes it (ONNX DequantizeLinear,
+        or LiteRT's DEQUANTIZE of the kernel set).
       codes: the integer codes of every stored activation: ``"<path>.input"`` for each layer (after any max-pool
         and flatten before it) and ``"<path>.output"`` for the last layer (after any ReLU, pool or flatten after
         it).
