@@ -194,7 +194,7 @@ def compile_model(model: onnx.ModelProto | str | os.PathLike | bytes, *, flavor:
     if flavor == "onnxruntime":
         types = {name: np.dtype(value.dtype) for name, value in initializers.items()}
         types.update({vi.name: _np_dtype(vi.type.tensor_type.elem_type) for vi in graph.input if _is_tensor(vi)})
-        nodes, added = onnx_qdq.fuse(nodes, initializers, types, set(outputs))
+        nodes, added = onnx_qdq.fuse(nodes, initializers, types, set(outputs), opsets.get("", 1))
         initializers = {**initializers, **added}
     return CompiledModel(onnx, graph, _live(nodes, outputs), initializers, outputs, opsets, flavor)
 

@@ -294,7 +294,8 @@ def _qlinear_average_pool(inputs, attributes, context):
         values = qonnx.dequantize_linear(x, x_scale, _typed(x_zero_point, dtype))
         include_pad = bool(attributes.get("count_include_pad", 0))
         average = _window_average(values, geometry, include_pad)
-        quotient = _arith.rounded(true_divide(average, _scalar(y_scale, "y_scale")))
+        # (XLA would rewrite (a / b) / c as a / (b · c): each quotient is rounded on its own.)
+        quotient = _arith.rounded(true_divide(_arith.rounded(average), _scalar(y_scale, "y_scale")))
         zy = _zero_point(y_zero_point, dtype, "y_zero_point")
         y = _saturate(quotient + zy.astype(jnp.float32), dtype)
     return [jnp.moveaxis(y, 1, -1) if channels_last else y]
@@ -328,3 +329,57 @@ OPS["QLinearAveragePool"] = Op(_qlinear_average_pool, (4, 5), 1, _POOL)
 # onnxruntime's com.microsoft QuantizeLinear/DequantizeLinear (16-bit types before opset 21): the standard rules.
 OPS["QuantizeLinear"] = onnx_ops.OPS["QuantizeLinear"]
 OPS["DequantizeLinear"] = onnx_ops.OPS["DequantizeLinear"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# QLinearSoftmax: a float32 exp table, sums in order, a floored output scale
+
+
+def _softmax_table(x_scale, reduce_len: int, signed: bool) -> jax.Array:
+    """onnxruntime's QlinearBuildLookupTableUint32: ``table[i] = f32(exp((i − 255 + shift) · s_x))`` in double,
+    ``shift = max(0, log(FLT_MAX / n) − 5) / s_x`` keeping the row sum finite; signed inputs index from −128."""
+    scale = jnp.asarray(x_scale, jnp.float64).reshape(())
+    ceiling = jnp.float32(np.finfo(np.float32).max) / jnp.float32(reduce_len)
+    shift = jnp.maximum(0.0, jnp.log(ceiling.astype(jnp.float64)) - 5.0) / scale
+    steps = jnp.arange(256, dtype=jnp.float64)
+    values = jnp.exp((steps - 255 + shift) * scale).astype(jnp.float32)
+    if signed:  # entry i is stored at index uint8(i - 128)
+        values = jnp.roll(values, -128)
+    return values
+
+
+def _qlinear_softmax(inputs, attributes, context):
+    x, x_scale, x_zero_point, y_scale = inputs[:4]
+    y_zero_point = inputs[4] if len(inputs) > 4 else None
+    dtype = _code_type(x, "X")
+    opset = int(attributes.get("opset", 13))
+    axis = int(attributes.get("axis", -1 if opset >= 13 else 1)) % x.ndim
+    if opset >= 13:
+        moved = jnp.moveaxis(x, axis, -1)
+        rows = moved.reshape(-1, moved.shape[-1])
+    else:
+        rows = x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
+    length = rows.shape[-1]
+    signed = dtype == np.dtype(np.int8)
+    table = _softmax_table(_scalar(x_scale, "x_scale"), length, signed)
+    wide = rows.astype(jnp.int32)
+    top = jnp.max(wide, axis=-1, keepdims=True)
+    # uint8: the table shifted so that each row's maximum reads entry 255; int8: codes moved so the maximum is 127.
+    index = (wide + 255 - top) if not signed else ((wide + 127 - top) & 255)
+    exps = jnp.take(table, index)
+    total = exps[:, 0]
+    for column in range(1, length):  # the kernel's running sum, one rounding per addition
+        total = _arith.rounded(total) + exps[:, column]
+    scale = jnp.floor(true_divide(jnp.float32(1.0), _scalar(y_scale, "y_scale")))
+    quotient = true_divide(_arith.rounded(exps * scale), total[:, None])
+    zero_point = _zero_point(y_zero_point, dtype, "y_zero_point")
+    codes = _arith.float_to_int32(jnp.round(quotient)) + zero_point
+    # uint8: values above 255 saturate; int8: the kernel writes 255 (that is, -1) above 255 and wraps otherwise.
+    codes = jnp.where(codes > 255, 255, codes)
+    y = codes.astype(jnp.uint8) if not signed else codes.astype(jnp.int8)
+    if opset >= 13:
+        return [jnp.moveaxis(y.reshape(moved.shape), -1, axis)]
+    return [y.reshape(x.shape)]
+
+
+OPS["QLinearSoftmax"] = Op(_qlinear_softmax, (4, 5), 1, ("axis", "opset"))

@@ -5,7 +5,7 @@ arithmetic in float: each Conv, MatMul, Gemm, Add, ... reads DequantizeLinear ou
 onnxruntime's default session (graph optimisations on) does not run it that way: it rewrites every such *node unit*
 into one integer kernel — DQ→Conv→Q into QLinearConv, DQ→MatMul→Q into QLinearMatMul (MatMulIntegerToFloat without
 the Q), DQ→Gemm(→Q) into QGemm, DQ→Add/Mul→Q into QLinearAdd/QLinearMul, DQ→Concat→Q into QLinearConcat,
-DQ→AveragePool/GlobalAveragePool/LeakyRelu/Sigmoid→Q into their QLinear versions — and those kernels round
+DQ→AveragePool/GlobalAveragePool/LeakyRelu/Sigmoid/Softmax→Q into their QLinear versions — and those kernels round
 differently from the float graph (a QLinearConv adds its int32 bias to the accumulator and requantizes once; the
 float graph adds a dequantized bias in float and quantizes the float sum). :func:`fuse` makes the same decisions,
 so that :func:`~quantref.runtimes.onnx_graph.run_model` computes what deploys:
@@ -15,17 +15,20 @@ so that :func:`~quantref.runtimes.onnx_graph.run_model` computes what deploys:
    backward across them, by inserting Q→DQ pairs with the same parameters. The values do not change (quantizing a
    dequantized code gives the code back, and these operators only move or select values) but more operators end up
    between a DQ and a Q.
-2. **Selection** (``QDQSelectorActionTransformer``'s selectors): an operator is a unit when every input it has comes
+2. **int8 to uint8** (``QDQS8ToU8Transformer``): a Q→DQ pair with an int8 zero point, where the Q has no other
+   consumer, is converted to uint8 (codes and zero point + 128, the same dequantized values). A Q that feeds several
+   DQs keeps int8, so the units on either side of it may see mixed types and stay float.
+3. **Selection** (``QDQSelectorActionTransformer``'s selectors): an operator is a unit when every input it has comes
    from a DequantizeLinear and, except for MatMul and Gemm, its only consumer is one QuantizeLinear (possibly
    through a Relu or Clip that the Q's range makes redundant); input and output types agree (int8 activations need
    int8 weights; a Conv or Gemm bias must be int32); 16-bit and 4-bit types are not fused (there is no integer
    kernel for them), and such units stay float.
-3. **Replacement**: the unit's target becomes one integer node reading the DQs' inputs and writing the Q's output.
+4. **Replacement**: the unit's target becomes one integer node reading the DQs' inputs and writing the Q's output.
    What DQ and Q nodes no longer feed anything is dropped by the interpreter.
 
 Everything else runs as written: data movement between a DQ and a Q with equal parameters gives the same codes
 either way, so the ``drop`` rules (DQ→MaxPool→Q becoming an integer MaxPool, and so on) need not be reproduced.
-Not reproduced: the Where and Softmax units (QLinearWhere, QLinearSoftmax) and the DQ→MatMul→MatMulNBits rewrite of
+Not reproduced: the Where unit (QLinearWhere) and the DQ→MatMul→MatMulNBits rewrite of
 block-quantized weights; those stay float (not bit-exact), and ``DoubleQDQPairsRemover``, which merges two
 consecutive Q→DQ pairs with different parameters.
 
@@ -53,6 +56,7 @@ _UNARY = {
     "GlobalAveragePool": "QLinearGlobalAveragePool",
     "LeakyRelu": "QLinearLeakyRelu",
     "Sigmoid": "QLinearSigmoid",
+    "Softmax": "QLinearSoftmax",
 }
 _BINARY = {"Add": "QLinearAdd", "Mul": "QLinearMul"}
 _EIGHT_BIT = (np.dtype(np.int8), np.dtype(np.uint8))
@@ -91,6 +95,7 @@ def fuse(
     initializers: Mapping[str, np.ndarray],
     value_types: Mapping[str, np.dtype],
     graph_outputs: set[str],
+    opset: int,
 ) -> tuple[list[Node], dict[str, np.ndarray]]:
     """The nodes onnxruntime's optimised session runs for a QDQ graph (see the module docstring).
 
@@ -99,18 +104,21 @@ def fuse(
       initializers: constant tensors by name (the scales and zero points the rules look at).
       value_types: the element type of every graph input and initializer (more are inferred from the nodes).
       graph_outputs: names of the graph's outputs (a unit never swallows one).
+      opset: the model's ai.onnx opset (QLinearSoftmax computes as its Softmax version does).
 
     Returns:
       The rewritten nodes (topological order kept) and the constants they add (zero points a DQ left implicit).
     """
-    graph = _Graph(list(nodes), dict(initializers), dict(value_types), set(graph_outputs))
+    graph = _Graph(list(nodes), dict(initializers), dict(value_types), set(graph_outputs), opset)
     graph.propagate()
+    graph.signed_to_unsigned()
     return graph.select(), graph.added
 
 
 class _Graph:
-    def __init__(self, nodes, initializers, value_types, graph_outputs):
+    def __init__(self, nodes, initializers, value_types, graph_outputs, opset):
         self.nodes = nodes
+        self.opset = opset
         self.initializers = initializers
         self.types = value_types
         self.graph_outputs = graph_outputs
@@ -236,7 +244,37 @@ class _Graph:
                 return
             value = before
 
-    # --- 2 and 3. selection and replacement ----------------------------------------------------------------------
+    # --- 2. int8 Q→DQ pairs to uint8 ------------------------------------------------------------------------------
+
+    def signed_to_unsigned(self) -> None:
+        """``QDQS8ToU8Transformer``: a Q whose only consumer is a DQ, both with the same constant int8 zero point,
+        becomes a uint8 pair (codes and zero point + 128; the dequantized values do not change). Pairs whose Q feeds
+        several DQs stay int8 — and then their units' types may no longer agree, so they stay float."""
+        for position, q in enumerate(self.nodes):
+            if not q.is_op("QuantizeLinear") or len(q.inputs) != 3 or q.outputs[0] in self.graph_outputs:
+                continue
+            edges = self.consumers(q.outputs[0])
+            if len(edges) != 1 or not edges[0][0].is_op("DequantizeLinear") or len(edges[0][0].inputs) != 3:
+                continue
+            dq = edges[0][0]
+            # EnsureUniqueDQForNodeUnit has given each consumer of a shared DQ its own copy: the Q then feeds several.
+            if len(self.consumers(dq.outputs[0])) + (dq.outputs[0] in self.graph_outputs) != 1:
+                continue
+            zero_points = [self.initializers.get(name) for name in (q.inputs[2], dq.inputs[2])]
+            if any(z is None or np.asarray(z).size != 1 or np.asarray(z).dtype != np.int8 for z in zero_points):
+                continue
+            value = int(np.asarray(zero_points[0]).reshape(())) + 128
+            if value != int(np.asarray(zero_points[1]).reshape(())) + 128:
+                continue
+            name = self.fresh("qdq_s8_to_u8_zero_point")
+            self.initializers[name] = self.added[name] = np.asarray(value, np.uint8)
+            self.types[name] = np.dtype(np.uint8)
+            self.types.pop(q.outputs[0], None)
+            self.nodes[position] = q._replace(inputs=(q.inputs[0], q.inputs[1], name))
+            index = self.nodes.index(dq)
+            self.nodes[index] = dq._replace(inputs=(dq.inputs[0], dq.inputs[1], name))
+
+    # --- 3 and 4. selection and replacement ----------------------------------------------------------------------
 
     def select(self) -> list[Node]:
         result = []
@@ -422,6 +460,8 @@ def _select_unary(graph: _Graph, node: Node):
     attributes = dict(node.attributes)
     if node.op_type in ("AveragePool", "GlobalAveragePool"):
         attributes["channels_last"] = 0
+    if node.op_type == "Softmax":
+        attributes["opset"] = graph.opset
     inputs = [*graph.parameters(dqs[0]), *graph.parameters(q)]
     return _fused(node, _UNARY[node.op_type], _MS, inputs, q.outputs, attributes, [node, q, clip, *dqs]), q
 
