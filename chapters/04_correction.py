@@ -71,7 +71,7 @@ activation_ranges = ptq.calibrate_activations(folded, x_calib)
 
 def score(float_model, qmodel, reference=float_activations):
     """Accuracy, logit SQNR (dB) and per-layer output SQNR (dB) of a quantized model on the test split."""
-    logits, activations = correction.fake_quant_forward(float_model, qmodel, x_test)
+    logits, activations = ptq.fake_quant_forward(float_model, qmodel, x_test)
     sqnr = float(rounding.sqnr_db(float_logits, logits))
     return ptq.accuracy(logits, y_test), sqnr, correction.layer_sqnr(reference, activations)
 
@@ -174,7 +174,7 @@ show("W4A8 per-channel, MSE", score(folded, w4_mse))
 
 # %%
 def channel_mean_error(qmodel, path):
-    _, activations = correction.fake_quant_forward(folded, qmodel, x_test)
+    _, activations = ptq.fake_quant_forward(folded, qmodel, x_test)
     error = np.asarray(activations[f"{path}.output"] - float_activations[f"{path}.output"])
     return error.reshape(-1, error.shape[-1]).mean(axis=0) / np.std(np.asarray(float_activations[f"{path}.output"]))
 

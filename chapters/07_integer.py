@@ -211,10 +211,11 @@ plt.show()
 # What is left is how to compute $\operatorname{round}(M\,\text{acc})$, and runtimes differ:
 #
 # - **onnxruntime**: $M$ in float32, $y = \operatorname{rne}(f_{32}(f_{32}(\text{acc})\cdot M)) + z_y$;
-# - **TFLite**: $M = q_m 2^{e-31}$ with a 31-bit integer $q_m$, applied by a rounding high multiply and a rounding
-#   shift — integers only, two roundings.
+# - **TFLite** (LiteRT's reference convolution): $M = q_m 2^{e-31}$ with a 31-bit integer $q_m$, applied by a
+#   rounding high multiply and a rounding shift — integers only, two roundings.
 #
-# Both come from the oracle (`quantref.runtimes.onnx.requantize`, `quantref.runtimes.tflite.requantize`), the same
+# (LiteRT's other kernel sets round differently again; `integer.REQUANTIZATIONS` has a mode for each, and chapter 9
+# runs them against LiteRT itself.) Both come from the oracle (`quantref.runtimes.onnx.requantize`, `quantref.runtimes.tflite.requantize`), the same
 # functions that are checked bit for bit against the runtimes. How far is each from the float fake-quant
 # simulation, in logit codes?
 
@@ -223,7 +224,7 @@ x_fake, fake_activations = ptq.fake_quant_forward(folded, qmodel, x_test)
 logits_quant = qmodel.activations["dense.output"]
 fake_codes = np.round(np.asarray(x_fake) / float(logits_quant.scale)) + int(logits_quant.zero_point)
 results = {}
-for requantization in integer.REQUANTIZATIONS:
+for requantization in ("onnxruntime", "tflite"):
     rescale = integer.multipliers(qmodel, requantization)
     out = results[requantization] = integer.integer_forward(qmodel, rescale, x_test)
     lsb = np.abs(np.asarray(out.output_q).astype(int) - fake_codes)

@@ -15,8 +15,8 @@ model of ``nnx.Conv`` and ``nnx.Linear`` layers, over the model pipeline (:mod:`
   the layers in order (:func:`quantize_sequentially`), each seeing the inputs the quantized layers before it make.
 
 Every method ends in a :class:`quantref.ptq.QuantizedModel`, which integer inference and ONNX export take as they
-take any other; :func:`with_weights` builds one from given integer kernels, :func:`fake_quant_model` simulates one
-with *its* codes.
+take any other; :func:`quantref.ptq.with_weights` builds one from given integer kernels, and
+:func:`quantref.ptq.fake_quant_model` simulates one with *its* codes.
 
 Two formulas that some write-ups call "error correction" are not: $x_c = x_q + \\alpha (x - x_q)$ needs the float
 $x$ at inference (if $x$ is known, there is nothing to correct) and lands between grid points; and dequantization
@@ -32,7 +32,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
@@ -56,9 +55,6 @@ __all__ = [
     "equalization_pairs",
     "equalize",
     "absorb_bias",
-    "with_weights",
-    "fake_quant_model",
-    "fake_quant_forward",
     "mse_scales",
     "bias_correction",
     "analytic_bias_correction",
@@ -275,95 +271,6 @@ def absorb_bias(
 # --- quantized models with given weights -------------------------------------------------------------------------
 
 
-def with_weights(
-    model: nnx.Module,
-    qmodel: ptq.QuantizedModel,
-    *,
-    kernels: Mapping[str, tuple[jax.Array, jax.Array]] | None = None,
-    biases: Mapping[str, jax.Array] | None = None,
-) -> ptq.QuantizedModel:
-    """``qmodel`` with some integer kernels replaced and every bias requantized, $b_q = \\operatorname{rne}(b /
-    f_{32}(s_{in} s_w))$ as :func:`quantref.ptq.quantize_model` does, from ``biases`` or else ``model``'s bias.
-
-    Args:
-      model: the float model that ``qmodel`` quantizes.
-      qmodel: its :class:`~quantref.ptq.QuantizedModel` (its activation grids are kept).
-      kernels: ``{path: (codes, scale)}``, codes in the kernel's layout or as its
-        :func:`~quantref.gptq.kernel_matrix`, scale ``()`` or ``(out,)``.
-      biases: ``{path: float bias (out,)}`` in place of the model's.
-
-    Returns:
-      The new :class:`~quantref.ptq.QuantizedModel`.
-
-    Raises:
-      ValueError: for a path that ``qmodel`` does not quantize, or codes or a scale of the wrong shape.
-    """
-    kernels, biases = dict(kernels or {}), dict(biases or {})
-    unknown = sorted((set(kernels) | set(biases)) - set(qmodel.layers))
-    if unknown:
-        raise ValueError(f"kernels and biases name layers that qmodel does not quantize: {unknown}")
-    layers = {}
-    for path, quant in qmodel.layers.items():
-        layer = _layer(model, path)
-        codes, scale = kernels.get(path, (quant.kernel, quant.kernel_scale))
-        codes, scale = jnp.asarray(codes).reshape(layer.kernel.shape).astype(jnp.int8), jnp.asarray(scale, jnp.float32)
-        if scale.shape not in ((), (codes.shape[-1],)):
-            raise ValueError(f"the scale of {path} must be () or ({codes.shape[-1]},), got {scale.shape}")
-        bias_scale = np.float32(qmodel.activations[f"{path}.input"].scale) * np.asarray(scale, np.float32)
-        bias_scale = np.broadcast_to(bias_scale, (codes.shape[-1],))
-        layers[path] = ptq.LayerQuant(codes, scale, _bias_codes(biases.get(path, _bias(layer)), bias_scale))
-    return dataclasses.replace(qmodel, layers=layers)
-
-
-def fake_quant_model(model: nnx.Module, qmodel: ptq.QuantizedModel) -> nnx.Module:
-    """A copy of ``model`` that computes with ``qmodel``'s own integer kernels and biases, and its activation grids.
-
-    Each quantized layer's kernel becomes its dequantized codes $s_w q$ and its bias $s_{in} s_w b_q$ — values on
-    their grids already, so only activations need fake quantizers (:class:`quantref.ptq.FakeQuant` on each layer's
-    input, and on the output of output layers). :func:`quantref.ptq.fake_quant_model` rounds the float kernel to
-    nearest instead, which would undo AdaRound and GPTQ.
-
-    Args:
-      model: the float model that ``qmodel`` quantizes.
-      qmodel: its :class:`~quantref.ptq.QuantizedModel`.
-
-    Returns:
-      The fake-quant model (:class:`quantref.nn.QuantLayer` s with input and output quantizers).
-    """
-    clone = nnx.clone(model)
-    for path, quant in qmodel.layers.items():
-        layer = _layer(clone, path)
-        scale = np.asarray(quant.kernel_scale, np.float32)
-        layer.kernel[...] = jnp.asarray(np.asarray(quant.kernel, np.float32) * scale, layer.kernel[...].dtype)
-        bias_scale = np.float32(qmodel.activations[f"{path}.input"].scale) * scale  # f32(s_in * s_w)
-        _set_bias(layer, np.asarray(quant.bias, np.float32) * bias_scale)
-
-    def activation(name: str) -> ptq.FakeQuant | None:
-        quant = qmodel.activations.get(name)
-        return None if quant is None else ptq.FakeQuant(quant.scale, quant.zero_point, qmodel.activation_format)
-
-    def wrap(path: str, layer: nnx.Module) -> nn.QuantLayer | None:
-        if path not in qmodel.layers:
-            return None
-        inner = _layer(clone, path)
-        return nn.QuantLayer(
-            inner, input_quantizer=activation(f"{path}.input"), output_quantizer=activation(f"{path}.output")
-        )
-
-    return nn.swap_layers(clone, wrap)
-
-
-def fake_quant_forward(
-    model: nnx.Module, qmodel: ptq.QuantizedModel, x: jax.Array | np.ndarray
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Runs :func:`fake_quant_model` on ``x``: ``(output, activations)`` as :func:`quantref.nn.capture` records them.
-
-    Compiled once per model structure and activation grid, so one compilation serves every weight grid and every
-    correction of a model.
-    """
-    return _capture(fake_quant_model(model, qmodel), x)
-
-
 def mse_scales(model: nnx.Module, qmodel: ptq.QuantizedModel, *, num_candidates: int = 100) -> ptq.QuantizedModel:
     """``qmodel`` with each kernel on the scales that minimise its squared error (:func:`quantref.gptq.weight_scale`
     with ``method="mse"``, ``qmodel``'s granularity), rounded to nearest; ``num_candidates`` as there."""
@@ -373,7 +280,7 @@ def mse_scales(model: nnx.Module, qmodel: ptq.QuantizedModel, *, num_candidates:
         per_channel = quant.kernel_scale.ndim == 1
         scale = gptq.weight_scale(kernel, fmt, per_channel=per_channel, method="mse", num_candidates=num_candidates)
         kernels[path] = (gptq.round_to_nearest(kernel, scale, fmt), scale)
-    return with_weights(model, qmodel, kernels=kernels)
+    return ptq.with_weights(model, qmodel, kernels=kernels)
 
 
 # --- bias correction ---------------------------------------------------------------------------------------------
@@ -409,12 +316,12 @@ def bias_correction(
     batches = _batches(calibration_x, batch_size)
     biases: dict[str, jax.Array] = {}
     for path in qmodel.layer_order():
-        current = fake_quant_model(model, with_weights(model, qmodel, biases=biases))
+        current = ptq.fake_quant_model(model, ptq.with_weights(model, qmodel, biases=biases))
         layer = _layer(model, path)
         quantized_mean = _dequantized(qmodel, path).T @ _mean_rows(current, path, batches)
         float_mean = gptq.kernel_matrix(layer.kernel[...]).T @ _mean_rows(model, path, batches)
         biases[path] = _bias(layer) - (quantized_mean - float_mean)
-    return with_weights(model, qmodel, biases=biases)
+    return ptq.with_weights(model, qmodel, biases=biases)
 
 
 def analytic_bias_correction(
@@ -462,7 +369,7 @@ def analytic_bias_correction(
         matrix = gptq.kernel_matrix(layer.kernel[...])
         expected = jnp.tile(mean, matrix.shape[0] // len(mean))  # input rows are (..., channel), channel fastest
         biases[path] = _bias(layer) - (_dequantized(qmodel, path) - matrix).T @ expected
-    return with_weights(model, qmodel, biases=biases)
+    return ptq.with_weights(model, qmodel, biases=biases)
 
 
 # --- choosing the rounding: AdaRound ----------------------------------------------------------------------------
@@ -604,9 +511,9 @@ def layer_statistics(
     model: nnx.Module, qmodel: ptq.QuantizedModel, path: str, calibration_x: np.ndarray, *, batch_size: int = 256
 ) -> gptq.ReconstructionStats:
     """One layer's :class:`~quantref.gptq.ReconstructionStats` over calibration data: from its input rows in the
-    float ``model`` ($X$) and in ``qmodel``'s :func:`fake_quant_model` ($\\hat X$, whose ``gram`` is
+    float ``model`` ($X$) and in ``qmodel``'s :func:`quantref.ptq.fake_quant_model` ($\\hat X$, whose ``gram`` is
     :func:`quantref.nn.input_statistics`'s there)."""
-    quantized = fake_quant_model(model, qmodel)
+    quantized = ptq.fake_quant_model(model, qmodel)
     batches = _batches(calibration_x, batch_size)
     return functools.reduce(
         gptq.ReconstructionStats.__add__,
@@ -643,7 +550,7 @@ def quantize_sequentially(
         stats = layer_statistics(model, qmodel, path, calibration_x)
         scale = qmodel.layers[path].kernel_scale
         codes = quantize_layer(gptq.kernel_matrix(_layer(model, path).kernel[...]), scale, stats)
-        qmodel = with_weights(model, qmodel, kernels={path: (codes, scale)})
+        qmodel = ptq.with_weights(model, qmodel, kernels={path: (codes, scale)})
     return qmodel
 
 
@@ -687,7 +594,7 @@ def gptq_model(
 
 def layer_sqnr(expected: Mapping[str, jax.Array], got: Mapping[str, jax.Array]) -> dict[str, float]:
     """Each layer's output SQNR in dB, $10 \\log_{10} \\sum y^2 / \\sum (\\hat y - y)^2$, between two recordings of
-    :func:`quantref.nn.capture` or :func:`fake_quant_forward` (``"<path>.output"``).
+    :func:`quantref.nn.capture` or :func:`quantref.ptq.fake_quant_forward` (``"<path>.output"``).
 
     Args:
       expected: the float network's activations $y$.
@@ -743,12 +650,6 @@ def _scale_channels(first: nnx.Module, second: nnx.Module, scale: np.ndarray) ->
     second.kernel[...] = jnp.asarray((second_kernel * scale[:, None]).reshape(shape), jnp.float32)
 
 
-def _bias_codes(bias: jax.Array, scale: np.ndarray) -> jax.Array:
-    # As quantref.ptq quantizes biases: clip in float64, since in float32 2**31 - 1 rounds up to 2**31.
-    codes = np.round(np.asarray(bias, np.float32) / scale)
-    return jnp.asarray(np.clip(codes.astype(np.float64), -(2**31 - 1), 2**31 - 1).astype(np.int32))
-
-
 def _dequantized(qmodel: ptq.QuantizedModel, path: str) -> jax.Array:
     quant = qmodel.layers[path]
     return gptq.kernel_matrix(quant.kernel.astype(jnp.float32) * jnp.asarray(quant.kernel_scale, jnp.float32))
@@ -761,17 +662,6 @@ def _batches(x: np.ndarray, batch_size: int) -> list[jax.Array]:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     return [jnp.asarray(x[start : start + batch_size]) for start in range(0, len(x), batch_size)]
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _capture_jit(graphdef, state, x):
-    return nn.capture(nnx.merge(graphdef, state), x)
-
-
-def _capture(model: nnx.Module, x: jax.Array | np.ndarray):
-    """:func:`quantref.nn.capture`, compiled once per model structure (not once per call)."""
-    graphdef, state = nnx.split(model)
-    return _capture_jit(graphdef, state, jnp.asarray(x, jnp.float32))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

@@ -32,6 +32,7 @@ References:
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -52,6 +53,7 @@ __all__ = [
     "QuantLayer",
     "find_layers",
     "capture",
+    "capture_jit",
     "input_statistics",
     "input_rows",
     "trace",
@@ -409,6 +411,38 @@ def capture(
     return output, dict(record)
 
 
+def capture_jit(
+    model: nnx.Module,
+    x: jax.Array | np.ndarray,
+    *,
+    select: str | Sequence[str] | None = None,
+    skip: str | Sequence[str] | None = None,
+) -> tuple[Any, dict[str, jax.Array]]:
+    """:func:`capture`, jit-compiled once per model structure (the NNX graph definition) and layer selection.
+
+    The model's weights are arguments of the compiled function, so a model with other weights — corrected, pruned,
+    quantized differently — of the same structure reuses the compilation.
+
+    Args:
+      model: any NNX module called as ``model(x)``.
+      x: the model's input batch.
+      select: path patterns of the layers to record (see :func:`find_layers`).
+      skip: path patterns of layers not to record.
+
+    Returns:
+      ``(output, activations)`` as :func:`capture`.
+    """
+    x = check_input(x, "x")
+    find_layers(model, select, skip)  # checks the arguments before tracing
+    graphdef, state = nnx.split(model)
+    return _capture_compiled(graphdef, _patterns(select, "select"), _patterns(skip, "skip"), state, x)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _capture_compiled(graphdef, select, skip, state, x):
+    return capture(nnx.merge(graphdef, state), x, select=select, skip=skip)
+
+
 class InputStatistics(NamedTuple):
     """Statistics of a layer's input rows $X$ (one row per output position, :func:`input_rows`) over calibration data.
 
@@ -505,7 +539,10 @@ def input_statistics(
     layers = find_layers(model, select, skip)
     totals: dict[str, dict[str, Any]] = {}
     for batch in batches:
-        _, activations = capture(model, batch, select=select, skip=skip, forward=forward)
+        if forward is _call:
+            _, activations = capture_jit(model, batch, select=select, skip=skip)
+        else:
+            _, activations = capture(model, batch, select=select, skip=skip, forward=forward)
         for path, layer in layers.items():
             rows = input_rows(layer, activations[f"{path}.input"]).astype(jnp.float32)
             entry = totals.setdefault(path, {"count": 0, "sum": 0.0, "min": None, "max": None, "gram": 0.0})

@@ -55,6 +55,8 @@ __all__ = [
     "calibrate_activations",
     "quantize_model",
     "fake_quant_model",
+    "with_weights",
+    "quantize_bias",
     "from_fake_quant",
     "fake_quant_forward",
     "accuracy",
@@ -149,17 +151,6 @@ class FakeQuant(nnx.Module):
         return affine.fake_quant(x, self.scale[...], self.zero_point[...], self.fmt, axis=self.axis)
 
 
-class _BiasQuant(nnx.Module):
-    """Rounds a bias to its int32 grid ($s_{in}s_w$) and back, saturating at $\\pm(2^{31}-1)$."""
-
-    def __init__(self, scale: jax.Array):
-        self.scale = nnx.Variable(jnp.asarray(scale, jnp.float32))
-
-    def __call__(self, bias: jax.Array) -> jax.Array:
-        scale = self.scale[...]
-        return jnp.clip(jnp.round(bias / scale), -INT32_MAX, INT32_MAX) * scale
-
-
 def _check_bits(bits: int, name: str) -> int:
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 8:
         raise ValueError(f"{name} must be an int in 2..8, got {bits!r}")
@@ -226,17 +217,6 @@ def _batches(x: np.ndarray, batch_size: int) -> list[jax.Array]:
     return [jnp.asarray(x[start : start + batch_size]) for start in range(0, len(x), int(batch_size))]
 
 
-def _jit_capture(model: nnx.Module, select: Any = None, skip: Any = None):
-    """``capture`` of ``model``, jit-compiled once for the model's structure."""
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def run(state: nnx.State, x: jax.Array):
-        return nn.capture(nnx.merge(graphdef, state), x, select=select, skip=skip)
-
-    return lambda x: run(state, x)
-
-
 def _layer_order(model: nnx.Module, network: nn.Trace, select: Any, skip: Any) -> list[str]:
     chosen = nn.find_layers(model, select, skip)
     order = [path for path in network.layer_steps() if path in chosen]
@@ -293,8 +273,7 @@ def calibrate_activations(
     names = [f"{path}.input" for path in order] + [
         f"{path}.output" for path in network.output_layers() if path in order
     ]
-    run = _jit_capture(model, select, skip)
-    recorded = [run(batch)[1] for batch in batches]
+    recorded = [nn.capture_jit(model, batch, select=select, skip=skip)[1] for batch in batches]
     stored = {name: _stored_tensor(network, name) for name in names}
     return {
         name: ranges.calibrate(obs, [stored[name](activations) for activations in recorded], progress=False)
@@ -338,13 +317,6 @@ def _quantize_kernel(kernel: jax.Array, fmt: formats.IntFormat, per_channel: boo
     scale, _ = affine.scale_zero_point(-absmax, absmax, fmt, symmetric=True)
     codes = affine.quantize(kernel, scale, None, fmt, axis=-1 if per_channel else None)
     return codes.astype(jnp.int8), scale
-
-
-def _quantize_bias(bias: jax.Array, scale: np.ndarray) -> jax.Array:
-    codes = np.round(np.asarray(bias, np.float32) / scale)
-    # Clip in float64: in float32, 2**31 - 1 rounds up to 2**31, which the int32 cast would wrap to -2**31 (a dead
-    # channel, all-zero weights with a bias, has a tiny bias scale and hits this).
-    return jnp.asarray(np.clip(codes.astype(np.float64), -INT32_MAX, INT32_MAX).astype(np.int32))
 
 
 def quantize_model(
@@ -431,18 +403,20 @@ def quantize_model(
         input_scale = activations[f"{path}.input"].scale
         bias_scale = np.float32(input_scale) * np.asarray(scale, np.float32)  # f32(s_in * s_w)
         bias = layer.bias[...] if layer.bias is not None else jnp.zeros(codes.shape[-1], jnp.float32)
-        layers[path] = LayerQuant(codes, scale, _quantize_bias(bias, bias_scale))
+        layers[path] = LayerQuant(codes, scale, quantize_bias(bias, bias_scale))
     return QuantizedModel(layers, activations, network, w_fmt, a_fmt)
 
 
 def fake_quant_model(model: nnx.Module, qmodel: QuantizedModel) -> nnx.Module:
-    """A copy of the float model with each quantized layer swapped for a fake-quant :class:`quantref.nn.QuantLayer`.
+    """A copy of the float model that computes with ``qmodel``'s own integers: its simulation in float ("fake quant").
 
-    Each layer's input is fake-quantized on its activation grid, its kernel on the weight grid with the quantized
-    model's scales, its bias on its int32 grid; output layers also fake-quantize their output. The result computes
-    in float32 what the integer network computes with integers, up to float rounding in the accumulation and the
-    rescale (see :mod:`quantref.integer`). Any model works, including those that integer inference refuses
-    (residual adds, average pooling): what is not a layer stays float.
+    Each quantized layer's kernel becomes its dequantized codes $s_w W_q$ and its bias $f_{32}(s_{in} s_w)\\,b_q$ —
+    the quantized model's values, whatever chose them (round-to-nearest, AdaRound, GPTQ, a correction) — and the
+    layer is wrapped in a :class:`quantref.nn.QuantLayer` that fake-quantizes its input on its activation grid (and
+    its output, for output layers). The result computes in float32 what the integer network computes with
+    integers, up to float rounding in the accumulation and the rescale (see :mod:`quantref.integer`). Any model
+    works, including those that integer inference refuses (residual adds, average pooling): what is not a layer
+    stays float.
 
     References:
       Jacob et al., arXiv:1712.05877, 2017, sec. 3.
@@ -453,6 +427,9 @@ def fake_quant_model(model: nnx.Module, qmodel: QuantizedModel) -> nnx.Module:
 
     Returns:
       The fake-quant model; call it as the original.
+
+    Raises:
+      TypeError: if ``qmodel`` is not a :class:`QuantizedModel`.
     """
     if not isinstance(qmodel, QuantizedModel):
         raise TypeError(f"qmodel must be a QuantizedModel from quantize_model, got {type(qmodel).__name__}")
@@ -467,19 +444,93 @@ def fake_quant_model(model: nnx.Module, qmodel: QuantizedModel) -> nnx.Module:
             return None
         quant = qmodel.layers[path]
         inner = layer.layer if isinstance(layer, nn.QuantLayer) else layer
+        scale = np.asarray(quant.kernel_scale, np.float32)
+        inner.kernel[...] = jnp.asarray(np.asarray(quant.kernel, np.float32) * scale, inner.kernel[...].dtype)
+        bias = np.asarray(quant.bias, np.float32) * _bias_scale(qmodel, path, scale)
+        if inner.bias is None:
+            inner.bias, inner.use_bias = nnx.Param(jnp.asarray(bias)), True
+        else:
+            inner.bias[...] = jnp.asarray(bias, inner.bias[...].dtype)
+        # The kernel is on its grid already, so the weight quantizer returns it unchanged; it is there so that the
+        # layer says what its grid is (from_fake_quant reads the integers back through it).
         axis = None if quant.kernel_scale.ndim == 0 else inner.kernel.ndim - 1
-        bias_scale = qmodel.activations[f"{path}.input"].scale * quant.kernel_scale
+        zero = jnp.zeros_like(quant.kernel_scale, jnp.int32)
         return nn.QuantLayer(
             inner,
-            weight_quantizer=FakeQuant(
-                quant.kernel_scale, jnp.zeros_like(quant.kernel_scale, jnp.int32), qmodel.weight_format, axis
-            ),
+            weight_quantizer=FakeQuant(quant.kernel_scale, zero, qmodel.weight_format, axis),
             input_quantizer=activation(f"{path}.input"),
             output_quantizer=activation(f"{path}.output"),
-            bias_quantizer=_BiasQuant(bias_scale) if inner.bias is not None else None,
         )
 
     return nn.swap_layers(model, wrap)
+
+
+def with_weights(
+    model: nnx.Module,
+    qmodel: QuantizedModel,
+    *,
+    kernels: dict[str, tuple[jax.Array, jax.Array]] | None = None,
+    biases: dict[str, jax.Array] | None = None,
+) -> QuantizedModel:
+    """``qmodel`` with some integer kernels replaced and every bias requantized on its grid (:func:`quantize_bias`).
+
+    This is how an algorithm that chooses integer weights (AdaRound, GPTQ, MSE scales) or corrects biases hands its
+    result back as a :class:`QuantizedModel` that :func:`fake_quant_model`, integer inference and export take.
+
+    Args:
+      model: the float model that ``qmodel`` quantizes (its biases are used where ``biases`` has none).
+      qmodel: the quantized model (its activation grids are kept).
+      kernels: ``{path: (codes, scale)}``: codes in the kernel's layout (or any array of its size, e.g. the
+        ``(in, out)`` matrix of a convolution), scale ``()`` or ``(out,)``.
+      biases: ``{path: float bias (out,)}`` in place of the model's.
+
+    Returns:
+      The new :class:`QuantizedModel`.
+
+    Raises:
+      ValueError: for a path that ``qmodel`` does not quantize, or codes or a scale of the wrong shape.
+    """
+    kernels, biases = dict(kernels or {}), dict(biases or {})
+    unknown = sorted((set(kernels) | set(biases)) - set(qmodel.layers))
+    if unknown:
+        raise ValueError(f"kernels and biases name layers that qmodel does not quantize: {unknown}")
+    layers = {}
+    for path, quant in qmodel.layers.items():
+        layer = nn.get_module(model, path)
+        layer = layer.layer if isinstance(layer, nn.QuantLayer) else layer
+        codes, scale = kernels.get(path, (quant.kernel, quant.kernel_scale))
+        if np.size(codes) != np.prod(layer.kernel.shape):
+            raise ValueError(
+                f"the codes of {path} must have {np.prod(layer.kernel.shape)} entries, got {np.shape(codes)}"
+            )
+        codes, scale = jnp.asarray(codes).reshape(layer.kernel.shape).astype(jnp.int8), jnp.asarray(scale, jnp.float32)
+        if scale.shape not in ((), (codes.shape[-1],)):
+            raise ValueError(f"the scale of {path} must be () or ({codes.shape[-1]},), got {scale.shape}")
+        bias = biases.get(path, layer.bias[...] if layer.bias is not None else jnp.zeros(codes.shape[-1]))
+        bias_scale = np.broadcast_to(_bias_scale(qmodel, path, scale), (codes.shape[-1],))
+        layers[path] = LayerQuant(codes, scale, quantize_bias(bias, bias_scale))
+    return dataclasses.replace(qmodel, layers=layers)
+
+
+def quantize_bias(bias: jax.Array | np.ndarray, scale: np.ndarray) -> jax.Array:
+    """A bias on its int32 grid: $b_q = \\operatorname{clamp}(\\operatorname{rne}(b / s_{bias}), \\pm(2^{31}-1))$.
+
+    Args:
+      bias: float biases ``(out,)``.
+      scale: $s_{bias} = f_{32}(s_{in} s_w)$, ``()`` or ``(out,)``.
+
+    Returns:
+      int32 codes ``(out,)``.
+    """
+    codes = np.round(np.asarray(bias, np.float32) / np.asarray(scale, np.float32))
+    # Clip in float64: in float32, 2**31 - 1 rounds up to 2**31, which the int32 cast would wrap to -2**31 (a dead
+    # channel, all-zero weights with a bias, has a tiny bias scale and hits this).
+    return jnp.asarray(np.clip(codes.astype(np.float64), -INT32_MAX, INT32_MAX).astype(np.int32))
+
+
+def _bias_scale(qmodel: QuantizedModel, path: str, kernel_scale: np.ndarray) -> np.ndarray:
+    """$f_{32}(s_{in} s_w)$, the scale of a layer's bias and accumulator."""
+    return np.float32(qmodel.activations[f"{path}.input"].scale) * np.asarray(kernel_scale, np.float32)
 
 
 def from_fake_quant(model: nnx.Module, x: jax.Array | np.ndarray) -> QuantizedModel:
@@ -530,7 +581,7 @@ def from_fake_quant(model: nnx.Module, x: jax.Array | np.ndarray) -> QuantizedMo
             activations[f"{path}.output"] = ActivationQuant(out_scale, out_zero)
         bias = layer.layer.bias[...] if layer.layer.bias is not None else jnp.zeros(codes.shape[-1], jnp.float32)
         bias_scale = np.float32(in_scale) * np.asarray(w_scale, np.float32)
-        layers[path] = LayerQuant(codes.astype(jnp.int8), w_scale, _quantize_bias(bias, bias_scale))
+        layers[path] = LayerQuant(codes.astype(jnp.int8), w_scale, quantize_bias(bias, bias_scale))
         weight_formats.add(w_fmt)
         activation_formats.add(a_fmt)
     if len(weight_formats) != 1 or len(activation_formats) != 1:
@@ -554,7 +605,10 @@ def _quantizer_parameters(quantizer: Any, name: str) -> tuple[jax.Array, jax.Arr
 def fake_quant_forward(
     model: nnx.Module, qmodel: QuantizedModel, x: jax.Array | np.ndarray
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Runs :func:`fake_quant_model` on ``x`` (jit-compiled) and records every layer's input and output.
+    """Runs :func:`fake_quant_model` on ``x`` and records every layer's input and output.
+
+    Compiled once per model structure and activation grid (:func:`quantref.nn.capture_jit`), so one compilation
+    serves every weight grid and every correction of a model.
 
     Args:
       model: the float model.
@@ -566,10 +620,11 @@ def fake_quant_forward(
       ``"<path>.output"`` the layer's output (fake-quantized for output layers).
     """
     x = _check_batch(x, "x", allow_empty=True)
-    run = _jit_capture(fake_quant_model(model, qmodel))
+    simulated = fake_quant_model(model, qmodel)
     if len(x) == 0:  # an empty batch gives an empty result, shaped as one row would be
-        return jax.tree.map(lambda leaf: leaf[:0], run(jnp.zeros((1, *x.shape[1:]), jnp.float32)))
-    return run(jnp.asarray(x))
+        one = nn.capture_jit(simulated, jnp.zeros((1, *x.shape[1:]), jnp.float32))
+        return jax.tree.map(lambda leaf: leaf[:0], one)
+    return nn.capture_jit(simulated, jnp.asarray(x))
 
 
 def accuracy(logits: jax.Array | np.ndarray, labels: np.ndarray) -> float:
@@ -622,7 +677,7 @@ def accuracy_table(
       ``config="float32"``.
     """
     test_x = jnp.asarray(_check_batch(test_x, "test_x"))
-    float_logits, _ = _jit_capture(model)(test_x)
+    float_logits, _ = nn.capture_jit(model, test_x)
     rows: list[dict[str, object]] = [
         {"config": "float32", "weights": "-", "observer": "-", "accuracy": accuracy(float_logits, test_y)}
     ]

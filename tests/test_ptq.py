@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from quantref import nn, ptq, ranges
+from quantref import integer, nn, ptq, ranges
 
 LAYERS = {"conv1": 16, "conv2": 32, "dense": 10}
 
@@ -159,3 +159,24 @@ def test_from_fake_quant_reads_back_the_quantized_model(qmodel, folded, splits):
 def test_from_fake_quant_needs_quantizers(folded, splits):
     with pytest.raises(ValueError, match="'conv1' must be a QuantLayer"):
         ptq.from_fake_quant(folded, splits.x_calib[:1])
+
+
+def test_fake_quant_model_computes_with_the_quantized_models_own_codes(qmodel, folded, splits):
+    # Codes that round-to-nearest would not choose (as AdaRound or GPTQ may): the simulation must use them.
+    codes = np.asarray(qmodel.layers["conv2"].kernel).astype(np.int32)
+    moved = np.clip(codes + np.where(codes % 2 == 0, 1, -1), -127, 127)
+    scale = qmodel.layers["conv2"].kernel_scale
+    changed = ptq.with_weights(folded, qmodel, kernels={"conv2": (moved, scale)})
+    np.testing.assert_array_equal(changed.layers["conv2"].kernel, moved.astype(np.int8))
+    np.testing.assert_array_equal(changed.layers["conv2"].bias, qmodel.layers["conv2"].bias)  # same bias grid
+    simulated = ptq.fake_quant_model(folded, changed)
+    np.testing.assert_array_equal(simulated.conv2.effective_kernel(), moved.astype(np.float32) * np.asarray(scale))
+    # ... and the integer path, which computes with the codes, agrees with it on every prediction.
+    fake, _ = ptq.fake_quant_forward(folded, changed, splits.x_test)
+    out = integer.integer_forward(changed, integer.multipliers(changed), splits.x_test)
+    assert np.mean(np.argmax(fake, 1) == np.argmax(out.output, 1)) >= 0.99
+
+
+def test_quantize_bias_saturates_and_rounds_half_to_even():
+    codes = ptq.quantize_bias(np.array([2.5, 3.5, -2.5, 1e30, -1e30], np.float32), np.float32(1.0))
+    np.testing.assert_array_equal(codes, [2, 4, -2, 2**31 - 1, -(2**31 - 1)])
