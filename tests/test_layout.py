@@ -25,12 +25,25 @@ LAYERS = {
         set(),
     ),
     "oracle": (["quantref.runtimes", "quantref.runtimes.*"], {"numerics"}),
-    "models": (["quantref.data", "quantref.cache", "quantref.models", "quantref.train", "quantref.nn"], {"numerics"}),
+    "models": (
+        [
+            "quantref.data",
+            "quantref.cache",
+            "quantref.models",
+            "quantref.train",
+            "quantref.nn",
+            "quantref.text",
+            "quantref.transformer",
+        ],
+        {"numerics"},
+    ),
     "algorithms": (
         [
             "quantref.ptq",
             "quantref.correction",
             "quantref.gptq",
+            "quantref.weight_only",
+            "quantref.scaling",
             "quantref.pruning",
             "quantref.compression",
             "quantref.coding",

@@ -1,0 +1,370 @@
+"""Per-channel scaling between an operation and the layers after it: SmoothQuant and AWQ.
+
+A linear layer does not care how its input channels are scaled, as long as its kernel rows are scaled back:
+
+$$
+x\\,W = \\big(x\\,\\operatorname{diag}(s)^{-1}\\big)\\big(\\operatorname{diag}(s)\\,W\\big) \\qquad (s_j > 0).
+$$
+
+When the operation that produces $x$ can absorb the division — a LayerNorm (divide its scale $\\gamma$ and bias
+$\\beta$), or a linear layer (divide its output columns) — the rescaled network computes the same function at no
+cost (:func:`scale_channels`; the model says which pairs it has, e.g.
+:func:`quantref.transformer.scaling_pairs`). What changes is what quantization sees:
+
+- **SmoothQuant** (Xiao et al. 2022) for W8A8: a few input channels with large activations (the outliers of
+  LLM.int8()) stretch a per-tensor activation grid; dividing them by
+  $s_j = \\max|X_j|^{\\alpha} / \\max|W_{j,:}|^{1-\\alpha}$ moves part of their range into the weights, which have
+  a grid per output channel to absorb it. The migration strength $\\alpha$ decides how much
+  (:func:`smoothquant_scales`, :func:`smooth`).
+- **AWQ** (Lin et al. 2023) for weight-only int4/int3: a weight multiplied by its input's magnitude contributes
+  more to the output, so scaling the rows of salient input channels *up* before rounding protects them. AWQ
+  searches $s = \\overline{|X|}^{\\alpha}$ over a grid of $\\alpha \\in [0, 1]$ for the smallest output error of
+  the quantized layers on calibration data (:func:`awq_scales`, :func:`awq`).
+
+:func:`input_statistics` collects what both need in one pass over calibration data: each layer input's mean
+magnitude and maximum magnitude per channel, and $X^\\top X$.
+
+References:
+  Xiao et al., "SmoothQuant: Accurate and Efficient Post-Training Quantization for Large Language Models",
+  arXiv:2211.10438, 2022, sec. 4 (eq. 4: the migration strength).
+  Lin et al., "AWQ: Activation-aware Weight Quantization for LLM Compression and Acceleration", arXiv:2306.00978,
+  2023, sec. 3.2 (the search over $s_X^{\\alpha}$).
+  Dettmers et al., "LLM.int8(): 8-bit Matrix Multiplication for Transformers at Scale", arXiv:2208.07339, 2022,
+  sec. 4 (outlier features).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from quantref import formats, gptq, nn, weight_only
+
+__all__ = [
+    "ChannelStatistics",
+    "input_statistics",
+    "scale_channels",
+    "smoothquant_scales",
+    "smooth",
+    "awq_scales",
+    "awq",
+]
+
+
+class Pair(Protocol):
+    """What :func:`scale_channels` needs of a pair (e.g. :class:`quantref.transformer.ScalingPair`)."""
+
+    source: str
+    layers: tuple[str, ...]
+    columns: tuple[int, int] | None
+
+
+class ChannelStatistics(NamedTuple):
+    """Per-channel statistics of one layer's input rows $X$ over calibration data.
+
+    Attributes:
+      count: number of rows.
+      abs_mean: ``(in,)``, $\\overline{|X_j|}$ (AWQ's activation magnitude).
+      abs_max: ``(in,)``, $\\max|X_j|$ (SmoothQuant's, and the outlier picture's).
+      gram: ``(in, in)``, $X^\\top X$.
+    """
+
+    count: int
+    abs_mean: jax.Array
+    abs_max: jax.Array
+    gram: jax.Array
+
+
+def input_statistics(
+    model: nnx.Module, batches: Sequence[jax.Array | np.ndarray], *, select: str | Sequence[str] | None = None
+) -> dict[str, ChannelStatistics]:
+    """Accumulates each selected layer's input statistics over calibration batches (one compiled pass each).
+
+    Args:
+      model: any NNX model.
+      batches: input batches.
+      select: path patterns of the layers (:func:`quantref.nn.find_layers`); ``None`` takes all.
+
+    Returns:
+      ``{path: ChannelStatistics}``.
+
+    Raises:
+      ValueError: if ``batches`` is empty.
+    """
+    if len(batches) == 0:
+        raise ValueError("batches must hold at least one batch")
+    paths = tuple(nn.find_layers(model, select))
+    graphdef, state = nnx.split(model)
+    totals: dict[str, list] = {}
+    for batch in batches:
+        # Float inputs, as the pipeline takes them (token ids are exact in float32; see weight_only._as_input).
+        batch_statistics = _statistics_jit(graphdef, paths, state, jnp.asarray(batch, jnp.float32))
+        for path, (count, abs_sum, abs_max, gram) in batch_statistics.items():
+            if path not in totals:
+                totals[path] = [count, abs_sum, abs_max, gram]
+            else:
+                entry = totals[path]
+                totals[path] = [entry[0] + count, entry[1] + abs_sum, jnp.maximum(entry[2], abs_max), entry[3] + gram]
+    return {
+        path: ChannelStatistics(int(count), abs_sum / count, abs_max, gram)
+        for path, (count, abs_sum, abs_max, gram) in totals.items()
+    }
+
+
+def scale_channels(model: nnx.Module, pair: Pair, scale: jax.Array | np.ndarray) -> nnx.Module:
+    """A copy of ``model`` with channel $j$ between ``pair.source`` and ``pair.layers`` divided by $s_j$ on the
+    source's side and multiplied back into the layers' kernel rows — the same function, rescaled.
+
+    The source is a LayerNorm ($\\gamma \\leftarrow \\gamma / s$, $\\beta \\leftarrow \\beta / s$) or a linear layer
+    (its output columns ``pair.columns``, kernel and bias, divided by $s$); each layer's kernel rows are multiplied
+    by $s$.
+
+    Args:
+      model: any NNX model with modules at the pair's paths.
+      pair: the source, the layers and (for a linear source) the columns.
+      scale: ``(channels,)`` positive scales.
+
+    Returns:
+      The rescaled copy; the original is unchanged.
+
+    Raises:
+      ValueError: if a scale is not positive and finite, or its length is not the channels'.
+      TypeError: for a source that is neither a LayerNorm nor a linear layer.
+    """
+    scale = np.asarray(scale, np.float32)
+    if scale.ndim != 1 or not np.all(np.isfinite(scale)) or not np.all(scale > 0):
+        raise ValueError("scale must be a vector of positive finite numbers")
+    clone = nnx.clone(model)
+    source = nn.get_module(clone, pair.source)
+    source = source.layer if isinstance(source, nn.QuantLayer) else source
+    divide = _DIVIDE.get(type(source))
+    if divide is None:
+        raise TypeError(f"cannot fold a scale into {pair.source} ({type(source).__name__}): a LayerNorm or Linear")
+    divide(source, jnp.asarray(scale), pair.columns)
+    for path in pair.layers:
+        layer = nn.get_module(clone, path)
+        layer = layer.layer if isinstance(layer, nn.QuantLayer) else layer
+        if layer.kernel.shape[0] != scale.shape[0]:
+            raise ValueError(f"scale has {scale.shape[0]} channels, layer {path} reads {layer.kernel.shape[0]}")
+        layer.kernel[...] = layer.kernel[...] * jnp.asarray(scale)[:, None]
+    return clone
+
+
+def smoothquant_scales(act_abs_max: jax.Array, weight_abs_max: jax.Array, alpha: float) -> jax.Array:
+    """SmoothQuant's migration scales, $s_j = \\max|X_j|^{\\alpha} / \\max|W_{j,:}|^{1-\\alpha}$.
+
+    With $\\alpha = 0.5$ the smoothed activation and weight of channel $j$ share one maximum,
+    $\\sqrt{\\max|X_j|\\max|W_{j,:}|}$; $\\alpha = 0$ leaves the activations alone (up to the weights' spread)
+    and $\\alpha = 1$ moves all of their range into the weights.
+
+    References:
+      Xiao et al., arXiv:2211.10438, 2022, eq. 4.
+
+    Args:
+      act_abs_max: ``(in,)`` per-channel maximum magnitude of the input on calibration data.
+      weight_abs_max: ``(in,)`` per-row maximum magnitude of the kernel(s) reading it.
+      alpha: the migration strength in ``[0, 1]``.
+
+    Returns:
+      ``(in,)`` scales, floored at ``1e-5`` (channels that are zero on both sides get 1).
+
+    Raises:
+      ValueError: if ``alpha`` is outside ``[0, 1]``.
+    """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    act, weight = jnp.asarray(act_abs_max, jnp.float32), jnp.asarray(weight_abs_max, jnp.float32)
+    scale = jnp.power(act, alpha) / jnp.power(jnp.maximum(weight, 1e-5), 1.0 - alpha)
+    return jnp.where((act == 0) & (weight == 0), 1.0, jnp.maximum(scale, 1e-5))
+
+
+def smooth(
+    model: nnx.Module, statistics: dict[str, ChannelStatistics], pairs: Sequence[Pair], alpha: float = 0.5
+) -> nnx.Module:
+    """SmoothQuant: a copy of ``model`` with every pair's activation outliers migrated into its weights.
+
+    For each pair, $s$ comes from :func:`smoothquant_scales` with the layers' input maxima (``statistics``, of the
+    float model) and the largest magnitude of each input row over all of the pair's layers (q, k and v share
+    one input and one $s$). The copy computes the same function; quantize it as usual
+    (:func:`quantref.ptq.quantize_model`).
+
+    Args:
+      model: the float model.
+      statistics: :func:`input_statistics` of ``model`` for the pairs' layers.
+      pairs: the pairs to smooth (SmoothQuant smooths the LayerNorm → layer pairs).
+      alpha: the migration strength.
+
+    Returns:
+      The smoothed copy.
+    """
+    for pair in pairs:
+        kernels = [_kernel(model, path) for path in pair.layers]
+        weight_abs_max = jnp.max(jnp.stack([jnp.abs(k).max(axis=1) for k in kernels]), axis=0)
+        act_abs_max = statistics[pair.layers[0]].abs_max
+        model = scale_channels(model, pair, smoothquant_scales(act_abs_max, weight_abs_max, alpha))
+    return model
+
+
+def awq_scales(
+    kernels: Sequence[jax.Array],
+    statistics: ChannelStatistics,
+    fmt: formats.IntFormat,
+    group_size: int | None = None,
+    *,
+    grid: int = 20,
+) -> tuple[jax.Array, float, jax.Array]:
+    """AWQ's search for one input: the scale $s = \\overline{|X|}^{\\alpha}$ (normalised) whose quantized kernels
+    reproduce the layers' outputs best on the calibration data.
+
+    $$
+    \\alpha^* = \\arg\\min_{\\alpha \\in \\{0, \\frac{1}{n}, \\dots\\}} \\sum_{W}
+    \\operatorname{tr}\\big(\\Delta^\\top X^\\top X\\, \\Delta\\big), \\qquad
+    \\Delta = \\operatorname{diag}(s)^{-1} Q\\big(\\operatorname{diag}(s) W\\big) - W ,
+    $$
+
+    the squared output error $\\lVert X W - (X \\operatorname{diag}(s)^{-1}) Q(\\operatorname{diag}(s) W)\\rVert^2$
+    summed over the layers, with $Q$ round-to-nearest on the weight grid of
+    :func:`quantref.weight_only.rtn_weights` and $s$ divided by $\\sqrt{\\max s \\cdot \\min s}$ as in the
+    reference implementation. $\\alpha = 0$ is plain round-to-nearest, so the result is never worse than it on
+    the calibration data.
+
+    References:
+      Lin et al., arXiv:2306.00978, 2023, sec. 3.2, eq. 5.
+
+    Args:
+      kernels: the ``(in, out)`` kernels that read this input.
+      statistics: the input's :class:`ChannelStatistics` (``abs_mean`` and ``gram``).
+      fmt: the signed weight grid (as :func:`quantref.weight_only.rtn_weights`).
+      group_size: rows per group, or ``None`` per channel.
+      grid: number of $\\alpha$ values, $\\alpha = i / n$ for $i = 0 .. n - 1$ (20: 0 to 0.95).
+
+    Returns:
+      ``(scale, alpha, losses)``: the best $s$ (``(in,)``), its $\\alpha$, and the loss at every $\\alpha$.
+    """
+    alphas = np.arange(grid) / grid
+    magnitude = jnp.maximum(statistics.abs_mean, 1e-4)
+    losses, scales = [], []
+    for alpha in alphas:
+        scale = magnitude**alpha
+        scale = scale / jnp.sqrt(scale.max() * scale.min())
+        scales.append(scale)
+        losses.append(sum(_awq_loss(kernel, scale, statistics.gram, fmt, group_size) for kernel in kernels))
+    losses = jnp.stack(losses)
+    best = int(jnp.argmin(losses))
+    return scales[best], float(alphas[best]), losses
+
+
+def awq(
+    model: nnx.Module,
+    statistics: dict[str, ChannelStatistics],
+    pairs: Sequence[Pair],
+    fmt: formats.IntFormat,
+    group_size: int | None = None,
+    *,
+    grid: int = 20,
+    select: str | Sequence[str] | None = None,
+    skip: str | Sequence[str] | None = None,
+) -> tuple[nnx.Module, dict[str, weight_only.WeightQuant], dict[str, float]]:
+    """AWQ weight-only quantization: search a scale for each input (:func:`awq_scales`), then round every selected
+    kernel to nearest (:func:`quantref.weight_only.rtn_weights`) with its rows scaled.
+
+    Where the input's producer can absorb the scale (a pair), it is folded in (:func:`scale_channels`) and costs
+    nothing. A layer in no pair (one after a GELU) keeps its scale beside its codes as
+    :attr:`~quantref.weight_only.WeightQuant.row_scale`: its kernel is $Q(\\operatorname{diag}(s) W)$ with the rows
+    divided by $s$ after dequantization (what AutoAWQ's scaled activation and qwix's AWQ do at run time). The scales
+    are searched on the float model's statistics: folding is exact, so a layer's input in the rescaled model is its
+    float input divided by its own scale, which the search accounts for.
+
+    Args:
+      model: the float model.
+      statistics: :func:`input_statistics` of ``model``.
+      pairs: the foldable pairs.
+      fmt: the signed weight grid.
+      group_size: rows per group, or ``None`` per channel.
+      grid: number of $\\alpha$ values.
+      select: path patterns of the layers to quantize.
+      skip: path patterns to leave in float.
+
+    Returns:
+      ``(scaled, weights, alphas)``: the rescaled float model (the weights belong to it: use it with
+      :func:`quantref.weight_only.fake_quant_model` and :func:`quantref.weight_only.save_packed`), the
+      ``{path: WeightQuant}``, and the chosen $\\alpha$ of each pair (keyed by its first layer) and of each layer in
+      no pair.
+    """
+    chosen = nn.find_layers(model, select, skip)
+    alphas = {}
+    for pair in pairs:
+        if not all(path in chosen for path in pair.layers):
+            continue
+        kernels = [_kernel(model, path) for path in pair.layers]
+        scale, alpha, _ = awq_scales(kernels, statistics[pair.layers[0]], fmt, group_size, grid=grid)
+        model = scale_channels(model, pair, scale)
+        alphas[pair.layers[0]] = alpha
+    weights = weight_only.rtn_weights(model, fmt, group_size, select=select, skip=skip)
+    paired = {path for pair in pairs for path in pair.layers}
+    for path in weights:
+        if path in paired:
+            continue
+        kernel = _kernel(model, path)
+        scale, alphas[path], _ = awq_scales([kernel], statistics[path], fmt, group_size, grid=grid)
+        scale = scale.astype(weight_only.SCALE_DTYPE).astype(jnp.float32)  # stored as float16
+        scaled = kernel * scale[:, None]
+        grid_scale = weight_only.group_scales(scaled, fmt, group_size)
+        codes = weight_only.quantize_kernel(scaled, grid_scale, fmt)
+        weights[path] = weight_only.WeightQuant(codes, grid_scale, fmt, scale)
+    return model, weights, alphas
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------
+
+
+def _kernel(model: nnx.Module, path: str) -> jax.Array:
+    layer = nn.get_module(model, path)
+    layer = layer.layer if isinstance(layer, nn.QuantLayer) else layer
+    return jnp.asarray(layer.kernel[...], jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _awq_loss(kernel, scale, gram, fmt, group_size):
+    scaled = kernel * scale[:, None]
+    quantized = weight_only.GroupFakeQuant(weight_only.group_scales(scaled, fmt, group_size), fmt)(scaled)
+    return gptq.layer_error(kernel, quantized / scale[:, None], gram)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _statistics_jit(graphdef: nnx.GraphDef, paths: tuple[str, ...], state: nnx.State, x: jax.Array) -> dict:
+    model = nnx.merge(graphdef, state)
+    _, activations = nn.capture(model, x, select=list(paths))
+    result = {}
+    for path in paths:
+        rows = nn.input_rows(nn.get_module(model, path), activations[f"{path}.input"]).astype(jnp.float32)
+        magnitude = jnp.abs(rows)
+        result[path] = (rows.shape[0], magnitude.sum(axis=0), magnitude.max(axis=0), rows.T @ rows)
+    return result
+
+
+def _divide_norm(norm: nnx.LayerNorm, scale: jax.Array, columns: tuple[int, int] | None) -> None:
+    if norm.scale is None:
+        raise TypeError("a LayerNorm without a scale cannot absorb a per-channel scale")
+    norm.scale[...] = norm.scale[...] / scale
+    if norm.bias is not None:
+        norm.bias[...] = norm.bias[...] / scale
+
+
+def _divide_linear(layer: nnx.Linear, scale: jax.Array, columns: tuple[int, int] | None) -> None:
+    start, stop = columns if columns is not None else (0, layer.kernel.shape[-1])
+    if stop - start != scale.shape[0]:
+        raise ValueError(f"scale has {scale.shape[0]} channels, the source's columns {start}:{stop} are {stop - start}")
+    layer.kernel[...] = layer.kernel[...].at[:, start:stop].divide(scale)
+    if layer.bias is not None:
+        layer.bias[...] = layer.bias[...].at[start:stop].divide(scale)
+
+
+#: How each kind of source absorbs a division of its output channels.
+_DIVIDE = {nnx.LayerNorm: _divide_norm, nnx.Linear: _divide_linear}
