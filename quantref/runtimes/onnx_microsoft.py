@@ -25,6 +25,9 @@ kernel has several implementations, the AVX2 one), with the roundings in the sam
 - **QLinearAveragePool**: the global pool when the window covers the whole image without padding; otherwise each
   code dequantized, the window summed in float32 in row-major order, divided by its size, and quantized as
   ``sat(rne(f32(f32(v / s_y) + z_y)))``.
+- **QLinearSoftmax**: a 256-entry float32 table ``exp((i − 255 + shift) · s_x)`` (in double, ``shift`` keeping a
+  row's sum finite), each row's codes shifted so that its maximum reads the top entry, the row summed in float32
+  in order, and ``y = min(rne(f32(e · ⌊1/s_y⌋) / sum) + z_y, q_max)``.
 
 References:
   onnxruntime ``contrib_ops/cpu/quantization/`` (quant_gemm.cc, matmul_integer_to_float.cc, qlinear_binary_op.cc,
@@ -374,9 +377,8 @@ def _qlinear_softmax(inputs, attributes, context):
     quotient = true_divide(_arith.rounded(exps * scale), total[:, None])
     zero_point = _zero_point(y_zero_point, dtype, "y_zero_point")
     codes = _arith.float_to_int32(jnp.round(quotient)) + zero_point
-    # uint8: values above 255 saturate; int8: the kernel writes 255 (that is, -1) above 255 and wraps otherwise.
-    codes = jnp.where(codes > 255, 255, codes)
-    y = codes.astype(jnp.uint8) if not signed else codes.astype(jnp.int8)
+    # Saturated at the type's top only: the ratio is never negative.
+    y = jnp.minimum(codes, np.iinfo(dtype).max).astype(dtype)
     if opset >= 13:
         return [jnp.moveaxis(y.reshape(moved.shape), -1, axis)]
     return [y.reshape(x.shape)]
