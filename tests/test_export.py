@@ -135,10 +135,22 @@ def test_refuses_a_file(tmp_path, qmodel, splits):
         export_onnx.export_onnx(qmodel, path / "below", test_x=splits.x_test)
 
 
-def test_refuses_sub_8_bit_models(folded, splits):
-    w4 = ptq.quantize_model(folded, splits.x_calib, weight_bits=4)
-    with pytest.raises(ValueError, match="8-bit"):
-        export_onnx.quantized_model_proto(w4)
+@pytest.mark.parametrize("bits", [(4, 4), (4, 8), (8, 3), (2, 8)])
+@pytest.mark.parametrize("signed", [False, True])
+def test_narrower_grids_export_exactly(folded, splits, bits, signed):
+    weight_bits, activation_bits = bits
+    narrow = ptq.quantize_model(
+        folded, splits.x_calib, weight_bits=weight_bits, activation_bits=activation_bits, activation_signed=signed
+    )
+    x = np.concatenate([splits.x_test, *_far_inputs().values()])
+    got = _session(export_onnx.quantized_model_proto(narrow), "enable_all").run(None, {"x": x})[0]
+    expected = np.asarray(integer.integer_forward(narrow, integer.multipliers(narrow), x).output)
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+    fmt = narrow.activation_format
+    codes = np.round(expected / float(narrow.activations["dense.output"].scale)) + int(
+        narrow.activations["dense.output"].zero_point
+    )
+    assert codes.min() >= fmt.qmin and codes.max() <= fmt.qmax  # the Clip nodes keep the narrow grid
 
 
 def test_refuses_a_relu_zero_point_off_the_bottom(qmodel):

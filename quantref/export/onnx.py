@@ -78,8 +78,8 @@ def export_onnx(
       :func:`quantref.integer.integer_forward` in ``"onnxruntime"`` mode, dequantized.
 
     Args:
-      qmodel: the quantized model (:func:`quantref.ptq.quantize_model`), a chain of layers with 8-bit weights and
-        activations.
+      qmodel: the quantized model (:func:`quantref.ptq.quantize_model`), a chain of layers with weights and
+        activations of up to 8 bits.
       out_dir: the directory; created if missing.
       test_x: float32 inputs shaped like the model's input.
       test_y: their labels, or ``None``.
@@ -115,27 +115,37 @@ def quantized_model_proto(qmodel: ptq.QuantizedModel) -> onnx.ModelProto:
     """The int8 QOperator ONNX graph of a quantized chain of layers (see the module docstring).
 
     Args:
-      qmodel: a model from :func:`quantref.ptq.quantize_model` with 8-bit weights, uint8 or int8 activations, and
-        post-ReLU zero points at the grid's bottom (any range calibrated on post-ReLU data has them).
+      qmodel: a model from :func:`quantref.ptq.quantize_model` with weights of up to 8 bits (stored as int8),
+        activations of up to 8 bits (stored as uint8 or int8, clipped to their grid by a Clip node when narrower),
+        and post-ReLU zero points at the grid's bottom (any range calibrated on post-ReLU data has them).
 
     Returns:
       The checked ``onnx.ModelProto``; input ``x`` float32, output ``output`` float32.
 
     Raises:
       ValueError: if the model is not a chain of conv/dense/ReLU/max-pool/flatten layers (naming the first step
-        that is not), the weights or activations are not 8-bit, a post-ReLU zero point is not the grid's bottom code
-        (the ReLU would then need a node of its own), or a dense layer's input is neither a vector nor a flattened
-        map.
+        that is not), the weights or activations have more than 8 bits, a post-ReLU zero point is not the grid's
+        bottom code (the ReLU would then need a node of its own), or a dense layer's input is neither a vector nor a
+        flattened map.
     """
     steps = integer.chain(qmodel)
     fmt = qmodel.activation_format
-    if qmodel.weight_format.bits != 8 or fmt.bits != 8:
+    if qmodel.weight_format.bits > 8 or fmt.bits > 8:
         raise ValueError(
-            f"qmodel must have 8-bit weights and activations for QLinearConv, got weights "
+            f"qmodel must have weights and activations of at most 8 bits for QLinearConv, got weights "
             f"{qmodel.weight_format.name} and activations {fmt.name}"
         )
     act_dtype = np.dtype(fmt.storage_dtype)
     graph = _GraphBuilder()
+
+    def narrow(value: str) -> str:
+        """Activations of fewer than 8 bits live in int8/uint8 tensors: clip them to their grid, as the integer path
+        clamps (QLinearConv and QuantizeLinear saturate to the 8-bit range, and clipping after that is the same)."""
+        if fmt.bits == 8:
+            return value
+        low = graph.constant(f"{fmt.name}.qmin", fmt.qmin, act_dtype)
+        high = graph.constant(f"{fmt.name}.qmax", fmt.qmax, act_dtype)
+        return graph.node("Clip", [value, low, high], f"{value}.clipped")
 
     def activation(name: str, quant: ptq.ActivationQuant) -> list[str]:
         return [
@@ -149,7 +159,7 @@ def quantized_model_proto(qmodel: ptq.QuantizedModel) -> onnx.ModelProto:
     def layer_node(step: nn.Step, value: str, layout: tuple, index: int) -> tuple[str, tuple]:
         layer = qmodel.layers[step.path]
         out = qmodel.output_activation(step.path)
-        if _relu_follows(steps, index) and int(out.zero_point) != fmt.qmin:
+        if integer.relu_follows(steps, index) and int(out.zero_point) != fmt.qmin:
             raise ValueError(
                 f"the zero point of {step.path}'s output must be {fmt.qmin} (the bottom of {fmt.name}) so that "
                 f"saturation is the ReLU, got {int(out.zero_point)}; calibrate it on post-ReLU activations"
@@ -164,10 +174,12 @@ def quantized_model_proto(qmodel: ptq.QuantizedModel) -> onnx.ModelProto:
             *activation(qmodel.output_name(step.path), out),
             graph.constant(f"{step.path}.bias", layer.bias, np.int32),
         ]
-        return graph.node("QLinearConv", inputs, f"{step.path}.output", **attributes), layout
+        return narrow(graph.node("QLinearConv", inputs, f"{step.path}.output", **attributes)), layout
 
     first = steps[0].path
-    value = graph.node("QuantizeLinear", ["x", *activation(f"{first}.input", qmodel.activations[f"{first}.input"])])
+    value = narrow(
+        graph.node("QuantizeLinear", ["x", *activation(f"{first}.input", qmodel.activations[f"{first}.input"])])
+    )
     value, layout = _to_nchw(graph, value, steps[0].param("input_shape"))
     for index, step in enumerate(steps):
         if step.kind in ("conv", "dense"):
@@ -294,15 +306,6 @@ _STEP_NODES = {
     "max_pool": _max_pool_node,
     "flatten": _flatten_node,
 }
-
-
-def _relu_follows(steps: tuple[nn.Step, ...], index: int) -> bool:
-    for step in steps[index + 1 :]:
-        if step.kind in ("conv", "dense"):
-            return False
-        if step.kind == "relu":
-            return True
-    return False
 
 
 class _GraphBuilder:
