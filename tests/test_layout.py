@@ -21,6 +21,7 @@ LAYERS = {
             "quantref.affine",
             "quantref.ranges",
             "quantref.ranges.*",
+            "quantref.microscaling",
         ],
         set(),
     ),
