@@ -176,6 +176,8 @@ def test_manifest_documents_and_covers_the_cases(written, manifest):
         "tflite.Quantize",
         "tflite.FullyConnected",
         "tflite.Conv2D",
+        "mx.quantize",
+        "nvfp4.quantize",
     }
     quantize = [c for c in manifest["cases"] if c["operator"] == "onnx.QuantizeLinear"]
     output_types = {c["outputs"][0]["dtype"] for c in quantize}
@@ -383,3 +385,64 @@ def test_force_replaces_only_what_vectors_wrote(tmp_path):
     assert (out / "cases" / "mine.npz").read_bytes() == b"the user's, though it looks like a case"
     assert [entry["id"] for entry in vectors.load_manifest(out)["cases"]] == [c.id for c in cases[:3]]
     assert not list(tmp_path.glob(".quantref-*")), "no staging directory left behind"
+
+
+def test_stored_mx_vectors_match_torchao(written, manifest):
+    """The MX and NVFP4 expectations against torchao's reference casts (CPU); MXINT8, which torchao does not
+    implement, is checked against the specification in tests/test_microscaling.py."""
+    torch = pytest.importorskip("torch", reason="the torchao cross-check needs torch (conformance extra)")
+    pytest.importorskip("torchao", reason="the MX cross-check needs torchao (bench extra)")
+    import warnings
+
+    import ml_dtypes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchao.prototype.mx_formats import constants, kernels, mx_tensor, nvfp4_tensor
+    elements = {
+        "mxfp8_e4m3": (torch.float8_e4m3fn, ml_dtypes.float8_e4m3fn),
+        "mxfp8_e5m2": (torch.float8_e5m2, ml_dtypes.float8_e5m2),
+        "mxfp6_e2m3": (constants.DTYPE_FP6_E2M3, ml_dtypes.float6_e2m3fn),
+        "mxfp6_e3m2": (constants.DTYPE_FP6_E3M2, ml_dtypes.float6_e3m2fn),
+        "mxfp4_e2m1": (torch.float4_e2m1fn_x2, ml_dtypes.float4_e2m1fn),
+    }
+
+    def values(torch_elements, name):
+        raw = torch_elements.view(torch.uint8)
+        if name.startswith("mxfp8"):
+            return torch_elements.float().numpy()
+        if name in ("mxfp4_e2m1", "nvfp4"):
+            return kernels.f4_unpacked_to_f32(kernels.unpack_uint4(raw)).numpy()
+        decode = kernels.f6_e2m3_unpacked_to_f32 if name == "mxfp6_e2m3" else kernels.f6_e3m2_unpacked_to_f32
+        return decode(raw).numpy()
+
+    out, _ = written
+    checked = 0
+    for entry in manifest["cases"]:
+        if entry["runtime"] != "torchao-mx" or entry["attributes"].get("format") == "mxint8":
+            continue
+        inputs, expected = vectors.load_case(out, entry)
+        a = entry["attributes"]
+        x = inputs["x"] if a["axis"] == -1 else np.ascontiguousarray(inputs["x"].T)
+        full = x.shape[-1] // a["block_size"] * a["block_size"]  # torchao takes whole blocks only
+        x = torch.from_numpy(np.ascontiguousarray(x[:, :full]))
+        if entry["operator"] == "mx.quantize":
+            torch_type, numpy_type = elements[a["format"]]
+            scales, data = mx_tensor.to_mx(x, torch_type, a["block_size"])
+            name, scale_name = a["format"], "scales"
+        else:
+            per_tensor = inputs.get("per_tensor_scale")
+            per_tensor = None if per_tensor is None else torch.from_numpy(np.array(per_tensor))
+            scales, data = nvfp4_tensor.nvfp4_quantize(x, 16, per_tensor)
+            name, scale_name, numpy_type = "nvfp4", "block_scales", ml_dtypes.float4_e2m1fn
+        stored_scales, stored_elements = expected[scale_name], expected["elements"]
+        if a["axis"] != -1:
+            stored_scales, stored_elements = stored_scales.T, stored_elements.T
+        blocks = full // a["block_size"]
+        np.testing.assert_array_equal(stored_scales[:, :blocks], scales.view(torch.uint8).numpy().reshape(-1, blocks))
+        stored_values = stored_elements[:, :full].view(numpy_type).astype(np.float32)
+        np.testing.assert_array_equal(
+            stored_values, values(data, name).reshape(stored_values.shape), err_msg=entry["id"]
+        )
+        checked += 1
+    assert checked == 8

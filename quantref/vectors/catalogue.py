@@ -1,4 +1,4 @@
-"""The catalogue of test cases: every case of the current format version (ONNX, PyTorch, TFLite)."""
+"""The catalogue of test cases: every case of the current format version (ONNX, PyTorch, TFLite, MX and NVFP4)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 
 from quantref.runtimes import tflite as qtflite
 from quantref.vectors.case import SPECIALS, Case, code_range_ks, f32, ints, rng_for, ties
+from quantref.vectors.catalogue_mx import microscaling_cases
 from quantref.vectors.catalogue_onnx import onnx_cases
 
 __all__ = ["build_cases"]
@@ -17,7 +18,7 @@ def build_cases() -> list[Case]:
     Returns:
       The cases; their ids are unique.
     """
-    cases = onnx_cases() + _torch_cases() + _tflite_cases()
+    cases = onnx_cases() + _torch_cases() + _tflite_cases() + microscaling_cases()
     ids = [case.id for case in cases]
     duplicates = {i for i in ids if ids.count(i) > 1}
     assert not duplicates, f"duplicate case ids {duplicates}"

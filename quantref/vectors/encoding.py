@@ -47,6 +47,12 @@ RUNTIMES: dict[str, dict[str, str]] = {
         "details": "as an x86-64 build computes them",
         "reproduced_by": "quantref.runtimes.tflite, single_rounding=False",
     },
+    "torchao-mx": {
+        "runtime": "OCP Microscaling v1.0 and NVFP4 conversions as torchao computes them",
+        "version": "torchao 0.18.0 (prototype.mx_formats: to_mx with the FLOOR scale, nvfp4_quantize)",
+        "details": "CPU; elements and scales stored as their codes in uint8 (MXINT8 elements as int8)",
+        "reproduced_by": "quantref.microscaling",
+    },
     "tflite-single-rounding": {
         "runtime": "TFLite / LiteRT reference integer kernels",
         "version": "tensorflow/lite/kernels/internal/reference, built with TFLITE_SINGLE_ROUNDING",
@@ -84,7 +90,7 @@ SCHEMA: dict[str, Any] = {
     "runtimes": "key -> {runtime, version, details, reproduced_by}: what each case's expectation follows",
     "cases[]": {
         "id": "unique case id, '<operator>.<label>'; also the file name cases/<id>.npz",
-        "operator": "'onnx.<OpType>', 'torch.<function>' or 'tflite.<kernel>'",
+        "operator": "'onnx.<OpType>', 'torch.<function>', 'tflite.<kernel>', 'mx.quantize' or 'nvfp4.quantize'",
         "runtime": "a key of 'runtimes': whose answer 'outputs' records",
         "expectation": "the same in words: runtime, version, details, and the quantref function reproducing it",
         "description": "what the case exercises",

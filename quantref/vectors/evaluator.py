@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from quantref import microscaling
 from quantref.runtimes import onnx as qonnx
 from quantref.runtimes import tflite as qtflite
 from quantref.runtimes import torch as qtorch
@@ -185,6 +186,24 @@ def _conv2d(i: Inputs, a: dict[str, Any], runtime: str) -> Outputs:
     return {"y": qtflite.conv2d(*operands, **geometry, **_kernel_options(a, runtime))}
 
 
+def _codes(values) -> np.ndarray:
+    """MX/NVFP4 elements and scales as their codes: uint8 bit patterns (int8 values for MXINT8 elements)."""
+    values = np.asarray(values)
+    return values if values.dtype == np.int8 else values.view(np.uint8)
+
+
+def _mx_quantize(i: Inputs, a: dict[str, Any], runtime: str) -> Outputs:
+    elements, scales = microscaling.mx_quantize(i["x"], a["format"], block_size=a["block_size"], axis=a["axis"])
+    return {"elements": _codes(elements), "scales": _codes(scales)}
+
+
+def _nvfp4_quantize(i: Inputs, a: dict[str, Any], runtime: str) -> Outputs:
+    quantized = microscaling.nvfp4_quantize(
+        i["x"], i.get("per_tensor_scale"), block_size=a["block_size"], axis=a["axis"]
+    )
+    return dict(zip(("elements", "block_scales"), (_codes(value) for value in quantized)))
+
+
 _RULES: dict[str, Callable[[Inputs, dict[str, Any], str], Outputs]] = {}
 _RULES["onnx.QuantizeLinear"] = _quantize_linear
 _RULES["onnx.DequantizeLinear"] = _dequantize_linear
@@ -203,6 +222,8 @@ _RULES["tflite.MultiplyByQuantizedMultiplier"] = _multiply_by_quantized_multipli
 _RULES["tflite.Quantize"] = _tflite_quantize
 _RULES["tflite.FullyConnected"] = _fully_connected
 _RULES["tflite.Conv2D"] = _conv2d
+_RULES["mx.quantize"] = _mx_quantize
+_RULES["nvfp4.quantize"] = _nvfp4_quantize
 
 #: The operators a case may name.
 OPERATORS: tuple[str, ...] = tuple(_RULES)
