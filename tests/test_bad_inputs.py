@@ -295,7 +295,6 @@ case("quantize_linear(x int)", lambda: qonnx.quantize_linear(Q8, 0.1), TypeError
 case("quantize_linear(x complex)", lambda: qonnx.quantize_linear(X + 1j, 0.1), TypeError, "x")
 case("quantize_linear(scale 0)", lambda: qonnx.quantize_linear(X, 0.0), ValueError, "y_scale")
 case("quantize_linear(scale subnormal)", lambda: qonnx.quantize_linear(X, SUBNORMAL), ValueError, "y_scale")
-case("quantize_linear(scale f16)", lambda: qonnx.quantize_linear(X, np.float16(0.1)), TypeError, "y_scale")
 case("quantize_linear(scale None)", lambda: qonnx.quantize_linear(X, None), TypeError, "y_scale")
 case("quantize_linear(zp int64)", lambda: qonnx.quantize_linear(X, 0.1, np.int64(3)), TypeError, "y_zero_point")
 case("quantize_linear(zp int32)", lambda: qonnx.quantize_linear(X, 0.1, np.int32(3)), TypeError, "y_zero_point")
