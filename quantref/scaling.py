@@ -99,13 +99,13 @@ def input_statistics(
     """
     if len(batches) == 0:
         raise ValueError("batches must hold at least one batch")
-    paths = tuple(nn.find_layers(model, select))
-    graphdef, state = nnx.split(model)
+    layers = nn.find_layers(model, select)
     totals: dict[str, list] = {}
     for batch in batches:
         # Float inputs, as the pipeline takes them (token ids are exact in float32; see weight_only._as_input).
-        batch_statistics = _statistics_jit(graphdef, paths, state, jnp.asarray(batch, jnp.float32))
-        for path, (count, abs_sum, abs_max, gram) in batch_statistics.items():
+        _, activations = nn.capture_jit(model, jnp.asarray(batch, jnp.float32), select=list(layers))
+        for path, layer in layers.items():
+            count, abs_sum, abs_max, gram = _row_statistics(nn.input_rows(layer, activations[f"{path}.input"]))
             if path not in totals:
                 totals[path] = [count, abs_sum, abs_max, gram]
             else:
@@ -337,16 +337,11 @@ def _awq_loss(kernel, scale, gram, fmt, group_size):
     return gptq.layer_error(kernel, quantized / scale[:, None], gram)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _statistics_jit(graphdef: nnx.GraphDef, paths: tuple[str, ...], state: nnx.State, x: jax.Array) -> dict:
-    model = nnx.merge(graphdef, state)
-    _, activations = nn.capture(model, x, select=list(paths))
-    result = {}
-    for path in paths:
-        rows = nn.input_rows(nn.get_module(model, path), activations[f"{path}.input"]).astype(jnp.float32)
-        magnitude = jnp.abs(rows)
-        result[path] = (rows.shape[0], magnitude.sum(axis=0), magnitude.max(axis=0), rows.T @ rows)
-    return result
+@jax.jit
+def _row_statistics(rows: jax.Array) -> tuple[int, jax.Array, jax.Array, jax.Array]:
+    rows = rows.astype(jnp.float32)
+    magnitude = jnp.abs(rows)
+    return rows.shape[0], magnitude.sum(axis=0), magnitude.max(axis=0), rows.T @ rows
 
 
 def _divide_norm(norm: nnx.LayerNorm, scale: jax.Array, columns: tuple[int, int] | None) -> None:

@@ -38,7 +38,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import uuid
@@ -256,7 +255,7 @@ def gptq_weights(
     kernels = _kernels(model, select, skip)
     network = nn.trace(model, _as_input(batches[0]))
     order = tuple(path for path in network.layer_steps() if path in kernels)
-    current = model
+    current = nnx.clone(model)
     result: dict[str, WeightQuant] = {}
     for path in tqdm(order, desc="GPTQ", unit="layer", disable=not progress):
         gram = _input_gram(current, order, path, batches)
@@ -265,8 +264,10 @@ def gptq_weights(
             kernels[path], 2.0 * gram, scale, fmt, block_size=block_size, damping=damping, act_order=act_order
         )
         result[path] = WeightQuant(jnp.asarray(codes, jnp.int8), scale, fmt)
-        # The next layers see this layer's quantized output.
-        current = dequantized_model(current, {path: result[path]})
+        # The next layers see this layer's quantized output (the copy keeps its structure: one compiled capture).
+        layer = nn.get_module(current, path)
+        layer = layer.layer if isinstance(layer, nn.QuantLayer) else layer
+        layer.kernel[...] = result[path].dequantize().astype(layer.kernel[...].dtype)
     return result
 
 
@@ -473,13 +474,6 @@ def _kernels(model: nnx.Module, select, skip) -> dict[str, jax.Array]:
     return kernels
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _inputs_jit(graphdef: nnx.GraphDef, paths: tuple[str, ...], state: nnx.State, x: jax.Array) -> dict:
-    model = nnx.merge(graphdef, state)
-    _, activations = nn.capture(model, x, select=list(paths))
-    return {path: activations[f"{path}.input"] for path in paths}
-
-
 @jax.jit
 def _gram(rows: jax.Array) -> jax.Array:
     rows = rows.astype(jnp.float32)
@@ -487,14 +481,13 @@ def _gram(rows: jax.Array) -> jax.Array:
 
 
 def _input_gram(model: nnx.Module, paths: tuple[str, ...], path: str, batches: Sequence) -> jax.Array:
-    """$X^\\top X$ of one layer's input rows over the batches. The capture is compiled once for all ``paths``
-    (the model keeps its structure from layer to layer), not once per layer."""
-    graphdef, state = nnx.split(model)
+    """$X^\\top X$ of one layer's input rows over the batches. The capture records every layer of ``paths``, so it
+    is compiled once for all of them (the model keeps its structure from layer to layer), not once per layer."""
     layer = nn.get_module(model, path)
     total = 0.0
     for batch in batches:
-        inputs = _inputs_jit(graphdef, paths, state, _as_input(batch))
-        total = total + _gram(nn.input_rows(layer, inputs[path]))
+        _, activations = nn.capture_jit(model, _as_input(batch), select=list(paths))
+        total = total + _gram(nn.input_rows(layer, activations[f"{path}.input"]))
     return total
 
 
