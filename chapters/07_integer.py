@@ -37,8 +37,9 @@ x_test = jnp.asarray(splits.x_test)
 # At inference a batch norm is a per-channel affine map $y = \gamma (x - \mu)/\sqrt{\sigma^2 + \epsilon} + \delta$
 # (we write its learned shift $\delta$, because $\beta$ is the top of a range on this site), so it merges into the
 # layer before it: $W'_c = W_c\,\gamma_c/\sqrt{\sigma_c^2+\epsilon}$ and
-# $\mathrm{bias}'_c = (\mathrm{bias}_c - \mu_c)\gamma_c/\sqrt{\sigma_c^2+\epsilon} + \delta_c$. This is an exact reparameterisation — in
-# quantization, "model fusion" means exactly this merge (with the ReLU that follows), not combining several models.
+# $\mathrm{bias}'_c = (\mathrm{bias}_c - \mu_c)\gamma_c/\sqrt{\sigma_c^2+\epsilon} + \delta_c$. This is an exact
+# reparameterisation — in quantization, "model fusion" means exactly this merge (with the ReLU that follows), not
+# combining several models.
 # `nn.fold_batch_norm` finds the Conv → BatchNorm pairs from the model's traced structure, not from their names:
 
 # %%
@@ -215,7 +216,8 @@ plt.show()
 #   rounding high multiply and a rounding shift — integers only, two roundings.
 #
 # (LiteRT's other kernel sets round differently again; `integer.REQUANTIZATIONS` has a mode for each, and chapter 9
-# runs them against LiteRT itself.) Both come from the oracle (`quantref.runtimes.onnx.requantize`, `quantref.runtimes.tflite.requantize`), the same
+# runs them against LiteRT itself.) Both come from the oracle (`quantref.runtimes.onnx.requantize`,
+# `quantref.runtimes.tflite.requantize`), the same
 # functions that are checked bit for bit against the runtimes. How far is each from the float fake-quant
 # simulation, in logit codes?
 
@@ -247,7 +249,8 @@ print(
 # layer's sums. How often that happens depends on the mode and on the platform (the float rounding of XLA's
 # convolutions differs between CPUs and backends): on the machine that rendered this page the fractions are the
 # ones printed above. TFLite's double rounding (a rounding high multiply, then a rounding shift: up to three
-# quarters of an LSB from the exact product) is the mode that moves codes. Where do the differences start? Per stored activation, the fraction of codes that differ from fake-quant:
+# quarters of an LSB from the exact product) is the mode that moves codes. Where do the differences start? Per stored
+# activation, the fraction of codes that differ from fake-quant:
 
 # %%
 stored = ("conv2.input", "dense.input", "dense.output")
