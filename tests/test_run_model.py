@@ -230,6 +230,35 @@ def test_qlinear_conv_grouped_same_upper_with_bias():
     check_against_ort(make_model(nodes, {"x": x}, {"y": np.int8}, init), {"x": x})
 
 
+@pytest.mark.parametrize(
+    "channels,group,attrs",
+    [
+        (6, 6, dict(strides=[2, 1], dilations=[2, 2], pads=[2, 1, 0, 2])),  # depthwise: a sum of shifted slices
+        (1, 1, dict(pads=[1, 1, 1, 1])),  # one input channel
+        (3, 1, dict(kernel_shape=[7, 7])),  # the kernel covers the input: a matrix product
+    ],
+    ids=["depthwise", "one_channel", "full_cover"],
+)
+def test_qlinear_conv_fast_forms(channels, group, attrs):
+    rng = np.random.default_rng(13)
+    x = rng.integers(0, 256, (3, channels, 7, 7), dtype=np.uint8)
+    out = 6 if group > 1 else 5
+    kernel = attrs.get("kernel_shape", [3, 3])
+    init = {
+        "sx": np.float32(0.05),
+        "zx": np.uint8(131),
+        "w": rng.integers(-128, 128, [out, channels // group] + kernel, dtype=np.int8),
+        "sw": rng.uniform(0.001, 0.01, out).astype(np.float32),
+        "zw": np.zeros(out, np.int8),
+        "sy": np.float32(0.07),
+        "zy": np.uint8(9),
+        "bias": rng.integers(-5000, 5000, out).astype(np.int32),
+    }
+    names = ["x", "sx", "zx", "w", "sw", "zw", "sy", "zy", "bias"]
+    nodes = [helper.make_node("QLinearConv", names, ["y"], group=group, **attrs)]
+    check_against_ort(make_model(nodes, {"x": x}, {"y": np.uint8}, init), {"x": x})
+
+
 def test_layout_chain_transpose_reshape_flatten_identity_relu():
     rng = np.random.default_rng(5)
     x = (rng.standard_normal((2, 3, 4, 5)) * 3).astype(np.float32)

@@ -173,10 +173,46 @@ def _conv_int32(x, w, x_zero_point, w_zero_point, *, strides, pads, dilations, g
         return jax.lax.conv_general_dilated(x32, w32, preferred_element_type=jnp.int32, **geometry)
     x_float = x32.astype(jnp.float32)
     products = [
-        (jax.lax.conv_general_dilated(x_float, part.astype(jnp.float32), precision=_HIGHEST, **geometry), factor)
+        (_conv_float(x_float, part.astype(jnp.float32), geometry, strides, pads, dilations, group), factor)
         for part, factor in _weight_parts(w32, mode)
     ]
     return _combine(products, mode)
+
+
+_TAPS = 16  # at most this many products per output: a sum of shifted slices beats XLA's CPU convolution
+
+
+def _conv_float(x, w, geometry, strides, pads, dilations, group):
+    """An exact float32 convolution of integers (every partial sum below 2^24, so any order gives the same sum), in
+    the fastest form XLA's CPU backend offers: a matrix product when the kernel covers the whole (unpadded) input, a
+    sum of shifted slices when each output has few products (a 1-channel input, a depthwise convolution), else
+    XLA's convolution."""
+    out_channels, per_group, kernel_h, kernel_w = w.shape
+    if group == 1 and not any(pads) and (kernel_h, kernel_w) == tuple(x.shape[2:]):
+        flat = jnp.matmul(x.reshape(x.shape[0], -1), w.reshape(out_channels, -1).T, precision=_HIGHEST)
+        return flat.reshape(x.shape[0], out_channels, 1, 1)
+    if per_group * kernel_h * kernel_w > _TAPS:
+        return jax.lax.conv_general_dilated(x, w, precision=_HIGHEST, **geometry)
+    padded = jnp.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    out_h = (padded.shape[2] - dilations[0] * (kernel_h - 1) - 1) // strides[0] + 1
+    out_w = (padded.shape[3] - dilations[1] * (kernel_w - 1) - 1) // strides[1] + 1
+    # input channel c of output channel m's group: (m // (out_channels / group)) * per_group + c
+    groups = np.arange(out_channels) // (out_channels // group)
+    total = None
+    for c in range(per_group):
+        source = jnp.take(padded, groups * per_group + c, axis=1) if (group > 1 or per_group > 1) else padded
+        for i in range(kernel_h):
+            for j in range(kernel_w):
+                top, left = i * dilations[0], j * dilations[1]
+                window = source[
+                    :,
+                    :,
+                    top : top + strides[0] * (out_h - 1) + 1 : strides[0],
+                    left : left + strides[1] * (out_w - 1) + 1 : strides[1],
+                ]
+                term = window * w[:, c, i, j].reshape(1, -1, 1, 1)
+                total = term if total is None else total + term
+    return total
 
 
 def _conv_mode(x, x_zero_point, w, w_zero_point) -> str:

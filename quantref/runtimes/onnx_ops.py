@@ -343,16 +343,16 @@ def _max_pool(inputs, attributes, context):
         # starts at the type's lowest finite value: NaN never wins, and a window of -inf gives the lowest value.
         x = jnp.where(jnp.isnan(x), lowest, x)
     padded = jax.lax.pad(x, lowest, [(0, 0, 0), (0, 0, 0)] + [(b, e, 0) for b, e in geometry.padding])
-    window = (1, 1) + geometry.kernel
-    pooled = jax.lax.reduce_window(
-        padded,
-        lowest,
-        jax.lax.max,
-        window,
-        (1, 1) + geometry.strides,
-        "VALID",
-        window_dilation=(1, 1) + geometry.dilations,
-    )
+    # The maximum over the window's offsets of strided slices: elementwise, and far faster on XLA's CPU backend than
+    # reduce_window. Padded positions hold the lowest value, which is where onnxruntime's maximum starts.
+    pooled = None
+    for offsets in np.ndindex(*geometry.kernel):
+        index = [slice(None), slice(None)] + [
+            slice(o * d, o * d + s * (n - 1) + 1, s)
+            for o, d, s, n in zip(offsets, geometry.dilations, geometry.strides, geometry.out_sizes)
+        ]
+        window = padded[tuple(index)]
+        pooled = window if pooled is None else jnp.maximum(pooled, window)
     return [pooled]
 
 
