@@ -324,6 +324,18 @@ def test_smoothquant_migrates_the_maxima_and_keeps_the_function(model, batches, 
         scaling.smoothquant_scales(np.ones(3), np.ones(3), 1.5)
 
 
+def test_smoothquant_scales_match_qwix():
+    smooth_quant = pytest.importorskip("qwix.contrib.smooth_quant")
+    rng = np.random.default_rng(5)
+    act, weight = rng.uniform(0.01, 30.0, 64).astype(np.float32), rng.uniform(0.01, 1.0, 64).astype(np.float32)
+    for alpha in (0.0, 0.5, 0.85, 1.0):
+        np.testing.assert_allclose(
+            np.asarray(scaling.smoothquant_scales(act, weight, alpha)),
+            np.asarray(smooth_quant.compute_scales_ratio(jnp.asarray(act), jnp.asarray(weight), alpha)),
+            rtol=1e-6,
+        )
+
+
 def test_awq_keeps_the_function_and_never_loses_to_rtn_on_calibration_data(model, batches, test_windows, tmp_path):
     stats = scaling.input_statistics(model, batches)
     pairs = transformer.scaling_pairs(TINY)
