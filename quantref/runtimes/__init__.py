@@ -4,10 +4,17 @@ Each submodule mirrors one runtime's operators as named, ``jax.jit``-compatible 
 runtime's, including at rounding ties, at saturation and for NaN/Inf:
 
 - :mod:`quantref.runtimes.onnx`: ONNX operators as onnxruntime's CPU execution provider computes them, with the
-  ONNX reference evaluator's answers available where the two disagree (``flavor="reference"``), and the
-  requantization of QLinearConv/QLinearMatMul (:func:`quantref.runtimes.onnx.requantize`).
-- :mod:`quantref.runtimes.onnx_graph`: an interpreter for whole quantized ONNX graphs built from those operators
-  (:func:`quantref.runtimes.onnx_graph.run_model`; needs the ``onnx`` package).
+  ONNX reference evaluator's answers available where the two disagree (``flavor="reference"``): QuantizeLinear,
+  DequantizeLinear (float16 scales and FLOAT4E2M1 included), DynamicQuantizeLinear, and — from
+  :mod:`quantref.runtimes.onnx_integer`, re-exported — MatMulInteger, ConvInteger, QLinearMatMul, QLinearConv and
+  their requantization (:func:`quantref.runtimes.onnx.requantize`).
+- :mod:`quantref.runtimes.onnx_microsoft`: onnxruntime's ``com.microsoft`` quantized operators (QGemm, QLinearAdd,
+  QLinearMul, QLinearConcat, QLinearSoftmax, the quantized pools and lookup-table activations).
+- :mod:`quantref.runtimes.onnx_graph`: an interpreter for whole quantized ONNX graphs, QOperator and QDQ, compiled
+  once and run jit'd (:func:`quantref.runtimes.onnx_graph.run_model`, :func:`~quantref.runtimes.onnx_graph.
+  compile_model`; needs the ``onnx`` package), with onnxruntime's QDQ node-unit fusion
+  (:mod:`quantref.runtimes.onnx_qdq`) and its operators' registries (:mod:`quantref.runtimes.onnx_ops`,
+  :mod:`quantref.runtimes.onnx_float`).
 - :mod:`quantref.runtimes.torch`: PyTorch 2.13's CPU (x86/fbgemm) quantize, fake-quantize and MinMaxObserver.
 - :mod:`quantref.runtimes.tflite`: TFLite/LiteRT's fixed-point requantization (gemmlowp;
   :func:`quantref.runtimes.tflite.requantize`), reference Quantize kernel, and int8 fully-connected and conv
@@ -18,6 +25,6 @@ pipeline. The library never imports onnx, onnxruntime or torch; those are needed
 ``conformance`` extra) and for :mod:`~quantref.runtimes.onnx_graph`.
 """
 
-from quantref.runtimes import onnx, onnx_graph, tflite, torch
+from quantref.runtimes import onnx, onnx_graph, onnx_integer, onnx_microsoft, onnx_qdq, tflite, torch
 
-__all__ = ["onnx", "onnx_graph", "tflite", "torch"]
+__all__ = ["onnx", "onnx_graph", "onnx_integer", "onnx_microsoft", "onnx_qdq", "tflite", "torch"]
