@@ -39,13 +39,18 @@ def _float_loss(model, x, y):
 
 
 def _bound_step(model: nnx.Module, optimizer: optax.GradientTransformation, loss, mesh) -> Callable[[], object]:
-    """A zero-argument call of one training step on fixed inputs (the parameters are not carried over)."""
+    """One training step on a batch, carrying the parameters, state and optimizer state from call to call."""
     from quantref import parallel
 
     graphdef, params, state = parallel.split_model(model)
-    opt_state = optimizer.init(params)
+    carry = [*jax.tree.map(jnp.copy, (params, state)), optimizer.init(params)]
     step = parallel.train_step(graphdef, optimizer, loss, mesh=mesh)
-    return lambda x, y: step(params, state, opt_state, x, y)
+
+    def run(x, y):
+        carry[0], carry[1], carry[2], loss_value = step(*carry, x, y)
+        return loss_value
+
+    return run
 
 
 def main() -> None:
@@ -119,7 +124,10 @@ def main() -> None:
             f"QAT W{bits}A{bits} {phase}" for phase in ("warm-up", "learned steps, BN live", "learned steps, BN frozen")
         ]
         weighted = (20 * median[phases[0]] + 180 * median[phases[1]] + 100 * median[phases[2]]) / 300
-        print(f"QAT W{bits}A{bits}, mean over the schedule: {weighted / median['float']:.2f} x float")
+        print(
+            f"QAT W{bits}A{bits}, mean over the schedule: {weighted / median['float']:.2f} x float, "
+            f"{weighted / median['qwix QAT int8 (dynamic range)']:.2f} x qwix"
+        )
 
 
 if __name__ == "__main__":

@@ -203,7 +203,8 @@ def train_step(
 
     Returns:
       ``step(params, state, opt_state, x, y) -> (params, state, opt_state, loss)``; ``x`` and ``y`` are the global
-      batch (sharded by :func:`shard_batch`, or not), whose size ``S`` divides.
+      batch (sharded by :func:`shard_batch`, or not), whose size ``S`` divides. The step may consume (donate) the
+      buffers of ``params``, ``state`` and ``opt_state``: use the ones it returns.
 
     Raises:
       ValueError: if ``shards`` is not a positive multiple of the device count.
@@ -224,8 +225,8 @@ def train_step(
         return optax.apply_updates(params, updates), state, opt_state, loss
 
     if shards == 1 and mesh.devices.size == 1:
-
-        @jax.jit
+        # The step's inputs are its outputs' buffers (donated): no copies of unchanged state, updates in place.
+        @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
         def step(params, state, opt_state, x, y):
             loss, grads, state = shard_grads(params, state, x, y)
             return update(params, opt_state, loss, grads, state)

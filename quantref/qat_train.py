@@ -134,7 +134,8 @@ def train_qat(
     mesh = parallel.make_mesh(jax.devices()[:1]) if mesh is None else mesh
     graphdef, params, state = parallel.split_model(qat_model)
     optimizer = _optimizer(config, total_steps)
-    params, state = parallel.replicate(mesh, (params, state))
+    # Copies: the steps consume their inputs' buffers, which the float model (a clone shares them) still uses.
+    params, state = parallel.replicate(mesh, jax.tree.map(jnp.copy, (params, state)))
     opt_state = parallel.replicate(mesh, optimizer.init(params))
     losses, accuracies = [], []
     step_index = 0

@@ -3,11 +3,11 @@ forms (and LSQ against a PyTorch autograd implementation of the paper's code), B
 against BatchNorm itself, determinism across processes and device counts, and the road from a QAT model to integers
 and ONNX."""
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import jax
@@ -250,78 +250,78 @@ def test_qat_w4a4_runs_bit_exactly_in_onnxruntime(qat_w4a4, splits, tmp_path):
 
 # --- determinism, across processes and devices ---------------------------------------------------------------------
 
-_RUN = textwrap.dedent(
-    """
-    import hashlib, json, jax, numpy as np
-    from quantref import data, parallel, qat, qat_train, train
-    splits = data.load_splits()
-    model = train.load_or_train(progress=False)
-    meshes = {"1": parallel.make_mesh(jax.devices()[:1]), str(len(jax.devices())): parallel.make_mesh()}
 
-    def digest(arrays):
-        return hashlib.sha256(b"".join(np.asarray(a).tobytes() for a in arrays)).hexdigest()
+def _digest(arrays) -> str:
+    return hashlib.sha256(b"".join(np.asarray(array).tobytes() for array in arrays)).hexdigest()
 
-    def trained(mesh):
-        config = qat.QATConfig(epochs=1, warmup_steps=0, freeze_bn_step=None, shards=8)
-        trained, history = qat_train.train_qat(
-            model, splits.x_train[:192], splits.y_train[:192], calibration_x=splits.x_calib, config=config,
-            mesh=mesh, progress=False,
-        )
-        arrays = qat_train.model_to_arrays(trained)
-        return digest([arrays[key] for key in sorted(arrays)] + [history["loss"]])
 
-    # Calibration: observers with momentum 0 keep the last batch's range, combined over the 8 shards by min and max.
+def _trained_digest(model, splits, mesh) -> str:
+    """A few QAT steps with the batch in 8 shards, on ``mesh``: the hash of every trained array and the losses."""
+    config = qat.QATConfig(epochs=1, warmup_steps=0, freeze_bn_step=None, shards=8)
+    trained, history = qat_train.train_qat(
+        model,
+        splits.x_train[:128],
+        splits.y_train[:128],
+        calibration_x=splits.x_calib[:64],
+        config=config,
+        mesh=mesh,
+        progress=False,
+    )
+    arrays = qat_train.model_to_arrays(trained)
+    return _digest([arrays[key] for key in sorted(arrays)] + [history["loss"]])
+
+
+def _calibrated(model, splits, mesh) -> tuple[str, list[float]]:
+    """Observers with momentum 0 keep the last batch's range, combined over 8 shards by min and max."""
     observing = qat.prepare(model, splits.x_calib[:8], qat.QATConfig(momentum=0.0))
     graphdef, params, state = parallel.split_model(observing)
+    observe = parallel.observe_step(graphdef, lambda m, x: m(x), mesh=mesh, shards=8)
+    (x,) = parallel.shard_batch(mesh, splits.x_calib[:200])
+    new_state = observe(params, state, x)
+    observed = parallel.merge_model(graphdef, params, new_state).conv1.input_quantizer
+    return _digest(jax.tree.leaves(new_state)), [float(observed.low[...]), float(observed.high[...])]
 
-    def calibrated(mesh):
-        observe = parallel.observe_step(graphdef, lambda m, x: m(x), mesh=mesh, shards=8)
-        (x,) = parallel.shard_batch(mesh, splits.x_calib[:200])
-        new_state = observe(params, state, x)
-        observed = parallel.merge_model(graphdef, params, new_state).conv1.input_quantizer
-        return digest(jax.tree.leaves(new_state)), [float(observed.low[...]), float(observed.high[...])]
 
-    print(json.dumps({
-        "train": {name: trained(mesh) for name, mesh in meshes.items()},
-        "calibrate": {name: calibrated(mesh) for name, mesh in meshes.items()},
-        "input_range": [float(splits.x_calib[:200].min()), float(splits.x_calib[:200].max())],
-    }))
-    """
-)
+def _on_eight_devices() -> dict:
+    """Run in a process with 8 simulated CPU devices: the digests on a 1-device and on the 8-device mesh."""
+    from quantref import data, train
+
+    model, splits = train.load_or_train(progress=False), data.load_splits()
+    meshes = {"1": parallel.make_mesh(jax.devices()[:1]), "8": parallel.make_mesh()}
+    assert len(jax.devices()) == 8
+    return {
+        "train": {name: _trained_digest(model, splits, mesh) for name, mesh in meshes.items()},
+        "calibrate": {name: _calibrated(model, splits, mesh) for name, mesh in meshes.items()},
+    }
 
 
 @pytest.fixture(scope="module")
-def two_processes() -> list[dict]:
-    """The script above in two processes at once, each with 8 simulated CPU devices."""
+def eight_devices() -> dict:
+    """:func:`_on_eight_devices` in another process, started with ``XLA_FLAGS`` (which must be set before JAX
+    starts)."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", _RUN], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for _ in range(2)
-    ]
-    results = []
-    for process in processes:
-        stdout, stderr = process.communicate(timeout=900)
-        assert process.returncode == 0, stderr[-3000:]
-        results.append(json.loads(stdout.strip().splitlines()[-1]))
-    return results
+    code = (
+        "import json, sys; sys.path.insert(0, 'tests'); import test_qat as t; print(json.dumps(t._on_eight_devices()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_training_is_bitwise_identical_across_processes_and_device_counts(two_processes):
-    """Two processes, each training on 1 device and on 8 simulated CPU devices (8 shards of the batch): four runs,
-    one set of bits."""
-    first, second = (result["train"] for result in two_processes)
-    assert set(first) == {"1", "8"}
-    assert first == second
-    assert first["1"] == first["8"]
+def test_training_is_bitwise_identical_across_processes_and_device_counts(eight_devices, float_model, splits):
+    """This process (1 device) and another (1 device, then 8 simulated CPU devices), the batch in 8 shards: three
+    runs, one set of bits."""
+    here = _trained_digest(float_model, splits, parallel.make_mesh(jax.devices()[:1]))
+    assert eight_devices["train"] == {"1": here, "8": here}
 
 
-def test_sharded_calibration_is_exact(two_processes):
-    first, second = (result["calibrate"] for result in two_processes)
-    assert first == second and first["1"] == first["8"]
+def test_sharded_calibration_is_exact(eight_devices, splits):
+    calibrated = eight_devices["calibrate"]
+    assert calibrated["1"] == calibrated["8"]
     # The min and max over 8 shards are the min and max over the batch.
-    assert first["8"][1] == two_processes[0]["input_range"]
+    assert calibrated["8"][1] == [float(splits.x_calib[:200].min()), float(splits.x_calib[:200].max())]
 
 
 # --- bad input ------------------------------------------------------------------------------------------------------
