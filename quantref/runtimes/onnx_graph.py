@@ -99,10 +99,13 @@ def run_model(
       targets) as on x86-64, where NaN, $\\pm\\infty$ and out-of-range values become $-2^{31}$ ($-2^{63}$), and the
       low bits are kept (300.0 → uint8 44); to uint32/uint64 it follows the compiler's split at $2^{31}$/$2^{63}$.
 
+    The ``com.microsoft`` operators follow onnxruntime's kernels in every flavor (the reference evaluator has none).
     Not reproduced: float MaxPool windows that hold NaN or only $-\\infty$ (onnxruntime's vectorized kernel answers
-    by position), a float NaN's payload through float operators, and onnxruntime's answers for float16/float64 →
-    uint32/uint64 casts out of range. Every rule is checked against onnxruntime 1.32 (CPU execution provider) and the
-    reference evaluator of onnx 1.23 in ``tests/test_run_model.py``, ``tests/test_qdq.py`` and
+    by position), a float NaN's payload through float operators, onnxruntime's answers for float16/float64 →
+    uint32/uint64 casts out of range, and the optimised session's MatMulNBits rewrite of MatMuls whose activations
+    are float (int16 QDQ models, weight-only quantization), which run as float MatMuls here. Every rule is checked
+    against onnxruntime 1.32 (CPU execution provider) and the reference evaluator of onnx 1.23 in
+    ``tests/test_run_model.py``, ``tests/test_qdq.py``, ``tests/test_onnx_microsoft.py`` and
     ``tests/test_onnx_node_tests.py``.
 
     The graph runs as one ``jax.jit``-compiled function with 64-bit types enabled for the duration of the call

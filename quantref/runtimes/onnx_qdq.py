@@ -28,8 +28,10 @@ so that :func:`~quantref.runtimes.onnx_graph.run_model` computes what deploys:
 
 Everything else runs as written: data movement between a DQ and a Q with equal parameters gives the same codes
 either way, so the ``drop`` rules (DQ→MaxPool→Q becoming an integer MaxPool, and so on) need not be reproduced.
-Not reproduced: the Where unit (QLinearWhere) and the DQ→MatMul→MatMulNBits rewrite of
-block-quantized weights; those stay float (not bit-exact), and ``DoubleQDQPairsRemover``, which merges two
+Not reproduced: the Where unit (QLinearWhere), and the rewrite of a DequantizeLinear'd 2-, 4- or 8-bit weight
+feeding a MatMul or Gemm whose activation is float (16-bit activations, or weight-only quantization) into
+``MatMulNBits`` with ``accuracy_level=4``, which quantizes the activations to int8 blocks on the fly — those stay
+float here (and move most outputs: see the conformance page) — and ``DoubleQDQPairsRemover``, which merges two
 consecutive Q→DQ pairs with different parameters.
 
 References:
