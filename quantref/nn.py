@@ -43,6 +43,8 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from quantref import _jaxpr
+
 __all__ = [
     "LAYER_TYPES",
     "Step",
@@ -688,24 +690,6 @@ class Trace(NamedTuple):
 
 
 _SEQUENTIAL_KINDS = ("conv", "dense", "relu", "max_pool", "flatten")
-_MARK = "quantref_module_"
-_INLINE = ("pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "remat", "checkpoint")
-_IDENTITY = ("copy", "copy_p", "optimization_barrier")
-
-
-class _Marked(nnx.Module):
-    """Wraps a module so that its call shows in the jaxpr as one named ``jit`` equation."""
-
-    def __init__(self, module: nnx.Module, index: int):
-        self.module = module
-        self.index = index
-
-    def __call__(self, x: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
-        def call(value: jax.Array) -> jax.Array:
-            return self.module(value, *args, **kwargs)
-
-        call.__name__ = f"{_MARK}{self.index}"
-        return jax.jit(call)(x)
 
 
 def trace(model: nnx.Module, x: jax.Array | np.ndarray, *, forward: Forward = _call) -> Trace:
@@ -734,59 +718,14 @@ def trace(model: nnx.Module, x: jax.Array | np.ndarray, *, forward: Forward = _c
     ]
     # Wrapped layers are marked as a whole, not their inner layer.
     modules = [(path, module) for path, module in modules if not any(path.startswith(f"{p}.") for p, _ in modules)]
-    marked = {path: _Marked(module, index) for index, (path, module) in enumerate(modules)}
+    marked = {path: _jaxpr.Marked(module, index) for index, (path, module) in enumerate(modules)}
     with _swapped(model, marked):
         closed = _run(lambda m, value: jax.make_jaxpr(lambda v: forward(m, v))(value), model, x)
-    builder = _TraceBuilder(modules)
+    builder = _jaxpr.TraceBuilder(modules, _module_step, Step)
     values = {id(closed.jaxpr.invars[0]): 0} if closed.jaxpr.invars else {}
     builder.walk(closed.jaxpr, values)
     outputs = tuple(values[id(var)] for var in closed.jaxpr.outvars if id(var) in values)
     return Trace(tuple(builder.steps), outputs)
-
-
-class _TraceBuilder:
-    def __init__(self, modules: list[tuple[str, nnx.Module]]):
-        self.modules = modules
-        self.steps: list[Step] = []
-
-    def add(self, kind: str, path: str | None, params: dict, inputs: list[int], shape: tuple) -> int:
-        params = {**params, "input_shape": tuple(int(d) for d in shape[1:])}
-        self.steps.append(Step(kind, path, tuple(params.items()), tuple(inputs)))
-        return len(self.steps)
-
-    def walk(self, jaxpr: Any, values: dict[int, int]) -> None:
-        for eqn in jaxpr.eqns:
-            inputs = [values[id(var)] for var in eqn.invars if not _is_literal(var) and id(var) in values]
-            if not inputs:
-                continue  # a computation on constants
-            name = eqn.primitive.name
-            first = eqn.invars[0]
-            shape = tuple(first.aval.shape)
-            if name in ("pjit", "jit") and str(eqn.params.get("name", "")).startswith(_MARK):
-                path, module = self.modules[int(eqn.params["name"][len(_MARK) :])]
-                kind, params = _module_step(module, shape)
-                values[id(eqn.outvars[0])] = self.add(kind, path, params, inputs, shape)
-            elif name in _INLINE:
-                inner = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr") or eqn.params.get("fun_jaxpr")
-                inner = getattr(inner, "jaxpr", inner)
-                mapping = {
-                    id(var): values[id(outer)] for var, outer in zip(inner.invars, eqn.invars) if id(outer) in values
-                }
-                self.walk(inner, mapping)
-                for var, outer in zip(inner.outvars, eqn.outvars):
-                    if id(var) in mapping:
-                        values[id(outer)] = mapping[id(var)]
-            elif name in _IDENTITY or (name == "convert_element_type" and eqn.params["new_dtype"] == first.aval.dtype):
-                values[id(eqn.outvars[0])] = inputs[0]
-            else:
-                kind, params = _primitive_step(eqn, shape, len(inputs))
-                index = self.add(kind, None, params, inputs, shape)
-                for var in eqn.outvars:
-                    values[id(var)] = index
-
-
-def _is_literal(var: Any) -> bool:
-    return not hasattr(var, "aval") or type(var).__name__ == "Literal"
 
 
 def _module_step(module: nnx.Module, shape: tuple) -> tuple[str, dict]:
@@ -797,28 +736,6 @@ def _module_step(module: nnx.Module, shape: tuple) -> tuple[str, dict]:
     if isinstance(layer, nnx.BatchNorm):
         return "batch_norm", {}
     return "dense", {}
-
-
-def _primitive_step(eqn: Any, shape: tuple, activation_inputs: int) -> tuple[str, dict]:
-    name = eqn.primitive.name
-    if name == "max" and activation_inputs == 1 and len(eqn.invars) == 2:
-        other = eqn.invars[1] if not _is_literal(eqn.invars[0]) else eqn.invars[0]
-        value = getattr(other, "val", None)
-        if value is not None and np.all(np.asarray(value) == 0):
-            return "relu", {}
-    if name == "reduce_window_max":
-        window = tuple(eqn.params["window_dimensions"])
-        if window[0] == 1 and window[-1] == 1 and all(d == 1 for d in eqn.params.get("window_dilation", (1,))):
-            return "max_pool", {
-                "window": window[1:-1],
-                "strides": tuple(eqn.params["window_strides"])[1:-1],
-                "padding": tuple(tuple(int(p) for p in pair) for pair in eqn.params["padding"])[1:-1],
-            }
-    if name == "reshape":
-        out_shape = tuple(eqn.outvars[0].aval.shape)
-        if len(out_shape) == 2 and out_shape[0] == shape[0] and out_shape[1] == int(np.prod(shape[1:])):
-            return "flatten", {}
-    return name, {}
 
 
 # --- BatchNorm folding -------------------------------------------------------------------------------------------

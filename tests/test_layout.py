@@ -33,6 +33,7 @@ LAYERS = {
             "quantref.models",
             "quantref.train",
             "quantref.nn",
+            "quantref._jaxpr",
             "quantref.text",
             "quantref.transformer",
         ],
