@@ -7,11 +7,7 @@ Han et al. compress a network in three stages, each multiplying the savings of t
 2. **weight sharing**: each layer's surviving weights are clustered into $K = 2^b$ values by k-means; a weight is
    stored as its $b$-bit cluster index, and the layer's $K$ centroids once. The centroids are then fine-tuned: since
    $W_i = c_{I_i}$, the gradient of a centroid is the sum of its members' gradients,
-
-   $$
-   \\frac{\\partial \\mathcal L}{\\partial c_k} = \\sum_{i:\\ I_i = k} \\frac{\\partial \\mathcal L}{\\partial W_i} ,
-   $$
-
+   $\\partial \\mathcal L / \\partial c_k = \\sum_{i:\\ I_i = k} \\partial \\mathcal L / \\partial W_i$,
    which is what automatic differentiation of the gather $W = c[I]$ computes (:class:`SharedWeights`);
 3. **Huffman coding** (:mod:`quantref.coding`) of the cluster indices and of the relative indices, whose
    distributions are far from uniform.
