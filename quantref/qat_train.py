@@ -53,7 +53,7 @@ def _optimizer(config: qat.QATConfig, total_steps: int) -> optax.GradientTransfo
     """
     schedule = optax.cosine_decay_schedule(config.learning_rate, decay_steps=total_steps)
     return optax.chain(
-        optax.scale_by_adam(),
+        optax.flatten(optax.scale_by_adam()),  # one vector, one fused update, instead of one per parameter array
         _times_magnitude(),
         optax.add_decayed_weights(config.weight_decay, mask=_kernels),
         optax.scale_by_learning_rate(schedule),
