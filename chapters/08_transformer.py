@@ -186,7 +186,8 @@ for path in ("blocks.0.attn.qkv", "blocks.0.attn.out", "blocks.0.mlp.up", "block
 #
 # $$x W = \big(x\operatorname{diag}(s)^{-1}\big)\big(\operatorname{diag}(s) W\big), \qquad
 # s = \overline{|X|}^{\,\alpha}, \qquad
-# \alpha^* = \mathop{\mathrm{arg\,min}}_\alpha \lVert X W - (X\operatorname{diag}(s)^{-1})\,Q(\operatorname{diag}(s) W)\rVert^2 .$$
+# \alpha^* = \mathop{\mathrm{arg\,min}}_\alpha
+# \lVert X W - (X\operatorname{diag}(s)^{-1})\,Q(\operatorname{diag}(s) W)\rVert^2 .$$
 #
 # `scaling.awq` searches $\alpha$ over 20 values in $[0, 1)$ for every projection's input. Where the producer of
 # the input can absorb $1/s$ — the LayerNorms before `attn.qkv` and `mlp.up`, the value columns of `qkv` before
