@@ -152,11 +152,11 @@ def ste_fake_quant(x: jax.Array, scale: jax.Array, zero_point: jax.Array, fmt: f
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _lsq(x, scale, zero_point, qmin, qmax):
-    return _fake_quant(x, scale, jnp.round(zero_point), qmin, qmax)[0]
+    return _fake_quant(x, scale, jnp.clip(jnp.round(zero_point), qmin, qmax), qmin, qmax)[0]
 
 
 def _lsq_fwd(x, scale, zero_point, qmin, qmax):
-    rounded_zero_point = jnp.round(zero_point)
+    rounded_zero_point = jnp.clip(jnp.round(zero_point), qmin, qmax)
     value, position = _fake_quant(x, scale, rounded_zero_point, qmin, qmax)
     return value, (position, scale, rounded_zero_point, zero_point)
 
@@ -181,8 +181,8 @@ _lsq.defvjp(_lsq_fwd, _lsq_bwd)
 def lsq_fake_quant(x: jax.Array, scale: jax.Array, zero_point: jax.Array, fmt: formats.IntFormat) -> jax.Array:
     """Fake quantization with LSQ's gradients for the input, the step size and (LSQ+) the zero point.
 
-    With $\\hat z = \\lfloor z \\rceil$ and $v = x/s$, the forward is :func:`ste_fake_quant`'s, and (eq. 3 of LSQ,
-    rounding passed straight through):
+    With $\\hat z = \\lfloor z \\rceil$ (clamped to the grid) and $v = x/s$, the forward is
+    :func:`ste_fake_quant`'s, and (eq. 3 of LSQ, rounding passed straight through):
 
     $$
     \\frac{\\partial \\hat x}{\\partial s} = \\begin{cases}
@@ -318,7 +318,8 @@ class WeightQuantizer(nnx.Module):
         """Initialises the step from the kernel it will quantize (the folded kernel, for a conv with BatchNorm).
 
         The LSQ step starts at the paper's $2\\langle|W|\\rangle/\\sqrt{q_{max}}$ (per channel), or at the min-max
-        step $\\max|W|/q_{max}$ if that is smaller, which at 8 bits it is.
+        step $\\max|W|/q_{max}$ if that is smaller (as it usually is at 8 bits, where LSQ's start would clip nothing
+        but waste most of the grid).
         """
         self.fmt = fmt
         self.method = method
@@ -407,7 +408,8 @@ class ActivationQuantizer(nnx.Module):
             return self.observed()
         if self.method == "pact":
             return jnp.maximum(self.alpha[...], 1e-8) / self.fmt.qmax, jnp.float32(0)
-        return jnp.maximum(self.scale[...], jnp.finfo(jnp.float32).eps), jnp.round(self.zero_point[...])
+        zero_point = jnp.clip(jnp.round(self.zero_point[...]), self.fmt.qmin, self.fmt.qmax)
+        return jnp.maximum(self.scale[...], jnp.finfo(jnp.float32).eps), zero_point
 
     def end_warmup(self) -> None:
         """Sets the learned parameters from the observed range and stops observing (``"ema"`` keeps observing)."""
