@@ -223,7 +223,7 @@ def awq_scales(
     reproduce the layers' outputs best on the calibration data.
 
     $$
-    \\alpha^* = \\arg\\min_{\\alpha \\in \\{0, \\frac{1}{n}, \\dots\\}} \\sum_{W}
+    \\alpha^* = \\mathop{\\mathrm{arg\\,min}}_{\\alpha \\in \\{0, \\frac{1}{n}, \\dots\\}} \\sum_{W}
     \\operatorname{tr}\\big(\\Delta^\\top X^\\top X\\, \\Delta\\big), \\qquad
     \\Delta = \\operatorname{diag}(s)^{-1} Q\\big(\\operatorname{diag}(s) W\\big) - W ,
     $$
