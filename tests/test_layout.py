@@ -54,6 +54,7 @@ LAYERS = {
             "quantref.scaling",
             "quantref.weight_only",
             "quantref.qat",
+            "quantref.estimators",
             "quantref.parallel",
         ],
         {"numerics", "models"},
