@@ -168,8 +168,8 @@ def test_qlinear_concat_copies_and_requantizes(dtype):
     check(model, {"x0": x0, "x1": x1, "x2": x2})
 
 
-def test_mlas_logistic_is_onnxruntimes_float_sigmoid_bit_for_bit():
-    from quantref.runtimes.onnx_microsoft import mlas_logistic
+def test_mlas_logistic_and_run_models_sigmoid_are_onnxruntimes_bit_for_bit():
+    from quantref.runtimes.onnx_float import mlas_logistic
 
     rng = np.random.default_rng(3)
     specials = [0.0, -0.0, 18.0, -18.0, 17.99, 30.0, -30.0, np.inf, -np.inf, np.nan, 1e-40, -1e-40, 1e-8]
@@ -187,7 +187,8 @@ def test_mlas_logistic_is_onnxruntimes_float_sigmoid_bit_for_bit():
     model.ir_version = 8
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     expected = session.run(None, {"x": x})[0]
-    for got in (np.asarray(mlas_logistic(x)), np.asarray(jax.jit(mlas_logistic)(x))):
+    in_graph = qonnx_graph.run_model(model, {"x": x})["y"]
+    for got in (np.asarray(mlas_logistic(x)), np.asarray(jax.jit(mlas_logistic)(x)), in_graph):
         moved = got.view(np.uint32) != expected.view(np.uint32)
         assert not moved.any(), f"{moved.sum()} of {x.size} differ, first at x = {x[moved][:5]}"
     # Not the exact logistic: the approximation differs from it in the last bits for many inputs.

@@ -10,9 +10,11 @@ LayerNormalization, an int16 Conv that has no integer kernel). They are computed
   result of Min/Max, are not reproduced;
 - **float, not bit-exact**: operators that sum (MatMul, Gemm, Conv, AveragePool, GlobalAveragePool, ReduceSum,
   ReduceMean, Softmax, LayerNormalization) — onnxruntime's MLAS kernels sum in another order, blocked and
-  vectorized — and transcendental ones (Exp, Log, Tanh, Erf, Sigmoid, Gelu, Pow), which MLAS approximates with its
+  vectorized — and transcendental ones (Exp, Log, Tanh, Erf, Gelu, Pow), which MLAS approximates with its
   own polynomials. Their results are within a few float32 ulps of onnxruntime's; a QuantizeLinear after them can
   move a code by one where the value lands near a rounding tie, and the tests count how many codes that moves.
+- **Sigmoid** is bit-exact in the onnxruntime flavors: :func:`mlas_logistic` is MLAS's own approximation, operation
+  for operation (float32 only; the reference flavor computes the exact logistic function in float32).
 
 Every flavor computes them the same way (the reference evaluator's numpy kernels are not reproduced either).
 
@@ -30,11 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from quantref import _validate
 from quantref.affine import true_divide
 from quantref.runtimes import onnx_ops
 from quantref.runtimes.onnx_ops import Op
 
-__all__ = ["OPS", "conv_float"]
+__all__ = ["OPS", "conv_float", "mlas_logistic"]
 
 OPS: dict[str, Op] = {}
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -134,6 +137,14 @@ OPS["Or"] = Op(_comparison(jnp.logical_or), (2, 2), 1, ())
 # Transcendental: float, not bit-exact (MLAS has its own approximations)
 
 
+def _sigmoid(inputs, attributes, context):
+    """onnxruntime's MLAS logistic, bit for bit, in its flavors; the reference evaluator's is not reproduced."""
+    x = inputs[0]
+    if context.flavor == "reference" or np.dtype(x.dtype) != np.float32:
+        return [jax.nn.sigmoid(x)]
+    return [mlas_logistic(x)]
+
+
 def _gelu(inputs, attributes, context):
     x = inputs[0]
     if attributes.get("approximate", "none") == "tanh":
@@ -146,9 +157,77 @@ OPS["Exp"] = Op(_unary(jnp.exp), (1, 1), 1, ())
 OPS["Log"] = Op(_unary(jnp.log), (1, 1), 1, ())
 OPS["Tanh"] = Op(_unary(jnp.tanh), (1, 1), 1, ())
 OPS["Erf"] = Op(_unary(jax.lax.erf), (1, 1), 1, ())
-OPS["Sigmoid"] = Op(_unary(jax.nn.sigmoid), (1, 1), 1, ())
+OPS["Sigmoid"] = Op(_sigmoid, (1, 1), 1, ())
 OPS["Pow"] = Op(_comparison(lambda a, b: jnp.power(a, jnp.asarray(b, a.dtype))), (2, 2), 1, ())
 OPS["Gelu"] = Op(_gelu, (1, 1), 1, ("approximate",))
+
+
+# MLAS's logistic constants (Eigen's rational approximation): the clamp, then p's and q's coefficients, high first.
+_LOGISTIC_RANGE = 18.0
+_LOGISTIC_P = (4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05, 8.51377133304701e-03,
+               2.48287947061529e-01)  # fmt: skip
+_LOGISTIC_Q = (6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06, 1.70198817374094e-03,
+               1.16817656904453e-01, 9.93151921023180e-01)  # fmt: skip
+
+
+def mlas_logistic(x) -> jax.Array:
+    """onnxruntime's float32 logistic function on x86-64 (``MlasComputeLogistic``, the FMA3 kernel), bit for bit.
+
+    .. math::
+
+        v = \\min(\\max(x, -18), 18), \\qquad
+        \\sigma(x) \\approx \\max\\Big(0,\\ \\frac{v \\cdot p(v^2)}{q(v^2)} + \\tfrac12\\Big)
+
+    with ``p`` of degree 4 and ``q`` of degree 5 in ``v²`` evaluated by Horner's rule, each step one fused
+    multiply-add (one rounding), ``v²``, ``v · p``, the quotient and the ``+ ½`` each rounded to float32. The fused
+    multiply-adds are emulated exactly in numpy (float64 products are exact, the sums rounded to odd and then to
+    float32, which is the correct rounding), so the result does not depend on the backend's own FMA; inside a jit
+    the values go through ``jax.pure_callback``.
+
+    References:
+      onnxruntime ``core/mlas/lib/logistic.cpp`` (the constants) and ``core/mlas/lib/x86_64/LogisticKernelFma3.S``;
+      Boldo and Melquiond, "Emulation of a FMA and correctly-rounded sums: proved algorithms using rounding to
+      odd", IEEE Transactions on Computers 57(4), 2008.
+
+    Args:
+      x: float32 values, any shape.
+
+    Returns:
+      float32 values in [0, 1] (NaN stays NaN), the shape of ``x``.
+    """
+    if _validate.is_concrete(x):
+        return jnp.asarray(_mlas_logistic_numpy(np.asarray(x, np.float32)))
+    shape = jax.ShapeDtypeStruct(jnp.shape(x), jnp.float32)
+    return jax.pure_callback(_mlas_logistic_numpy, shape, jnp.asarray(x, jnp.float32), vmap_method="sequential")
+
+
+def _mlas_logistic_numpy(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    v = np.where(x < -_LOGISTIC_RANGE, np.float32(-_LOGISTIC_RANGE), x)  # vmaxps/vminps: NaN passes through
+    v = np.where(v > _LOGISTIC_RANGE, np.float32(_LOGISTIC_RANGE), v).astype(np.float32)
+    square = (v * v).astype(np.float32)
+    p = _fma(square, np.float32(_LOGISTIC_P[0]), np.float32(_LOGISTIC_P[1]))
+    for coefficient in _LOGISTIC_P[2:]:
+        p = _fma(square, p, np.float32(coefficient))
+    q = _fma(square, np.float32(_LOGISTIC_Q[0]), np.float32(_LOGISTIC_Q[1]))
+    for coefficient in _LOGISTIC_Q[2:]:
+        q = _fma(square, q, np.float32(coefficient))
+    with np.errstate(invalid="ignore"):
+        y = ((v * p).astype(np.float32) / q).astype(np.float32) + np.float32(0.5)
+        return np.where(y < 0, np.float32(0), y).astype(np.float32)  # vmaxps(0, y): NaN passes through
+
+
+def _fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 ``fma(a, b, c)``, one rounding: the product exact in float64, the sum rounded to odd, then to f32."""
+    product = np.float64(a) * np.float64(b)
+    addend = np.float64(c)
+    total = product + addend
+    with np.errstate(invalid="ignore"):
+        virtual = total - product
+        error = (product - (total - virtual)) + (addend - virtual)  # TwoSum: total + error is exact
+        even = (np.asarray(total).view(np.int64) & 1) == 0
+        odd = np.nextafter(total, np.where(error > 0, np.inf, -np.inf))
+    return np.where((error != 0) & even, odd, total).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------

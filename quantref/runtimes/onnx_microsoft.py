@@ -45,7 +45,7 @@ import numpy as np
 
 from quantref import _validate
 from quantref.affine import true_divide
-from quantref.runtimes import _arith, onnx_ops
+from quantref.runtimes import _arith, onnx_float, onnx_ops
 from quantref.runtimes import onnx as qonnx
 from quantref.runtimes import onnx_integer as qinteger
 from quantref.runtimes.onnx_ops import Op
@@ -260,75 +260,7 @@ def _same(first, second) -> bool:
 
 
 OPS["QLinearLeakyRelu"] = Op(_unary_lookup(_leaky_relu), (4, 5), 1, ("alpha",))
-OPS["QLinearSigmoid"] = Op(_unary_lookup(lambda attributes: mlas_logistic), (4, 5), 1, ())
-
-
-# MLAS's logistic constants (Eigen's rational approximation): the clamp, then p's and q's coefficients, high first.
-_LOGISTIC_RANGE = 18.0
-_LOGISTIC_P = (4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05, 8.51377133304701e-03,
-               2.48287947061529e-01)  # fmt: skip
-_LOGISTIC_Q = (6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06, 1.70198817374094e-03,
-               1.16817656904453e-01, 9.93151921023180e-01)  # fmt: skip
-
-
-def mlas_logistic(x) -> jax.Array:
-    """onnxruntime's float32 logistic function on x86-64 (``MlasComputeLogistic``, the FMA3 kernel), bit for bit.
-
-    .. math::
-
-        v = \\min(\\max(x, -18), 18), \\qquad
-        \\sigma(x) \\approx \\max\\Big(0,\\ \\frac{v \\cdot p(v^2)}{q(v^2)} + \\tfrac12\\Big)
-
-    with ``p`` of degree 4 and ``q`` of degree 5 in ``v²`` evaluated by Horner's rule, each step one fused
-    multiply-add (one rounding), ``v²``, ``v · p``, the quotient and the ``+ ½`` each rounded to float32. The fused
-    multiply-adds are emulated exactly in numpy (float64 products are exact, the sums rounded to odd and then to
-    float32, which is the correct rounding), so the result does not depend on the backend's own FMA; inside a jit
-    the values go through ``jax.pure_callback``.
-
-    References:
-      onnxruntime ``core/mlas/lib/logistic.cpp`` (the constants) and ``core/mlas/lib/x86_64/LogisticKernelFma3.S``;
-      Boldo and Melquiond, "Emulation of a FMA and correctly-rounded sums: proved algorithms using rounding to
-      odd", IEEE Transactions on Computers 57(4), 2008.
-
-    Args:
-      x: float32 values, any shape.
-
-    Returns:
-      float32 values in [0, 1] (NaN stays NaN), the shape of ``x``.
-    """
-    if _validate.is_concrete(x):
-        return jnp.asarray(_mlas_logistic_numpy(np.asarray(x, np.float32)))
-    shape = jax.ShapeDtypeStruct(jnp.shape(x), jnp.float32)
-    return jax.pure_callback(_mlas_logistic_numpy, shape, jnp.asarray(x, jnp.float32), vmap_method="sequential")
-
-
-def _mlas_logistic_numpy(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    v = np.where(x < -_LOGISTIC_RANGE, np.float32(-_LOGISTIC_RANGE), x)  # vmaxps/vminps: NaN passes through
-    v = np.where(v > _LOGISTIC_RANGE, np.float32(_LOGISTIC_RANGE), v).astype(np.float32)
-    square = (v * v).astype(np.float32)
-    p = _fma(square, np.float32(_LOGISTIC_P[0]), np.float32(_LOGISTIC_P[1]))
-    for coefficient in _LOGISTIC_P[2:]:
-        p = _fma(square, p, np.float32(coefficient))
-    q = _fma(square, np.float32(_LOGISTIC_Q[0]), np.float32(_LOGISTIC_Q[1]))
-    for coefficient in _LOGISTIC_Q[2:]:
-        q = _fma(square, q, np.float32(coefficient))
-    with np.errstate(invalid="ignore"):
-        y = ((v * p).astype(np.float32) / q).astype(np.float32) + np.float32(0.5)
-        return np.where(y < 0, np.float32(0), y).astype(np.float32)  # vmaxps(0, y): NaN passes through
-
-
-def _fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """float32 ``fma(a, b, c)``, one rounding: the product exact in float64, the sum rounded to odd, then to f32."""
-    product = np.float64(a) * np.float64(b)
-    addend = np.float64(c)
-    total = product + addend
-    with np.errstate(invalid="ignore"):
-        virtual = total - product
-        error = (product - (total - virtual)) + (addend - virtual)  # TwoSum: total + error is exact
-        even = (np.asarray(total).view(np.int64) & 1) == 0
-        odd = np.nextafter(total, np.where(error > 0, np.inf, -np.inf))
-    return np.where((error != 0) & even, odd, total).astype(np.float32)
+OPS["QLinearSigmoid"] = Op(_unary_lookup(lambda attributes: onnx_float.mlas_logistic), (4, 5), 1, ())
 
 
 OPS["QLinearConcat"] = Op(_qlinear_concat, (5, -1), 1, ("axis",))
