@@ -412,6 +412,33 @@ def test_jit_and_traced_parameters():
     assert per_channel.shape == (500, 4) and per_channel.dtype == jnp.int32
 
 
+def _fc(weights=(4, 3), multipliers=4, bias=None, x_dtype=np.int8, input_zero_point=0):
+    """fully_connected on zeros: a (2, 3) input, every other argument valid unless given."""
+    return qtflite.fully_connected(
+        np.zeros((2, 3), x_dtype),
+        np.zeros(weights, np.int8),
+        bias,
+        [2**30] * multipliers,
+        [0] * 4,
+        input_zero_point=input_zero_point,
+        output_zero_point=0,
+    )
+
+
+def _conv(x_shape, filter_shape, **options):
+    """conv2d on zeros with two output channels, every other argument valid unless given."""
+    return qtflite.conv2d(
+        np.zeros(x_shape, np.int8),
+        np.zeros(filter_shape, np.int8),
+        None,
+        [2**30] * 2,
+        [0] * 2,
+        input_zero_point=0,
+        output_zero_point=0,
+        **options,
+    )
+
+
 @pytest.mark.parametrize(
     "call,error,match",
     [
@@ -437,111 +464,14 @@ def test_jit_and_traced_parameters():
             "broadcast",
         ),
         (lambda: qtflite.rounding_divide_by_pot(np.int32([1]), 32), ValueError, "exponent"),
-        (
-            lambda: qtflite.fully_connected(
-                np.zeros((2, 3), np.int8),
-                np.zeros((4, 5), np.int8),
-                None,
-                [2**30] * 4,
-                [0] * 4,
-                input_zero_point=0,
-                output_zero_point=0,
-            ),
-            ValueError,
-            "depth",
-        ),
-        (
-            lambda: qtflite.fully_connected(
-                np.zeros((2, 3), np.int8),
-                np.zeros((4, 3), np.int8),
-                None,
-                [2**30] * 3,
-                [0] * 4,
-                input_zero_point=0,
-                output_zero_point=0,
-            ),
-            ValueError,
-            "output_multiplier",
-        ),
-        (
-            lambda: qtflite.fully_connected(
-                np.zeros((2, 3), np.int8),
-                np.zeros((4, 3), np.int8),
-                [0] * 3,
-                [2**30] * 4,
-                [0] * 4,
-                input_zero_point=0,
-                output_zero_point=0,
-            ),
-            ValueError,
-            "bias",
-        ),
-        (
-            lambda: qtflite.fully_connected(
-                np.zeros((2, 3), np.uint8),
-                np.zeros((4, 3), np.int8),
-                None,
-                [2**30] * 4,
-                [0] * 4,
-                input_zero_point=0,
-                output_zero_point=0,
-            ),
-            TypeError,
-            "x",
-        ),
-        (
-            lambda: qtflite.fully_connected(
-                np.zeros((2, 3), np.int8),
-                np.zeros((4, 3), np.int8),
-                None,
-                [2**30] * 4,
-                [0] * 4,
-                input_zero_point=200,
-                output_zero_point=0,
-            ),
-            ValueError,
-            "input_zero_point",
-        ),
-        (
-            lambda: qtflite.conv2d(
-                np.zeros((1, 4, 4, 3), np.int8),
-                np.zeros((2, 3, 3, 2), np.int8),
-                None,
-                [2**30] * 2,
-                [0] * 2,
-                input_zero_point=0,
-                output_zero_point=0,
-            ),
-            ValueError,
-            "multiple",
-        ),
-        (
-            lambda: qtflite.conv2d(
-                np.zeros((1, 4, 4, 2), np.int8),
-                np.zeros((2, 3, 3, 2), np.int8),
-                None,
-                [2**30] * 2,
-                [0] * 2,
-                input_zero_point=0,
-                output_zero_point=0,
-                padding="FULL",
-            ),
-            ValueError,
-            "padding",
-        ),
-        (
-            lambda: qtflite.conv2d(
-                np.zeros((1, 2, 2, 2), np.int8),
-                np.zeros((2, 3, 3, 2), np.int8),
-                None,
-                [2**30] * 2,
-                [0] * 2,
-                input_zero_point=0,
-                output_zero_point=0,
-            ),
-            ValueError,
-            "larger",
-        ),
+        (lambda: _fc(weights=(4, 5)), ValueError, "depth"),
+        (lambda: _fc(multipliers=3), ValueError, "output_multiplier"),
+        (lambda: _fc(bias=[0] * 3), ValueError, "bias"),
+        (lambda: _fc(x_dtype=np.uint8), TypeError, "x"),
+        (lambda: _fc(input_zero_point=200), ValueError, "input_zero_point"),
+        (lambda: _conv((1, 4, 4, 3), (2, 3, 3, 2)), ValueError, "multiple"),
+        (lambda: _conv((1, 4, 4, 2), (2, 3, 3, 2), padding="FULL"), ValueError, "padding"),
+        (lambda: _conv((1, 2, 2, 2), (2, 3, 3, 2)), ValueError, "larger"),
         (lambda: qtflite.per_channel_multipliers(0.0, [0.1], 0.2), ValueError, "input_scale"),
         (
             lambda: qtflite.quantize(np.ones(3, np.float32), 1e-40, 0, "int8"),
@@ -549,32 +479,8 @@ def test_jit_and_traced_parameters():
             "scale.*JAX flushes subnormal float32 to zero on CPU, so results would not match",
         ),
         (lambda: qtflite.quantize(np.ones(3, np.float32), 5e-39, 0, "int8"), ValueError, "smallest normal float32"),
-        (
-            lambda: qtflite.conv2d(
-                np.zeros((1, 4, 4, 0), np.int8),
-                np.zeros((2, 3, 3, 1), np.int8),
-                None,
-                [2**30] * 2,
-                [0] * 2,
-                input_zero_point=0,
-                output_zero_point=0,
-            ),
-            ValueError,
-            "x and filters.*channel",
-        ),
-        (
-            lambda: qtflite.conv2d(
-                np.zeros((1, 4, 4, 0), np.int8),
-                np.zeros((2, 3, 3, 0), np.int8),
-                None,
-                [2**30] * 2,
-                [0] * 2,
-                input_zero_point=0,
-                output_zero_point=0,
-            ),
-            ValueError,
-            "x and filters.*channel",
-        ),
+        (lambda: _conv((1, 4, 4, 0), (2, 3, 3, 1)), ValueError, "x and filters.*channel"),
+        (lambda: _conv((1, 4, 4, 0), (2, 3, 3, 0)), ValueError, "x and filters.*channel"),
     ],
 )
 def test_bad_input(call, error, match):
