@@ -19,7 +19,8 @@ cost (:func:`scale_channels`; the model says which pairs it has, e.g.
 - **AWQ** (Lin et al. 2023) for weight-only int4/int3: a weight multiplied by its input's magnitude contributes
   more to the output, so scaling the rows of salient input channels *up* before rounding protects them. AWQ
   searches $s = \\overline{|X|}^{\\alpha}$ over a grid of $\\alpha \\in [0, 1]$ for the smallest output error of
-  the quantized layers on calibration data (:func:`awq_scales`, :func:`awq`).
+  the quantized layers on calibration data (:func:`awq_scales`), then searches, per output channel and group, how
+  far to clip the kernel's range before rounding (:func:`awq_clip`); :func:`awq` does both.
 
 :func:`input_statistics` collects what both need in one pass over calibration data: each layer input's mean
 magnitude and maximum magnitude per channel, and $X^\\top X$.
@@ -28,7 +29,8 @@ References:
   Xiao et al., "SmoothQuant: Accurate and Efficient Post-Training Quantization for Large Language Models",
   arXiv:2211.10438, 2022, sec. 4 (eq. 4: the migration strength).
   Lin et al., "AWQ: Activation-aware Weight Quantization for LLM Compression and Acceleration", arXiv:2306.00978,
-  2023, sec. 3.2 (the search over $s_X^{\\alpha}$).
+  2023, sec. 3.2 (the search over $s_X^{\\alpha}$); the weight clipping of its reference implementation
+  (llm-awq, ``auto_clip``).
   Dettmers et al., "LLM.int8(): 8-bit Matrix Multiplication for Transformers at Scale", arXiv:2208.07339, 2022,
   sec. 4 (outlier features).
 """
@@ -53,6 +55,7 @@ __all__ = [
     "smoothquant_scales",
     "smooth",
     "awq_scales",
+    "awq_clip",
     "awq",
 ]
 
@@ -260,6 +263,66 @@ def awq_scales(
     return scales[best], float(alphas[best]), losses
 
 
+def awq_clip(
+    kernel: jax.Array,
+    gram: jax.Array,
+    fmt: formats.IntFormat,
+    group_size: int | None = None,
+    *,
+    grid: int = 20,
+    max_shrink: float = 0.5,
+) -> tuple[jax.Array, jax.Array]:
+    """AWQ's weight clipping: per output channel and group, the fraction $r$ of the range $\\max|W|$ whose
+    round-to-nearest kernel reproduces the layer's output best on the calibration data.
+
+    Clipping trades the few largest weights of a group (clamped to $\\pm r \\max|W|$) for a finer step
+    $s = r \\max|W| / (q_{max} + \\frac12)$ for all the others. With $\\hat W(r) = s\\,\\operatorname{clamp}(
+    \\operatorname{rne}(W / s), q_{min}, q_{max})$ and $\\Delta = \\hat W - W$, the output error of column $c$ is
+
+    $$
+    e_c = \\Delta_{:,c}^\\top\\, X^\\top X\\, \\Delta_{:,c}
+        = \\sum_{k, l} \\Delta_{k,c}^\\top G_{kl}\\, \\Delta_{l,c} ,
+    $$
+
+    with $k, l$ the row groups and $G_{kl}$ the blocks of the Gram matrix $G = X^\\top X$. Each $r$ is searched
+    on the grid $r = 1 - i / n$, $i = 0, 1, \\dots$ while $i / n < $ ``max_shrink`` (1 down to 0.55 by default, as
+    in the reference implementation). With one group per column (per-channel scales) the search is exact. With
+    several, the reference implementation minimises each group's own term $\\Delta_{k,c}^\\top G_{kk}
+    \\Delta_{k,c}$; here the groups of a column are visited in order (coordinate descent) and each takes the $r$
+    that minimises the whole $e_c$, cross terms included, given the others' current choices. Every step keeps or
+    lowers $e_c$ and $r = 1$ is the start, so the result is never worse than the unclipped kernel on the
+    calibration data.
+
+    References:
+      Lin et al., arXiv:2306.00978, 2023; the reference implementation's ``auto_clip`` (llm-awq,
+      ``awq/quantize/auto_clip.py``: ``n_grid=20``, ``max_shrink=0.5``).
+
+    Args:
+      kernel: ``(in, out)`` float kernel, as it will be rounded (AWQ's scaled kernel).
+      gram: ``(in, in)``, $X^\\top X$ of the kernel's input rows (of the scaled input, for AWQ's scaled kernel).
+      fmt: the signed weight grid (as :func:`quantref.weight_only.rtn_weights`).
+      group_size: rows per group, or ``None`` per channel.
+      grid: $n$, the number of steps from $r = 1$ to $r = 0$.
+      max_shrink: the largest fraction of the range that may be clipped away, in ``[0, 1)``.
+
+    Returns:
+      ``(scale, ratio)``: the :func:`quantref.weight_only.group_scales`-shaped scales of the clipped ranges (float16
+      numbers, ``(out,)`` or ``(in // group_size, out)``) and the chosen $r$ of each (same shape).
+
+    Raises:
+      ValueError: if ``grid`` is not a positive int, ``max_shrink`` is outside ``[0, 1)``, or ``gram`` is not
+        ``(in, in)``; as :func:`quantref.weight_only.group_scales` for the kernel, grid and group size.
+    """
+    ratios = _clip_ratios(grid, max_shrink)
+    kernel = jnp.asarray(kernel, jnp.float32)
+    weight_only.group_scales(kernel, fmt, group_size)  # validates the kernel, the grid and the group size
+    gram = jnp.asarray(gram, jnp.float32)
+    if gram.shape != (kernel.shape[0],) * 2:
+        raise ValueError(f"gram must be ({kernel.shape[0]}, {kernel.shape[0]}) for this kernel, got {gram.shape}")
+    scale, choice = _clip_search(kernel, gram, fmt, group_size, ratios)
+    return scale, jnp.asarray(ratios, jnp.float32)[choice]
+
+
 def awq(
     model: nnx.Module,
     statistics: dict[str, ChannelStatistics],
@@ -268,18 +331,27 @@ def awq(
     group_size: int | None = None,
     *,
     grid: int = 20,
+    clip: bool = True,
+    clip_grid: int = 20,
+    max_shrink: float = 0.5,
     select: str | Sequence[str] | None = None,
     skip: str | Sequence[str] | None = None,
 ) -> tuple[nnx.Module, dict[str, weight_only.WeightQuant], dict[str, float]]:
     """AWQ weight-only quantization: search a scale for each input (:func:`awq_scales`), then round every selected
-    kernel to nearest (:func:`quantref.weight_only.rtn_weights`) with its rows scaled.
+    kernel to nearest with its rows scaled, on a range clipped per output channel and group (:func:`awq_clip`).
 
     Where the input's producer can absorb the scale (a pair), it is folded in (:func:`scale_channels`) and costs
     nothing. A layer in no pair (one after a GELU) keeps its scale beside its codes as
     :attr:`~quantref.weight_only.WeightQuant.row_scale`: its kernel is $Q(\\operatorname{diag}(s) W)$ with the rows
     divided by $s$ after dequantization (what AutoAWQ's scaled activation and qwix's AWQ do at run time). The scales
     are searched on the float model's statistics: folding is exact, so a layer's input in the rescaled model is its
-    float input divided by its own scale, which the search accounts for.
+    float input divided by its own scale, which the search accounts for. The clipping search, as in the reference
+    implementation, comes after the scales and sees the scaled kernel and the scaled input, whose Gram matrix is
+    $\\operatorname{diag}(s)^{-1} X^\\top X \\operatorname{diag}(s)^{-1}$. Without it (``clip=False``) each
+    group's scale is $\\max|W| / (q_{max} + \\frac12)$, as in :func:`quantref.weight_only.rtn_weights`.
+
+    References:
+      Lin et al., arXiv:2306.00978, 2023, sec. 3.2; llm-awq's ``auto_scale`` and ``auto_clip``.
 
     Args:
       model: the float model.
@@ -288,6 +360,9 @@ def awq(
       fmt: the signed weight grid.
       group_size: rows per group, or ``None`` per channel.
       grid: number of $\\alpha$ values.
+      clip: search each group's clipping ratio (:func:`awq_clip`); ``False`` rounds on the full range.
+      clip_grid: the clipping search's ``grid``.
+      max_shrink: the clipping search's ``max_shrink``.
       select: path patterns of the layers to quantize.
       skip: path patterns to leave in float.
 
@@ -296,9 +371,17 @@ def awq(
       :func:`quantref.weight_only.fake_quant_model` and :func:`quantref.weight_only.save_packed`), the
       ``{path: WeightQuant}``, and the chosen $\\alpha$ of each pair (keyed by its first layer) and of each layer in
       no pair.
+
+    Raises:
+      TypeError: if ``clip`` is not a bool.
+      ValueError: for a ``clip_grid`` or ``max_shrink`` that :func:`awq_clip` refuses (checked before any search).
     """
+    if not isinstance(clip, bool):
+        raise TypeError(f"clip must be a bool, got {clip!r}")
+    if clip:
+        _clip_ratios(clip_grid, max_shrink, "clip_grid")
     chosen = nn.find_layers(model, select, skip)
-    alphas = {}
+    alphas, input_scales = {}, {}
     for pair in pairs:
         if not all(path in chosen for path in pair.layers):
             continue
@@ -306,18 +389,25 @@ def awq(
         scale, alpha, _ = awq_scales(kernels, statistics[pair.layers[0]], fmt, group_size, grid=grid)
         model = scale_channels(model, pair, scale)
         alphas[pair.layers[0]] = alpha
+        input_scales.update(dict.fromkeys(pair.layers, scale))
     weights = weight_only.rtn_weights(model, fmt, group_size, select=select, skip=skip)
-    paired = {path for pair in pairs for path in pair.layers}
     for path in weights:
-        if path in paired:
-            continue
-        kernel = _kernel(model, path)
-        scale, alphas[path], _ = awq_scales([kernel], statistics[path], fmt, group_size, grid=grid)
-        scale = scale.astype(weight_only.SCALE_DTYPE).astype(jnp.float32)  # stored as float16
-        scaled = kernel * scale[:, None]
-        grid_scale = weight_only.group_scales(scaled, fmt, group_size)
-        codes = weight_only.quantize_kernel(scaled, grid_scale, fmt)
-        weights[path] = weight_only.WeightQuant(codes, grid_scale, fmt, scale)
+        kernel, row_scale = _kernel(model, path), None
+        if path in input_scales:
+            scale = input_scales[path]
+        else:
+            scale, alphas[path], _ = awq_scales([kernel], statistics[path], fmt, group_size, grid=grid)
+            row_scale = scale = scale.astype(weight_only.SCALE_DTYPE).astype(jnp.float32)  # stored as float16
+            kernel = kernel * scale[:, None]
+        if clip:
+            gram = statistics[path].gram / (scale[:, None] * scale[None, :])  # the scaled input's X^T X
+            grid_scale, _ = awq_clip(kernel, gram, fmt, group_size, grid=clip_grid, max_shrink=max_shrink)
+        elif row_scale is None:
+            continue  # rtn_weights already rounded it
+        else:
+            grid_scale = weight_only.group_scales(kernel, fmt, group_size)
+        codes = weight_only.quantize_kernel(kernel, grid_scale, fmt)
+        weights[path] = weight_only.WeightQuant(codes, grid_scale, fmt, row_scale)
     return model, weights, alphas
 
 
@@ -328,6 +418,39 @@ def _kernel(model: nnx.Module, path: str) -> jax.Array:
     layer = nn.get_module(model, path)
     layer = layer.layer if isinstance(layer, nn.QuantLayer) else layer
     return jnp.asarray(layer.kernel[...], jnp.float32)
+
+
+def _clip_ratios(grid: int, max_shrink: float, grid_name: str = "grid") -> tuple[float, ...]:
+    """The clipping ratios $1 - i / n$ for $i / n <$ ``max_shrink``, largest first."""
+    if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 1:
+        raise ValueError(f"{grid_name} must be a positive int, got {grid!r}")
+    if isinstance(max_shrink, bool) or not isinstance(max_shrink, (int, float)) or not 0.0 <= max_shrink < 1.0:
+        raise ValueError(f"max_shrink must be a number in [0, 1), got {max_shrink!r}")
+    return tuple(1.0 - i / grid for i in range(int(grid)) if i / grid < max_shrink or i == 0)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _clip_search(kernel, gram, fmt, group_size, ratios):
+    rows, columns = kernel.shape
+    size = rows if group_size is None else group_size
+    # Each candidate's scales (as group_scales shapes them), and its rounding error (ratio, rows, columns).
+    candidates = jnp.stack([weight_only.group_scales(kernel * ratio, fmt, group_size) for ratio in ratios])
+    deltas = jnp.stack([weight_only.GroupFakeQuant(scale, fmt)(kernel) - kernel for scale in candidates])
+    blocks = candidates.reshape(len(ratios), rows // size, columns)
+    choice = jnp.zeros((rows // size, columns), jnp.int32)
+    current = deltas[0]  # ratio 1: no clipping
+    for group in range(rows // size):
+        # e_c as a function of group k's delta D, the others fixed: e_c = const + 2 D.(G_k,rest Delta_rest) + D.G_kk D
+        band = slice(group * size, (group + 1) * size)
+        others = (np.arange(rows) // size != group)[:, None]  # the other groups
+        cross = gram[band] @ jnp.where(others, current, 0.0)
+        trial = deltas[:, band]
+        error = jax.vmap(lambda delta: jnp.sum(delta * (2.0 * cross + gram[band, band] @ delta), axis=0))(trial)
+        best = jnp.argmin(error, axis=0)  # the first minimum: ties keep the larger range
+        choice = choice.at[group].set(best)
+        current = current.at[band].set(jnp.take_along_axis(trial, best[None, None, :], axis=0)[0])
+    scale = jnp.take_along_axis(blocks, choice[None], axis=0)[0]
+    return (scale[0] if group_size is None else scale), (choice[0] if group_size is None else choice)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))

@@ -336,6 +336,26 @@ def test_smoothquant_scales_match_qwix():
         )
 
 
+def test_awqs_clip_never_raises_a_layers_calibration_error(model, batches):
+    """With the clipping search (the default) each layer's output error on the calibration data, in the rescaled
+    model, is at most what rounding the same scaled kernel on its full range gives."""
+    stats = scaling.input_statistics(model, batches)
+    pairs = transformer.scaling_pairs(TINY)
+    scaled, clipped, _ = scaling.awq(model, stats, pairs, INT3, 16, skip="head")
+    same, unclipped, _ = scaling.awq(model, stats, pairs, INT3, 16, skip="head", clip=False)
+    scaled_stats = scaling.input_statistics(scaled, batches)
+    gained = 0
+    for path in clipped:
+        kernel = nn.get_module(scaled, path).kernel[...]
+        np.testing.assert_array_equal(kernel, nn.get_module(same, path).kernel[...])  # the clip changes no scale s
+        errors = [
+            float(gptq.layer_error(kernel, w[path].dequantize(), scaled_stats[path].gram)) for w in (clipped, unclipped)
+        ]
+        assert errors[0] <= errors[1] * (1 + 1e-4)
+        gained += errors[0] < 0.99 * errors[1]
+    assert gained >= len(clipped) // 2
+
+
 def test_awq_keeps_the_function_and_never_loses_to_rtn_on_calibration_data(model, batches, test_windows, tmp_path):
     stats = scaling.input_statistics(model, batches)
     pairs = transformer.scaling_pairs(TINY)
