@@ -9,13 +9,14 @@ Speed: the jit'd forward pass at batch 1024 (and 1) of
   the arrays), fine-tuned and folded;
 - 90 % unstructured sparsity and 2:4 sparsity: the same dense shapes with zeros in them;
 
-and the same in PyTorch as the peer: ``torch.nn.utils.prune.ln_structured`` on the same channels (it masks: the
-weight keeps its shape and a hook multiplies it by the mask before every call), that mask made permanent with
-``prune.remove``, and the network rebuilt by hand at the smaller shapes — the step torch's utilities leave to the
-user. The calls are interleaved, round by round in a random order, so that every path sees the same load; the
-tables give the median wall-clock and CPU time (all threads of the process) over ``--rounds`` rounds, the wall
-minimum, and the speed-ups against the unpruned model of the same framework. Then each stage of the JAX network
-alone, unpruned against shrunk, to show where the time goes.
+and the same in PyTorch and onnxruntime as peers: ``torch.nn.utils.prune.ln_structured`` on the same channels (it
+masks: the weight keeps its shape and a hook multiplies it by the mask before every call), that mask made permanent
+with ``prune.remove``, and the network rebuilt by hand at the smaller shapes — the step torch's utilities leave to
+the user; onnxruntime runs the float ONNX graphs that :func:`quantref.export.onnx.float_model_proto` writes for the
+unpruned and the shrunk model (default session options). The calls are interleaved, round by round in a random
+order, so that every path sees the same load; the tables give the median wall-clock and CPU time (all threads of the
+process) over ``--rounds`` rounds, the wall minimum, and the speed-ups against the unpruned model of the same
+framework. Then each stage of the JAX network alone, unpruned against shrunk, to show where the time goes.
 
 Bytes: the Deep Compression stages (:func:`quantref.compression.deep_compression`), each written with
 :func:`quantref.compression.write_compressed` and measured on disk, with the accuracy of the model read back.
@@ -89,6 +90,17 @@ def torch_cnn(model: nnx.Module):
     return net.eval()
 
 
+def float_session(model: nnx.Module, x_calib: np.ndarray):
+    """An onnxruntime session (default options) on the float ONNX graph quantref exports for a folded model."""
+    import onnxruntime
+
+    from quantref import ptq
+    from quantref.export import onnx as qexport
+
+    proto = qexport.float_model_proto(model, ptq.quantize_model(model, x_calib))
+    return onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
 def interleaved(functions: dict[str, Callable[[], object]], rounds: int) -> dict[str, dict[str, list[float]]]:
     """Seconds per call of each function, wall-clock and CPU (``time.process_time``: every thread of this process).
 
@@ -158,6 +170,11 @@ def main() -> None:
     expected = structured.channel_keep(folded.conv1.kernel[...], STRUCTURED["amount"], 1)
     assert np.array_equal(kept, expected), "torch and quantref chose different channels"
 
+    ort_sessions = {
+        label: float_session(m, splits.x_train[:256])
+        for label, m in (("unpruned", folded), ("half the channels (shrunk)", small))
+    }
+
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
         f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads); "
@@ -183,12 +200,17 @@ def main() -> None:
             "torch: mask removed (zeros)": lambda: torch_removed(x_torch),
             "torch: rebuilt at half the channels": lambda: torch_small(x_torch),
         }
+        ort_paths = {
+            f"onnxruntime: {label}": (lambda session: lambda: session.run(None, {"x": x_np}))(session)
+            for label, session in ort_sessions.items()
+        }
         # One framework at a time: torch's idle OpenMP threads spin for a while and would slow whatever JAX runs next.
         times = interleaved(jax_paths, args.rounds)
         with torch.inference_mode():
             times |= interleaved(torch_paths, args.rounds)
+        times |= interleaved(ort_paths, args.rounds)
         print(f"\nbatch {batch}")
-        report(times, lambda name: "JAX: unpruned" if name.startswith("JAX") else "torch: unpruned")
+        report(times, lambda name: name.split(":")[0] + ": unpruned")
 
     x = jnp.asarray(splits.x_test[rng.integers(0, len(splits.x_test), 1024)])
     big_layers, small_layers = layer_forwards(folded, x), layer_forwards(small, x)
