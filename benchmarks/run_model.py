@@ -11,8 +11,10 @@ as onnxruntime does), at batch 1 and 1024, times one call of:
   graph, outputs back to numpy), compiled once before timing.
 
 The two are timed interleaved (one call of each per round) and the medians printed with their ratio
-(run_model ÷ onnxruntime; the goal is ≤ 2 at batch 1024). Every output is also compared, bit for bit. No number here
-is a test assertion: the machines are shared and noisy.
+(run_model ÷ onnxruntime; the goal is ≤ 2 at batch 1024), of wall-clock time and of the process's CPU time
+(``time.process_time``, all threads: steadier than wall-clock time on a shared machine, though it counts threads
+that spin while they wait). Every output is also compared, bit for bit. No number here is a test assertion: the
+machines are shared and noisy.
 """
 
 from __future__ import annotations
@@ -29,17 +31,21 @@ import jax
 import numpy as np
 
 
-def interleaved_medians(functions: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each function, the calls interleaved round by round after one warm-up call each."""
+def interleaved_medians(functions: dict, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall-clock and CPU seconds of each function, the calls interleaved round by round after one warm-up
+    call each."""
     for fn in functions.values():
         jax.block_until_ready(fn())
     times = {name: [] for name in functions}
+    cpu = {name: [] for name in functions}
     for _ in range(repeats):
         for name, fn in functions.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             jax.block_until_ready(fn())
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            cpu[name].append(time.process_time() - start_cpu)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return medians, {name: statistics.median(values) for name, values in cpu.items()}
 
 
 def main() -> None:
@@ -77,7 +83,10 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
         f"({jax.default_backend()}), onnxruntime {ort.__version__}; medians of {args.repeats} interleaved runs"
     )
-    print(f"{'model':<22} {'batch':>6} {'onnxruntime ms':>15} {'run_model ms':>13} {'ratio':>7}  bits equal")
+    print(
+        f"{'model':<22} {'batch':>6} {'onnxruntime ms':>15} {'run_model ms':>13} {'ratio':>7} {'CPU ratio':>10}  "
+        f"bits equal"
+    )
     rng = np.random.default_rng(0)
     for name, path in (("exported (QOperator)", qoperator), ("quantize_static (QDQ)", qdq)):
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -85,16 +94,17 @@ def main() -> None:
         for batch in (1, 1024):
             x = splits.x_test[rng.integers(0, len(splits.x_test), batch)]
             feeds = {"x": x}
-            medians = interleaved_medians(
+            medians, cpu = interleaved_medians(
                 {"onnxruntime": lambda: session.run(None, feeds), "run_model": lambda: compiled(feeds)}, args.repeats
             )
             expected = session.run(None, feeds)[0]
             got = next(iter(compiled(feeds).values()))
             equal = np.array_equal(got.view(np.uint32), expected.view(np.uint32))
             ratio = medians["run_model"] / medians["onnxruntime"]
+            cpu_ratio = cpu["run_model"] / cpu["onnxruntime"]
             print(
                 f"{name:<22} {batch:>6} {medians['onnxruntime'] * 1e3:>15.3f} {medians['run_model'] * 1e3:>13.3f} "
-                f"{ratio:>7.2f}  {equal}"
+                f"{ratio:>7.2f} {cpu_ratio:>10.2f}  {equal}"
             )
 
 

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from quantref._validate import is_concrete
-from quantref.runtimes import _arith, onnx_float, onnx_microsoft, onnx_ops, onnx_qdq
+from quantref.runtimes import _arith, _qdq_drop, onnx_float, onnx_microsoft, onnx_ops, onnx_qdq
 from quantref.runtimes import onnx as qonnx
 from quantref.runtimes.onnx_ops import Context
 from quantref.runtimes.onnx_qdq import Node
@@ -199,6 +199,7 @@ def compile_model(model: onnx.ModelProto | str | os.PathLike | bytes, *, flavor:
         types.update({vi.name: _np_dtype(vi.type.tensor_type.elem_type) for vi in graph.input if _is_tensor(vi)})
         nodes, added = onnx_qdq.fuse(nodes, initializers, types, set(outputs), opsets.get("", 1))
         initializers = {**initializers, **added}
+        nodes = _qdq_drop.drop_max_pool(nodes, initializers, set(outputs))
     return CompiledModel(onnx, graph, _live(nodes, outputs), initializers, outputs, opsets, flavor)
 
 
@@ -221,6 +222,7 @@ class CompiledModel:
         self._initializers = initializers
         self._opsets = opsets
         self._onnx = onnx
+        self._unrounded = _selected_only(self.nodes, outputs)
         self._jitted = jax.jit(self._execute, static_argnums=0)
 
     def __call__(self, feeds: Mapping[str, jax.Array | np.ndarray]) -> dict[str, np.ndarray]:
@@ -247,7 +249,10 @@ class CompiledModel:
                 if all(value is None or is_concrete(value) for value in inputs):
                     results = [np.asarray(value) for value in results]
                 else:
-                    results = [_node_output(value) for value in results]
+                    results = [
+                        value if name in self._unrounded else _node_output(value)
+                        for name, value in zip(node.outputs, results)
+                    ]
             except (ValueError, TypeError) as error:
                 raise type(error)(f"{_node_label(node)}: {error}") from error
             for name, value in zip(node.outputs, results):
@@ -261,6 +266,23 @@ def _node_output(value):
     if np.issubdtype(np.dtype(value.dtype), np.floating) and np.dtype(value.dtype).itemsize >= 2:
         return _arith.rounded(value)
     return value
+
+
+# Operators whose rule passes a float input through a select before any arithmetic (MaxPool's NaN test): the select
+# already keeps the producer's product from being contracted with what follows, as _arith.rounded would.
+_SELECTING = frozenset({"MaxPool"})
+
+
+def _selected_only(nodes: tuple[Node, ...], outputs: tuple[str, ...]) -> frozenset[str]:
+    """The values read only by :data:`_SELECTING` operators (and no graph output): their producers' outputs need no
+    :func:`_node_output` barrier, which would otherwise sit between a convolution's channels-last result and the
+    pool and keep XLA from cancelling the transposes between them."""
+    readers: dict[str, set[str]] = {}
+    for node in nodes:
+        for name in node.inputs:
+            if name:
+                readers.setdefault(name, set()).add(node.op_type if node.domain == "" else f"{node.domain}.")
+    return frozenset(name for name, ops in readers.items() if ops <= _SELECTING and name not in outputs)
 
 
 def _live(nodes: list[Node], outputs: tuple[str, ...]) -> list[Node]:

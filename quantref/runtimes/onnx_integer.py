@@ -159,14 +159,47 @@ def matmul_integer(
 
 @functools.partial(jax.jit, static_argnames=("strides", "pads", "dilations", "group", "mode"))
 def _conv_int32(x, w, x_zero_point, w_zero_point, *, strides, pads, dilations, group, mode: str = "int"):
+    """The int32 accumulators ``(N, M, H_out, W_out)`` of ConvInteger (see :func:`_conv_channels_last`)."""
+    acc = _conv_channels_last(
+        x, w, x_zero_point, w_zero_point, strides=strides, pads=pads, dilations=dilations, group=group, mode=mode
+    )
+    return acc.transpose(0, 3, 1, 2)
+
+
+def _conv_channels_last(
+    x, w, x_zero_point, w_zero_point, *, strides, pads, dilations, group, mode: str, keep_float: bool = False
+):
+    """The int32 accumulators of ConvInteger, channels last: ``(N, H_out, W_out, M)`` for an NCHW ``x``.
+
+    $$
+    acc_{n,i,j,m} = \\sum_{c,p,q} (x_{n,c,\\,i s_0 + p d_0 - t,\\, j s_1 + q d_1 - l} - z_x)(w_{m,c,p,q} - z_{w,m})
+    $$
+
+    Computed channels last (NHWC), the layout XLA's CPU convolutions and matrix products run in: the callers
+    transpose back to NCHW at the end, and XLA cancels a transpose back to NHWC in the next convolution or pool,
+    so that a chain of convolutions never moves its activations between layouts.
+
+    Args:
+      x: integer ``(N, C, H, W)``.
+      w: integer ``(M, C/group, kH, kW)``.
+      x_zero_point: scalar.
+      w_zero_point: scalar or ``(M,)``.
+      strides, pads, dilations, group: the ONNX geometry (pads ``(top, left, bottom, right)``).
+      mode: ``"float"``, ``"split"`` or ``"int"`` (see :func:`_accumulation`).
+      keep_float: with ``mode="float"``, return the float32 sums themselves (exact integers) rather than int32:
+        XLA's CPU backend converts float32 to int32 slowly (it saturates), as slowly as the convolution runs.
+
+    Returns:
+      int32 ``(N, H_out, W_out, M)`` (float32 with ``keep_float`` and ``mode="float"``).
+    """
     # Padding happens in the zero-point-subtracted domain: a padded x element contributes 0.
-    x32 = x.astype(jnp.int32) - x_zero_point.astype(jnp.int32)
+    x32 = (x.astype(jnp.int32) - x_zero_point.astype(jnp.int32)).transpose(0, 2, 3, 1)
     w32 = w.astype(jnp.int32) - w_zero_point.astype(jnp.int32).reshape((-1, 1, 1, 1) if w_zero_point.ndim else ())
     geometry = dict(
         window_strides=strides,
         padding=((pads[0], pads[2]), (pads[1], pads[3])),
         rhs_dilation=dilations,
-        dimension_numbers=("NCHW", "OIHW", "NCHW"),
+        dimension_numbers=("NHWC", "OIHW", "NHWC"),
         feature_group_count=group,
     )
     if mode == "int":
@@ -176,6 +209,8 @@ def _conv_int32(x, w, x_zero_point, w_zero_point, *, strides, pads, dilations, g
         (_conv_float(x_float, part.astype(jnp.float32), geometry, strides, pads, dilations, group), factor)
         for part, factor in _weight_parts(w32, mode)
     ]
+    if keep_float and mode == "float":
+        return products[0][0]
     return _combine(products, mode)
 
 
@@ -183,34 +218,37 @@ _TAPS = 16  # at most this many products per output: a sum of shifted slices bea
 
 
 def _conv_float(x, w, geometry, strides, pads, dilations, group):
-    """An exact float32 convolution of integers (every partial sum below 2^24, so any order gives the same sum), in
-    the fastest form XLA's CPU backend offers: a matrix product when the kernel covers the whole (unpadded) input, a
-    sum of shifted slices when each output has few products (a 1-channel input, a depthwise convolution), else
-    XLA's convolution."""
+    """An exact float32 convolution of integers, channels last (``x`` NHWC, ``w`` OIHW, the result NHWC): every
+    partial sum is below 2^24, so any order gives the same sum. In the fastest form XLA's CPU backend offers: a
+    matrix product when the kernel covers the whole (unpadded) input, a sum of shifted slices when each output has
+    few products (a 1-channel input, a depthwise convolution), else XLA's convolution."""
     out_channels, per_group, kernel_h, kernel_w = w.shape
-    if group == 1 and not any(pads) and (kernel_h, kernel_w) == tuple(x.shape[2:]):
-        flat = jnp.matmul(x.reshape(x.shape[0], -1), w.reshape(out_channels, -1).T, precision=_HIGHEST)
-        return flat.reshape(x.shape[0], out_channels, 1, 1)
+    if group == 1 and not any(pads) and (kernel_h, kernel_w) == tuple(x.shape[1:3]):
+        # (h, w, c) order on both sides: the input's rows are contiguous channels last
+        rows = w.transpose(0, 2, 3, 1).reshape(out_channels, -1).T
+        flat = jnp.matmul(x.reshape(x.shape[0], -1), rows, precision=_HIGHEST)
+        return flat.reshape(x.shape[0], 1, 1, out_channels)
     if per_group * kernel_h * kernel_w > _TAPS:
         return jax.lax.conv_general_dilated(x, w, precision=_HIGHEST, **geometry)
-    padded = jnp.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    out_h = (padded.shape[2] - dilations[0] * (kernel_h - 1) - 1) // strides[0] + 1
-    out_w = (padded.shape[3] - dilations[1] * (kernel_w - 1) - 1) // strides[1] + 1
+    # Materialized once: XLA would otherwise read an unpadded tap from x's producer, recomputed in every output.
+    padded = jax.lax.optimization_barrier(jnp.pad(x, ((0, 0), (pads[0], pads[2]), (pads[1], pads[3]), (0, 0))))
+    out_h = (padded.shape[1] - dilations[0] * (kernel_h - 1) - 1) // strides[0] + 1
+    out_w = (padded.shape[2] - dilations[1] * (kernel_w - 1) - 1) // strides[1] + 1
     # input channel c of output channel m's group: (m // (out_channels / group)) * per_group + c
     groups = np.arange(out_channels) // (out_channels // group)
     total = None
     for c in range(per_group):
-        source = jnp.take(padded, groups * per_group + c, axis=1) if (group > 1 or per_group > 1) else padded
+        source = jnp.take(padded, groups * per_group + c, axis=3) if (group > 1 or per_group > 1) else padded
         for i in range(kernel_h):
             for j in range(kernel_w):
                 top, left = i * dilations[0], j * dilations[1]
                 window = source[
                     :,
-                    :,
                     top : top + strides[0] * (out_h - 1) + 1 : strides[0],
                     left : left + strides[1] * (out_w - 1) + 1 : strides[1],
+                    :,
                 ]
-                term = window * w[:, c, i, j].reshape(1, -1, 1, 1)
+                term = window * w[:, c, i, j]
                 total = term if total is None else total + term
     return total
 
@@ -476,7 +514,8 @@ def qlinear_matmul(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("out_dtype", "strides", "pads", "dilations", "group", "half", "flavor", "mode")
+    jax.jit,
+    static_argnames=("out_dtype", "strides", "pads", "dilations", "group", "half", "flavor", "mode", "float_bias"),
 )
 def _qlinear_conv(
     x,
@@ -497,16 +536,28 @@ def _qlinear_conv(
     half,
     flavor,
     mode,
+    float_bias=False,
 ):
-    acc = _conv_int32(
-        x, w, x_zero_point, w_zero_point, strides=strides, pads=pads, dilations=dilations, group=group, mode=mode
+    # Channels last until the end: the bias and the multipliers broadcast along the last axis. With exact float32
+    # sums and a bias exact in float32 (|b| <= 2^24), f32(acc) + f32(b) is f32(acc + b) rounded once, as the int32
+    # sum converted would be: the accumulator need not go through int32 (a slow conversion in XLA's CPU backend).
+    acc = _conv_channels_last(
+        x,
+        w,
+        x_zero_point,
+        w_zero_point,
+        strides=strides,
+        pads=pads,
+        dilations=dilations,
+        group=group,
+        mode=mode,
+        keep_float=float_bias,
     )
-    acc = acc + bias.reshape(1, -1, 1, 1)
+    acc = acc + (bias.astype(jnp.float32) if float_bias and mode == "float" else bias)
     multiplier = _multiplier(x_scale, w_scale, y_scale, half, flavor)
-    multiplier = multiplier.reshape((1, -1, 1, 1) if multiplier.ndim else ())
     fmt = _types.INT_FORMATS[out_dtype]
     codes = _requantize(acc, multiplier, y_zero_point.astype(jnp.int32), qmin=fmt.qmin, qmax=fmt.qmax, flavor=flavor)
-    return codes.astype(out_dtype)
+    return codes.astype(out_dtype).transpose(0, 3, 1, 2)
 
 
 def qlinear_conv(
@@ -581,6 +632,7 @@ def qlinear_conv(
     sy = _validate.scalar_scale(_widen(y_scale), "y_scale")
     _validate.check_scale_product(sx, sw, "x_scale * w_scale")
     zy = _validate.scalar_zero_point(y_zero_point, "y_zero_point")
+    mode = _conv_mode(x, x_zp, w, w_zp)
     if bias is None:
         bias = jnp.zeros((out_channels,), jnp.int32)
     else:
@@ -604,8 +656,14 @@ def qlinear_conv(
         group=int(group),
         half=half,
         flavor=flavor,
-        mode=_conv_mode(x, x_zp, w, w_zp),
+        mode=mode,
+        float_bias=flavor == "onnxruntime" and mode == "float" and _exact_in_float(bias),
     )
+
+
+def _exact_in_float(values) -> bool:
+    """Whether ``values`` are known (concrete) integers that float32 holds exactly: $|v| \\le 2^{24}$."""
+    return _validate.is_concrete(values) and bool(np.all(np.abs(np.asarray(values, np.int64)) <= _FLOAT_EXACT))
 
 
 def _half_scales(**scales) -> np.dtype | None:

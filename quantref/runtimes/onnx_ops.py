@@ -338,22 +338,38 @@ def _max_pool(inputs, attributes, context):
     kind = np.dtype(x.dtype).kind
     lowest = np.finfo(x.dtype).min if kind == "f" else np.iinfo(x.dtype).min
     lowest = jnp.asarray(lowest, x.dtype)
+    # Channels last (the layout of the convolutions, see onnx_integer._conv_channels_last): XLA cancels the
+    # transposes between a convolution and the pool, and the slices below read whole rows of channels.
+    x = jnp.moveaxis(x, 1, -1)
     if kind == "f":
         # onnxruntime keeps a window element only when it is strictly greater than the running maximum, which
         # starts at the type's lowest finite value: NaN never wins, and a window of -inf gives the lowest value.
         x = jnp.where(jnp.isnan(x), lowest, x)
-    padded = jax.lax.pad(x, lowest, [(0, 0, 0), (0, 0, 0)] + [(b, e, 0) for b, e in geometry.padding])
+    tiles = all(
+        k == s and d == 1 and b == 0 and k * n == size
+        for k, s, d, (b, _), n, size in zip(
+            geometry.kernel, geometry.strides, geometry.dilations, geometry.padding, geometry.out_sizes, x.shape[1:-1]
+        )
+    )
+    if kind != "f" and tiles:
+        # Windows that tile the input (stride = kernel, no padding): one reduction over the window axes of a
+        # reshape, which XLA's CPU backend vectorizes where the strided slices below are not. Integers only: the
+        # maximum of equal floats (-0.0 and 0.0) would depend on the reduction's order.
+        shape = [x.shape[0]] + [v for n, k in zip(geometry.out_sizes, geometry.kernel) for v in (n, k)] + [x.shape[-1]]
+        pooled = jnp.max(x.reshape(shape), axis=tuple(range(2, 2 * len(geometry.kernel) + 1, 2)))
+        return [jnp.moveaxis(pooled, -1, 1)]
+    padded = jax.lax.pad(x, lowest, [(0, 0, 0)] + [(b, e, 0) for b, e in geometry.padding] + [(0, 0, 0)])
     # The maximum over the window's offsets of strided slices: elementwise, and far faster on XLA's CPU backend than
     # reduce_window. Padded positions hold the lowest value, which is where onnxruntime's maximum starts.
     pooled = None
     for offsets in np.ndindex(*geometry.kernel):
-        index = [slice(None), slice(None)] + [
+        index = [slice(None)] + [
             slice(o * d, o * d + s * (n - 1) + 1, s)
             for o, d, s, n in zip(offsets, geometry.dilations, geometry.strides, geometry.out_sizes)
         ]
         window = padded[tuple(index)]
         pooled = window if pooled is None else jnp.maximum(pooled, window)
-    return [pooled]
+    return [jnp.moveaxis(pooled, -1, 1)]
 
 
 class PoolGeometry(NamedTuple):
