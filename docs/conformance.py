@@ -661,10 +661,14 @@ else:
 
 # %% [markdown]
 # The 8-bit QDQ models have an integer kernel for every unit, and `run_model` gives each session's bits. The int16
-# MatMuls are the exception: their fusion into MatMulNBits (a weight-only kernel that quantizes activations itself)
-# is not reproduced — `run_model` computes those MatMuls in float, as the unoptimised session does, so it agrees
-# with that session up to float rounding and not with the optimised one. A backend that matches "onnxruntime" on a
-# QDQ model should say which session it means; `run_model(..., flavor=...)` makes the same choice explicit.
+# MatMuls become MatMulNBits in the optimised session, and `run_model` reproduces that too: the rewrite's rules and
+# the kernel's arithmetic (int8 activation blocks, int32 lane sums, fused multiply-adds in the order of MLAS's
+# AVX512-VNNI kernel, the zero points through block sums) are in `quantref.runtimes.onnx_nbits`, so the default
+# flavor matches the optimised session bit for bit — on an AVX512-VNNI CPU: AVX2 and ARM machines run other
+# MatMulNBits kernels, with other sums. Against the unoptimised session the int16 model's float MatMuls agree up to
+# float rounding (a summation order), not always to the bit. Almost every output of that model moves between the two
+# sessions: a backend that matches "onnxruntime" on a QDQ model should say which session it means;
+# `run_model(..., flavor=...)` makes the same choice explicit.
 
 # %% [markdown]
 # ## Where they agree

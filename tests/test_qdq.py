@@ -9,8 +9,10 @@ calibration. Each model runs on the test split (inside the calibration range) an
 
 - ``flavor="onnxruntime"`` equals onnxruntime's default session (``ORT_ENABLE_ALL``) bit for bit wherever every
   operator has an integer kernel (8-bit types): the QDQ node units are fused as onnxruntime fuses them.
-- Where float operators remain (int16 activations have no integer kernels; the unoptimised session runs QDQ graphs
-  in float) the outputs are "float, not bit-exact": the tests count how many outputs move and bound the count.
+- Where float operators remain (int16 activations have no integer kernels — their plain MatMuls and Gemms become
+  MatMulNBits, reproduced bit for bit in ``tests/test_matmul_nbits.py``, but a Conv or a transposed Gemm stays
+  float; the unoptimised session runs QDQ graphs in float) the outputs are "float, not bit-exact": the tests count
+  how many outputs move and bound the count.
 - onnxruntime's optimised and unoptimised sessions themselves disagree on QDQ models; the counts are checked here
   and listed on the conformance page.
 """

@@ -2,14 +2,17 @@
 
 onnxruntime's quantizer writes these operators into QOperator models (QGemm, QLinearAdd, QLinearMul, QLinearConcat,
 QLinearAveragePool, QLinearGlobalAveragePool, QLinearLeakyRelu, QLinearSigmoid), and its graph optimiser creates
-them (and MatMulIntegerToFloat) from QDQ node units (:mod:`quantref.runtimes.onnx_qdq`). They are not in the ONNX
-standard: each rule here follows the MLAS kernel that onnxruntime 1.32 runs on an x86-64 CPU with AVX2 (where a
-kernel has several implementations, the AVX2 one), with the roundings in the same order:
+them (and MatMulIntegerToFloat, MatMulNBits) from QDQ node units (:mod:`quantref.runtimes.onnx_qdq`). They are not
+in the ONNX standard: each rule here follows the MLAS kernel that onnxruntime 1.32 runs on an x86-64 CPU with AVX2
+(where a kernel has several implementations, the AVX2 one; MatMulNBits aside), with the roundings in the same order:
 
 - **QGemm** ``(A, s_a, z_a, B, s_b, z_b, C, s_y, z_y)``: ``acc = Σ (a − z_a)(b − z_b) + C`` in int32 (``C`` the
   int32 bias), then QLinearConv's requantization with ``M = f32(f32(f32(α s_a) s_b) / s_y)``; without ``s_y`` the
   float output ``f32(acc) · f32(f32(α s_a) s_b)``.
 - **MatMulIntegerToFloat** ``(A, B, s_a, s_b, z_a, z_b)``: ``f32(acc) · f32(s_a s_b)``.
+- **MatMulNBits** with ``accuracy_level=4`` (4- or 8-bit weights in blocks of 32): the activations quantized to
+  int8 per row and block, int32 lane sums and fused multiply-adds in the order of MLAS's AVX512-VNNI kernel
+  (:mod:`quantref.runtimes.onnx_nbits`, the one kernel here that follows AVX512-VNNI rather than AVX2).
 - **QLinearAdd**: with ``r_a = f32(s_a / s_c)``, ``r_b = f32(s_b / s_c)`` and
   ``k = f32(z_c − fma(r_a, z_a, f32(r_b z_b)))``, ``y = sat(rne(fma(a, r_a, fma(b, r_b, k))))`` — fused
   multiply-adds (the AVX2 kernel), exact here whatever the backend; where ``a`` is the broadcast operand of its
@@ -32,7 +35,7 @@ kernel has several implementations, the AVX2 one), with the roundings in the sam
 
 References:
   onnxruntime ``contrib_ops/cpu/quantization/`` (quant_gemm.cc, matmul_integer_to_float.cc, qlinear_binary_op.cc,
-  qlinear_concat.cc, qlinear_lookup_table.cc, qlinear_activations.cc, qlinear_global_average_pool.cc,
+  matmul_nbits.cc, qlinear_concat.cc, qlinear_lookup_table.cc, qlinear_activations.cc, qlinear_global_average_pool.cc,
   qlinear_pool.cc); ``core/mlas/lib/`` (qladd.cpp, intrinsics/avx2/qladd_avx2.cpp, qlmul.cpp, qpostprocessor.cpp,
   qlgavgpool.cpp, quantize.cpp). The operators' schemas: onnxruntime ``docs/ContribOperators.md``.
 """
@@ -45,7 +48,7 @@ import numpy as np
 
 from quantref import _validate
 from quantref.affine import true_divide
-from quantref.runtimes import _arith, onnx_float, onnx_ops
+from quantref.runtimes import _arith, onnx_float, onnx_nbits, onnx_ops
 from quantref.runtimes import onnx as qonnx
 from quantref.runtimes import onnx_integer as qinteger
 from quantref.runtimes.onnx_ops import Op
@@ -139,6 +142,12 @@ def _matmul_integer_to_float(inputs, attributes, context):
 
 OPS["QGemm"] = Op(_qgemm, (6, 9), 1, ("alpha", "transA", "transB"))
 OPS["MatMulIntegerToFloat"] = Op(_matmul_integer_to_float, (4, 7), 1, ())
+OPS["MatMulNBits"] = Op(
+    lambda inputs, attributes, context: [onnx_nbits.matmul_nbits_op(inputs, attributes)],
+    (3, 6),
+    1,
+    ("K", "N", "bits", "block_size", "accuracy_level", "weight_prepacked"),
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------

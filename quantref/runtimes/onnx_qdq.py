@@ -25,19 +25,32 @@ so that :func:`~quantref.runtimes.onnx_graph.run_model` computes what deploys:
    kernel for them), and such units stay float.
 4. **Replacement**: the unit's target becomes one integer node reading the DQs' inputs and writing the Q's output.
    What DQ and Q nodes no longer feed anything is dropped by the interpreter.
+5. **Weight-only units** (``DQMatMulToMatMulNBits``): a MatMul, or a Gemm with ``alpha = 1``, no transposes and (if
+   it has a bias) ``beta = 1`` and a bias of shape ``[N]``, that no rule above took, whose second input is a
+   DequantizeLinear of a constant rank-2 int8/uint8/int4/uint4 weight — per tensor, per column (``axis`` 1 or
+   absent; ``-1`` is refused) or in blocks along ``K`` (``axis=0``, ``block_size`` a power of two ≥ 16) — with a
+   float32 scale, the DQ feeding only this node and no other DQ reading that weight, becomes ``com.microsoft``
+   MatMulNBits with ``accuracy_level=4`` (:mod:`~quantref.runtimes.onnx_nbits`): weights as unsigned codes (int8 and
+   int4 shifted by 128 and 8, zero points with them), blocks of 32 along ``K`` for per-tensor and per-column
+   weights, a Gemm's bias as its bias input. The activation stays float, or comes from a 16-bit DQ; one from an
+   8-bit, 4-bit or 32-bit DQ keeps the MatMul float. This is what happens to the MatMuls and Gemms of
+   ``quantize_static(..., activation_type=QInt16)`` models and of weight-only models; MatMulNBits then quantizes
+   the activations to int8 per row and block of 32 as it runs.
 
 Everything else runs as written: data movement between a DQ and a Q with equal parameters gives the same codes
 either way, so the ``drop`` rules (DQ→MaxPool→Q becoming an integer MaxPool, and so on) need not be reproduced.
-Not reproduced: the Where unit (QLinearWhere), and the rewrite of a DequantizeLinear'd 2-, 4- or 8-bit weight
-feeding a MatMul or Gemm whose activation is float (16-bit activations, or weight-only quantization) into
-``MatMulNBits`` with ``accuracy_level=4``, which quantizes the activations to int8 blocks on the fly — those stay
-float here (and move most outputs: see the conformance page) — and ``DoubleQDQPairsRemover``, which merges two
-consecutive Q→DQ pairs with different parameters.
+Not reproduced: the Where unit (QLinearWhere); the MatMulNBits rewrite of 2-bit weights, of weights in blocks
+other than 32 along ``K`` and of float16 scales (onnxruntime rewrites them, with kernels not reproduced here: those
+MatMuls stay float); and ``DoubleQDQPairsRemover``, which merges two consecutive Q→DQ pairs with different
+parameters. The rules were checked against onnxruntime 1.32's saved optimised graphs (``tests/test_qdq.py``,
+``tests/test_matmul_nbits.py``).
 
 References:
   onnxruntime ``core/optimizer/qdq_transformer/qdq_propagation.cc``,
   ``selectors_actions/qdq_selectors.cc``, ``qdq_selector_action_transformer.cc``, ``qdq_actions.cc``; the
-  ``NodeUnit`` definition in ``core/framework/node_unit.cc``. "Quantize ONNX models", onnxruntime documentation,
+  ``NodeUnit`` definition in ``core/framework/node_unit.cc``; ``DQMatMulNodeGroupSelector`` and
+  ``DQMatMulToMatMulNBitsAction`` in ``qdq_selectors.cc`` and ``qdq_actions.cc``. "Quantize ONNX models",
+  onnxruntime documentation,
   https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html (QDQ format).
 """
 
@@ -47,6 +60,8 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
+
+from quantref.runtimes import onnx_nbits
 
 __all__ = ["Node", "fuse"]
 
@@ -290,6 +305,8 @@ class _Graph:
                     if q is not None:
                         replaced_q[q.outputs[0]] = q
                     continue
+            if node.domain in _DEFAULT_DOMAINS and node.op_type in ("MatMul", "Gemm"):
+                node = _select_nbits(self, node) or node
             result.append(node)
         return [node for node in result if not (node.is_op("QuantizeLinear") and node.outputs[0] in replaced_q)]
 
@@ -497,6 +514,88 @@ def _select_concat(graph: _Graph, node: Node):
     inputs = [*graph.parameters(q)] + [name for dq in dqs for name in graph.parameters(dq)]
     attributes = {"axis": node.attributes["axis"]}
     return _fused(node, "QLinearConcat", _MS, inputs, q.outputs, attributes, [node, q, clip, *dqs]), q
+
+
+def _close_to_one(node: Node, name: str) -> bool:
+    return abs(float(node.attributes.get(name, 1.0)) - 1.0) <= 1e-6
+
+
+def _select_nbits(graph: _Graph, node: Node) -> Node | None:
+    """``DQMatMulToMatMulNBits``: a MatMul (or plain Gemm) whose weight is a DequantizeLinear'd constant becomes
+    MatMulNBits (``accuracy_level=4``, blocks of 32), unless its activation comes from a non-16-bit DQ."""
+    if node.op_type == "Gemm" and not (
+        _close_to_one(node, "alpha") and not node.attributes.get("transA", 0) and not node.attributes.get("transB", 0)
+    ):
+        return None
+    dq = graph.producer(node.inputs[1])
+    if dq is None or not dq.is_op("DequantizeLinear") or dq.outputs[0] in graph.graph_outputs:
+        return None
+    if len(graph.consumers(dq.outputs[0])) != 1:
+        return None
+    if sum(n.is_op("DequantizeLinear") and n.inputs[0] == dq.inputs[0] for n in graph.nodes) != 1:
+        return None
+    activation = graph.producer(node.inputs[0])
+    if activation is not None and activation.is_op("DequantizeLinear"):
+        if graph.elem_type(activation.inputs[0]) not in (np.dtype(np.int16), np.dtype(np.uint16)):
+            return None
+    weights = _nbits_weights(graph, dq)
+    if weights is None:
+        return None
+    codes, scales, zero_points, bits = weights
+    k, n = codes.shape
+    bias = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] else ""
+    if bias and not (_close_to_one(node, "beta") and _bias_shape(graph, bias) == (n,)):
+        return None
+    names = []
+    for label, value in zip(("B", "scales", "zero_points"), onnx_nbits.pack_weights(codes, scales, zero_points, bits)):
+        name = graph.fresh(f"{dq.inputs[0]}_nbits_{label}")
+        graph.added[name] = value
+        names.append(name)
+    attributes = {"K": k, "N": n, "bits": bits, "block_size": onnx_nbits.BLOCK, "accuracy_level": 4}
+    inputs = [node.inputs[0], *names] + (["", bias] if bias else [])
+    return _fused(node, "MatMulNBits", _MS, inputs, node.outputs, attributes, [node, dq])
+
+
+def _bias_shape(graph: _Graph, name: str) -> tuple[int, ...] | None:
+    if name in graph.initializers:
+        return tuple(np.shape(graph.initializers[name]))
+    producer = graph.producer(name)
+    if producer is not None and producer.is_op("DequantizeLinear") and producer.inputs[0] in graph.initializers:
+        return tuple(np.shape(graph.initializers[producer.inputs[0]]))
+    return None
+
+
+def _nbits_weights(graph: _Graph, dq: Node) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """A DQ's constant ``[K, N]`` weight as MatMulNBits' unsigned codes, scales and zero points per block of 32
+    (``[B, N]``); None when the rewrite does not apply or its kernel is not reproduced (2 bits, float16 scales,
+    blocks other than 32)."""
+    names = [name for name in dq.inputs if name]
+    if any(name not in graph.initializers for name in names):
+        return None
+    weight, scale = (np.asarray(graph.initializers[name]) for name in names[:2])
+    zero_point = np.asarray(graph.initializers[names[2]]) if len(names) > 2 else np.zeros((), weight.dtype)
+    dtype = np.dtype(graph.elem_type(dq.inputs[0]) or weight.dtype)
+    bits = {"int8": 8, "uint8": 8, "int4": 4, "uint4": 4}.get(dtype.name)
+    if bits is None or weight.ndim != 2 or scale.dtype != np.float32:
+        return None
+    k, n = weight.shape
+    blocks = -(-k // onnx_nbits.BLOCK)
+    block_size = int(dq.attributes.get("block_size", 0))
+    if block_size > 0:
+        if dq.attributes.get("axis") != 0 or block_size != onnx_nbits.BLOCK or scale.shape != (blocks, n):
+            return None
+        zero_point = np.broadcast_to(zero_point, scale.shape) if len(names) < 3 else zero_point
+    elif scale.ndim == 0 and zero_point.ndim == 0:
+        scale, zero_point = np.broadcast_to(scale, (blocks, n)), np.broadcast_to(zero_point, (blocks, n))
+    elif scale.shape == (n,) and zero_point.shape in ((), (n,)) and dq.attributes.get("axis", 1) == 1:
+        scale, zero_point = np.broadcast_to(scale, (blocks, n)), np.broadcast_to(zero_point, (blocks, n))
+    else:
+        return None
+    if zero_point.shape != scale.shape:
+        return None
+    offset = (1 << (bits - 1)) if dtype.name.startswith("int") else 0
+    codes = weight.astype(np.int64) + offset
+    return codes, scale.astype(np.float32), zero_point.astype(np.int64) + offset, bits
 
 
 _SELECTORS = {
