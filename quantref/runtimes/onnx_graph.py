@@ -82,16 +82,19 @@ def run_model(
 
     - **bit-exact**: QuantizeLinear, DequantizeLinear (every type of :func:`~quantref.runtimes.onnx.quantize_linear`,
       float16 scales included), DynamicQuantizeLinear, MatMulInteger, ConvInteger, QLinearMatMul, QLinearConv (2-D)
-      and the ``com.microsoft`` operators of :mod:`~quantref.runtimes.onnx_microsoft` (QLinearSigmoid aside); data
+      and the ``com.microsoft`` operators of :mod:`~quantref.runtimes.onnx_microsoft`; data
       movement (Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Concat, Gather, Slice, Split, Expand, Tile, Shape,
       Identity, Constant, ConstantOfShape, Range, Where), MaxPool (1 to 3 spatial dimensions, ``ceil_mode``,
       ``auto_pad``; padded positions are skipped as in onnxruntime; only the first output), Cast (below), and the
-      exactly rounded float operators of :mod:`~quantref.runtimes.onnx_float` (Add, Mul, Relu, Clip, ...).
+      exactly rounded float operators of :mod:`~quantref.runtimes.onnx_float` (Add, Mul, Relu, Clip, ..., and
+      Sigmoid, which follows MLAS's own approximation in the onnxruntime flavors).
     - **float, not bit-exact**: float Conv, MatMul, Gemm, pools, Softmax, reductions that sum, LayerNormalization
-      and the transcendental functions, which onnxruntime's kernels compute in another order or with other
+      and the other transcendental functions, which onnxruntime's kernels compute in another order or with other
       approximations (:mod:`~quantref.runtimes.onnx_float`): within a few float32 ulps, so a QuantizeLinear after
       one can move a code by one near a rounding tie. In an optimised QDQ graph only the units onnxruntime does not
-      fuse (16-bit and 4-bit types, Softmax, Where, float operators without a DQ on every input) are left to them.
+      fuse (16-bit and 4-bit types, Softmax, Where, float operators without a DQ on every input) are left to them —
+      except the MatMuls and Gemms of 16-bit activations and DQ'd constant weights, which become MatMulNBits
+      (:mod:`~quantref.runtimes.onnx_nbits`), reproduced bit for bit.
     - Cast between bool, the integer types (int8 … uint64; int4/uint4/int2/uint2 as sources only), float16,
       bfloat16, float32, float64 and the float8 types: float → integer truncates toward zero; integer → integer
       wraps; float → float rounds to nearest even; float → float8 is QuantizeLinear with scale 1 (and ``saturate``).
@@ -102,11 +105,11 @@ def run_model(
     The ``com.microsoft`` operators follow onnxruntime's kernels in every flavor (the reference evaluator has none).
     Not reproduced: float MaxPool windows that hold NaN or only $-\\infty$ (onnxruntime's vectorized kernel answers
     by position), a float NaN's payload through float operators, onnxruntime's answers for float16/float64 →
-    uint32/uint64 casts out of range, and the optimised session's MatMulNBits rewrite of MatMuls whose activations
-    are float (int16 QDQ models, weight-only quantization), which run as float MatMuls here. Every rule is checked
-    against onnxruntime 1.32 (CPU execution provider) and the reference evaluator of onnx 1.23 in
-    ``tests/test_run_model.py``, ``tests/test_qdq.py``, ``tests/test_onnx_microsoft.py`` and
-    ``tests/test_onnx_node_tests.py``.
+    uint32/uint64 casts out of range, and the optimised session's MatMulNBits rewrite where its kernel is not
+    reproduced (2-bit weights, blocks other than 32, float16 scales; see :mod:`~quantref.runtimes.onnx_nbits`),
+    which runs as a float MatMul here. Every rule is checked against onnxruntime 1.32 (CPU execution provider) and
+    the reference evaluator of onnx 1.23 in ``tests/test_run_model.py``, ``tests/test_qdq.py``,
+    ``tests/test_onnx_microsoft.py``, ``tests/test_onnx_node_tests.py`` and ``tests/test_matmul_nbits.py``.
 
     The graph runs as one ``jax.jit``-compiled function with 64-bit types enabled for the duration of the call
     (``jax.enable_x64``, scoped), so that int64/float64 tensors keep their values; nodes whose inputs are all
