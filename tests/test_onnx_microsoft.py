@@ -191,6 +191,21 @@ def test_mlas_logistic_and_run_models_sigmoid_are_onnxruntimes_bit_for_bit():
     for got in (np.asarray(mlas_logistic(x)), np.asarray(jax.jit(mlas_logistic)(x)), in_graph):
         moved = got.view(np.uint32) != expected.view(np.uint32)
         assert not moved.any(), f"{moved.sum()} of {x.size} differ, first at x = {x[moved][:5]}"
+    # float16: onnxruntime computes in float32 and rounds; so does run_model.
+    half = rng.uniform(-12, 12, 4000).astype(np.float16)
+    graph16 = helper.make_graph(
+        [node],
+        "sigmoid16",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [None])],
+    )
+    model16 = helper.make_model(graph16, opset_imports=[helper.make_opsetid("", 13)])
+    model16.ir_version = 8
+    expected16 = ort.InferenceSession(model16.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": half}
+    )[0]
+    got16 = qonnx_graph.run_model(model16, {"x": half})["y"]
+    assert got16.dtype == np.float16 and np.array_equal(got16.view(np.uint16), expected16.view(np.uint16))
     # Not the exact logistic: the approximation differs from it in the last bits for many inputs.
     exact = (1 / (1 + np.exp(-x[:1000].astype(np.float64)))).astype(F32)
     assert np.sum(exact != expected[:1000]) > 10

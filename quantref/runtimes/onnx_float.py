@@ -13,8 +13,9 @@ LayerNormalization, an int16 Conv that has no integer kernel). They are computed
   vectorized — and transcendental ones (Exp, Log, Tanh, Erf, Gelu, Pow), which MLAS approximates with its
   own polynomials. Their results are within a few float32 ulps of onnxruntime's; a QuantizeLinear after them can
   move a code by one where the value lands near a rounding tie, and the tests count how many codes that moves.
-- **Sigmoid** is bit-exact in the onnxruntime flavors: :func:`mlas_logistic` is MLAS's own approximation, operation
-  for operation (float32 only; the reference flavor computes the exact logistic function in float32).
+- **Sigmoid** is bit-exact in the onnxruntime flavors for float32 and float16 (computed in float32 and rounded, as
+  onnxruntime does): :func:`mlas_logistic` is MLAS's own approximation, operation for operation. float64 (Eigen's
+  in onnxruntime) and the reference flavor compute the logistic function with JAX: float, not bit-exact.
 
 Every flavor computes them the same way (the reference evaluator's numpy kernels are not reproduced either).
 
@@ -140,9 +141,10 @@ OPS["Or"] = Op(_comparison(jnp.logical_or), (2, 2), 1, ())
 def _sigmoid(inputs, attributes, context):
     """onnxruntime's MLAS logistic, bit for bit, in its flavors; the reference evaluator's is not reproduced."""
     x = inputs[0]
-    if context.flavor == "reference" or np.dtype(x.dtype) != np.float32:
+    dtype = np.dtype(x.dtype)
+    if context.flavor == "reference" or dtype not in (np.float32, np.float16):
         return [jax.nn.sigmoid(x)]
-    return [mlas_logistic(x)]
+    return [mlas_logistic(x.astype(jnp.float32)).astype(dtype)]  # float16 goes through float32, as in onnxruntime
 
 
 def _gelu(inputs, attributes, context):
