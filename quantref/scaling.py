@@ -251,14 +251,11 @@ def awq_scales(
       ``(scale, alpha, losses)``: the best $s$ (``(in,)``), its $\\alpha$, and the loss at every $\\alpha$.
     """
     alphas = np.arange(grid) / grid
-    magnitude = jnp.maximum(statistics.abs_mean, 1e-4)
-    losses, scales = [], []
-    for alpha in alphas:
-        scale = magnitude**alpha
-        scale = scale / jnp.sqrt(scale.max() * scale.min())
-        scales.append(scale)
-        losses.append(sum(_awq_loss(kernel, scale, statistics.gram, fmt, group_size) for kernel in kernels))
-    losses = jnp.stack(losses)
+    kernels = tuple(jnp.asarray(kernel, jnp.float32) for kernel in kernels)
+    weight_only.group_scales(kernels[0], fmt, group_size)  # validates the grid and the group size
+    scales, losses = _awq_search(
+        kernels, statistics.abs_mean, statistics.gram, jnp.asarray(alphas), weight_only.grid_bounds(fmt), group_size
+    )
     best = int(jnp.argmin(losses))
     return scales[best], float(alphas[best]), losses
 
@@ -319,7 +316,7 @@ def awq_clip(
     gram = jnp.asarray(gram, jnp.float32)
     if gram.shape != (kernel.shape[0],) * 2:
         raise ValueError(f"gram must be ({kernel.shape[0]}, {kernel.shape[0]}) for this kernel, got {gram.shape}")
-    scale, choice = _clip_search(kernel, gram, fmt, group_size, ratios)
+    scale, choice = _clip_search(kernel, gram, weight_only.grid_bounds(fmt), group_size, ratios)
     return scale, jnp.asarray(ratios, jnp.float32)[choice]
 
 
@@ -429,13 +426,20 @@ def _clip_ratios(grid: int, max_shrink: float, grid_name: str = "grid") -> tuple
     return tuple(1.0 - i / grid for i in range(int(grid)) if i / grid < max_shrink or i == 0)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _clip_search(kernel, gram, fmt, group_size, ratios):
+def _round_float(kernel: jax.Array, scale: jax.Array, bounds: jax.Array) -> jax.Array:
+    """The kernel rounded to nearest on the grid of ``scale`` and ``bounds`` (traceable), in float."""
+    return weight_only.grid_round(kernel, scale, bounds) * gptq.row_scales(scale, *kernel.shape)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _clip_search(kernel, gram, bounds, group_size, ratios):
     rows, columns = kernel.shape
     size = rows if group_size is None else group_size
     # Each candidate's scales (as group_scales shapes them), and its rounding error (ratio, rows, columns).
-    candidates = jnp.stack([weight_only.group_scales(kernel * ratio, fmt, group_size) for ratio in ratios])
-    deltas = jnp.stack([weight_only.GroupFakeQuant(scale, fmt)(kernel) - kernel for scale in candidates])
+    candidates = jax.vmap(lambda ratio: weight_only.grid_scales(kernel * ratio, bounds, group_size))(
+        jnp.asarray(ratios)
+    )
+    deltas = jax.vmap(lambda scale: _round_float(kernel, scale, bounds) - kernel)(candidates)
     blocks = candidates.reshape(len(ratios), rows // size, columns)
     choice = jnp.zeros((rows // size, columns), jnp.int32)
     current = deltas[0]  # ratio 1: no clipping
@@ -453,11 +457,22 @@ def _clip_search(kernel, gram, fmt, group_size, ratios):
     return (scale[0] if group_size is None else scale), (choice[0] if group_size is None else choice)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _awq_loss(kernel, scale, gram, fmt, group_size):
-    scaled = kernel * scale[:, None]
-    quantized = weight_only.GroupFakeQuant(weight_only.group_scales(scaled, fmt, group_size), fmt)(scaled)
-    return gptq.layer_error(kernel, quantized / scale[:, None], gram)
+@functools.partial(jax.jit, static_argnums=(5,))
+def _awq_search(kernels, abs_mean, gram, alphas, bounds, group_size):
+    # Every alpha's scale and summed output error in one compiled call (vectorized over the alphas).
+    magnitude = jnp.maximum(abs_mean, 1e-4)
+
+    def loss(alpha):
+        scale = magnitude**alpha
+        scale = scale / jnp.sqrt(scale.max() * scale.min())
+        total = 0.0
+        for kernel in kernels:
+            scaled = kernel * scale[:, None]
+            quantized = _round_float(scaled, weight_only.grid_scales(scaled, bounds, group_size), bounds)
+            total = total + gptq.layer_error(kernel, quantized / scale[:, None], gram)
+        return scale, total
+
+    return jax.vmap(loss)(alphas)
 
 
 @jax.jit

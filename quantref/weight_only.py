@@ -38,6 +38,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
@@ -58,6 +59,9 @@ __all__ = [
     "GroupFakeQuant",
     "group_scales",
     "quantize_kernel",
+    "grid_bounds",
+    "grid_scales",
+    "grid_round",
     "rtn_weights",
     "gptq_weights",
     "fake_quant_model",
@@ -99,8 +103,7 @@ class WeightQuant(NamedTuple):
     def dequantize(self) -> jax.Array:
         """The kernel the layer computes with, $\\hat W = s \\odot q$ (rows divided by ``row_scale`` if set),
         float32 ``(in, out)``."""
-        kernel = self.codes.astype(jnp.float32) * gptq.row_scales(self.scale, *self.codes.shape)
-        return kernel if self.row_scale is None else kernel / jnp.asarray(self.row_scale)[:, None]
+        return _dequantize(self.codes, self.scale, self.row_scale)
 
 
 class GroupFakeQuant(nnx.Module):
@@ -152,13 +155,10 @@ def group_scales(kernel: jax.Array, fmt: formats.IntFormat, group_size: int | No
     if kernel.ndim != 2:
         raise ValueError(f"kernel must be an (in, out) matrix, got shape {kernel.shape}")
     rows, columns = kernel.shape
+    _check_group_size(group_size, rows)
     if group_size is None:
         absmax = jnp.abs(kernel).max(axis=0)
     else:
-        if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size < 1:
-            raise ValueError(f"group_size must be a positive int or None, got {group_size!r}")
-        if rows % group_size:
-            raise ValueError(f"group_size {group_size} must divide the kernel's {rows} rows")
         absmax = jnp.abs(kernel).reshape(rows // group_size, group_size, columns).max(axis=1)
     scale, _ = affine.scale_zero_point(-absmax, absmax, fmt, symmetric=True, symmetric_divisor="half_levels")
     return jnp.maximum(scale, _SMALLEST_SCALE).astype(SCALE_DTYPE).astype(jnp.float32)
@@ -202,8 +202,9 @@ def rtn_weights(
     fmt = _check_format(fmt)
     result = {}
     for path, kernel in _kernels(model, select, skip).items():
-        scale = group_scales(kernel, fmt, group_size)
-        result[path] = WeightQuant(quantize_kernel(kernel, scale, fmt), scale, fmt)
+        _check_group_size(group_size, kernel.shape[0])
+        codes, scale = _round_kernel(kernel, grid_bounds(fmt), group_size)
+        result[path] = WeightQuant(codes, scale, fmt)
     return result
 
 
@@ -259,7 +260,7 @@ def gptq_weights(
     result: dict[str, WeightQuant] = {}
     for path in tqdm(order, desc="GPTQ", unit="layer", disable=not progress):
         gram = _input_gram(current, order, path, batches)
-        scale = group_scales(kernels[path], fmt, group_size)
+        scale = _compiled_group_scales(kernels[path], fmt, group_size)
         codes = gptq.gptq(
             kernels[path], 2.0 * gram, scale, fmt, block_size=block_size, damping=damping, act_order=act_order
         )
@@ -434,6 +435,93 @@ def load_packed(path: str | os.PathLike, model: nnx.Module) -> dict[str, WeightQ
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
+
+
+def _check_group_size(group_size: int | None, rows: int) -> None:
+    if group_size is None:
+        return
+    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int or None, got {group_size!r}")
+    if rows % group_size:
+        raise ValueError(f"group_size {group_size} must divide the kernel's {rows} rows")
+
+
+def grid_bounds(fmt: formats.IntFormat) -> jax.Array:
+    """A signed grid as an array, for compiled code that takes the grid as an argument rather than as a static
+    format (one compilation per kernel shape then serves every bit width).
+
+    Args:
+      fmt: the signed weight grid, 2 to 8 bits.
+
+    Returns:
+      float32 ``[q_min, q_max, (q_max - q_min) / 2]``.
+
+    Raises:
+      ValueError: for a grid that is not signed with 2 to 8 bits.
+    """
+    fmt = _check_format(fmt)
+    return jnp.asarray([fmt.qmin, fmt.qmax, (fmt.qmax - fmt.qmin) / 2], jnp.float32)
+
+
+def grid_scales(kernel: jax.Array, bounds: jax.Array, group_size: int | None) -> jax.Array:
+    """:func:`group_scales` with the grid given by :func:`grid_bounds`: traceable, with no checks of its own.
+
+    $$
+    s = \\operatorname{fp16}\\Big(\\max\\big(\\max|W| \\big/ \\tfrac{q_{max} - q_{min}}{2},\\ \\epsilon\\big)\\Big),
+    $$
+
+    floored at float16's smallest normal number: the same numbers as :func:`group_scales`.
+
+    Args:
+      kernel: ``(in, out)`` float kernel.
+      bounds: :func:`grid_bounds` of the grid.
+      group_size: rows per group (dividing ``in``), or ``None`` per output channel.
+
+    Returns:
+      ``(out,)`` or ``(in // group_size, out)`` float32 scales, each a float16 number.
+    """
+    rows, columns = kernel.shape
+    magnitude = jnp.abs(kernel)
+    if group_size is None:
+        absmax = magnitude.max(axis=0)
+    else:
+        absmax = magnitude.reshape(rows // group_size, group_size, columns).max(axis=1)
+    scale = jnp.maximum(affine.true_divide(absmax, bounds[2]), np.finfo(np.float32).eps)
+    return jnp.maximum(scale, _SMALLEST_SCALE).astype(SCALE_DTYPE).astype(jnp.float32)
+
+
+def grid_round(kernel: jax.Array, scale: jax.Array, bounds: jax.Array) -> jax.Array:
+    """The codes of :func:`quantize_kernel`, as floats, with the grid given by :func:`grid_bounds` (traceable):
+    $\\operatorname{clamp}(\\operatorname{rne}(W / s), q_{min}, q_{max})$.
+
+    Args:
+      kernel: ``(in, out)`` float kernel.
+      scale: ``(out,)`` or ``(groups, out)`` scales.
+      bounds: :func:`grid_bounds` of the grid.
+
+    Returns:
+      ``(in, out)`` float32 codes.
+    """
+    scales = gptq.row_scales(scale, *kernel.shape)
+    return jnp.clip(jnp.round(affine.true_divide(kernel, scales)), bounds[0], bounds[1])
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _round_kernel(kernel: jax.Array, bounds: jax.Array, group_size: int | None) -> tuple[jax.Array, jax.Array]:
+    # One compiled call per kernel shape and group size, for every grid (eagerly, each of a dozen small operations
+    # compiles on its own, for every grid).
+    scale = grid_scales(kernel, bounds, group_size)
+    return grid_round(kernel, scale, bounds).astype(jnp.int8), scale
+
+
+#: group_scales as one compiled call per kernel shape, grid and group size.
+_compiled_group_scales = jax.jit(group_scales, static_argnums=(1, 2))
+
+
+@jax.jit
+def _dequantize(codes: jax.Array, scale: jax.Array, row_scale: jax.Array | None) -> jax.Array:
+    kernel = codes.astype(jnp.float32) * gptq.row_scales(scale, *codes.shape)
+    return kernel if row_scale is None else kernel / jnp.asarray(row_scale, jnp.float32)[:, None]
 
 
 def _granularity(scale: jax.Array, rows: int) -> tuple[int, int | None]:

@@ -372,7 +372,7 @@ def test_awq_keeps_the_function_and_never_loses_to_rtn_on_calibration_data(model
         assert alpha == alphas[layer]
         rtn_loss = gptq.layer_error(kernel, rtn[layer].dequantize(), stats[layer].gram)
         np.testing.assert_allclose(float(losses[0]), float(rtn_loss), rtol=1e-4)  # alpha = 0 is RTN
-        assert float(losses.min()) <= float(rtn_loss)
+        assert float(losses.min()) <= float(rtn_loss) * (1 + 1e-6)  # up to float32 summation order
     # The row scales go through the fake-quant layers and the packed file like the rest.
     swapped = weight_only.fake_quant_model(scaled, weights)
     np.testing.assert_array_equal(logits(swapped, ids), logits(weight_only.dequantized_model(scaled, weights), ids))
