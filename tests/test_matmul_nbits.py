@@ -313,3 +313,163 @@ def test_int16_activation_models_bit_for_bit(tmp_path, kind):
     reference = session(path)
     for x in (inside, outside):
         assert moved(onnx_graph.run_model(path, {"x": x})["y"], reference.run(None, {"x": x})[0]) == 0
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Overridable initializers, Gemm bias shapes, operator validation
+
+
+def _dq_model(nodes, inits, inputs, outputs=("y",)):
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        inputs,
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    return model
+
+
+def _optimized_ops(model, tmp_path):
+    reference = session(model, tmp_path / "optimized.onnx")
+    return reference, [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+
+
+def test_overridable_weight_initializer_is_not_rewritten(tmp_path):
+    """A weight initializer that graph.input also lists may be fed: onnxruntime keeps the float MatMul and reads the
+    fed value."""
+    rng = np.random.default_rng(3)
+    inits = {"wq": _weight(rng, np.int8, (K, N)), "ws": np.full(N, 0.01, np.float32), "wz": np.zeros(N, np.int8)}
+    node = helper.make_node
+    nodes = [node("DequantizeLinear", ["wq", "ws", "wz"], ["w"]), node("MatMul", ["x", "w"], ["y"])]
+    for overridden in ("wq", "ws", "wz"):
+        value = np.asarray(inits[overridden])
+        declared = helper.make_tensor_value_info(overridden, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+        model = _dq_model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, K]), declared])
+        reference, theirs = _optimized_ops(model, tmp_path)
+        assert "MatMulNBits" not in theirs
+        assert "MatMulNBits" not in [n.op_type for n in onnx_graph.compile_model(model).nodes]
+        x = rng.standard_normal((3, K)).astype(np.float32)
+        fed = np.zeros_like(value) if overridden != "ws" else np.full(N, 0.5, np.float32)
+        for feeds in ({"x": x}, {"x": x, overridden: fed}):
+            expected = reference.run(None, feeds)[0]
+            got = onnx_graph.run_model(model, feeds)["y"]
+            # the float MatMul is not bit-exact (module docstring of onnx_float): the fed value must be used
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def _gemm_bias_model(bias_info, extra_nodes=(), bias="b"):
+    rng = np.random.default_rng(4)
+    inits = {"wq": _weight(rng, np.int8, (K, N)), "ws": np.full(N, 0.01, np.float32), "wz": np.zeros(N, np.int8)}
+    node = helper.make_node
+    nodes = [node("DequantizeLinear", ["wq", "ws", "wz"], ["w"]), *extra_nodes, node("Gemm", ["x", "w", bias], ["y"])]
+    return _dq_model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, K]), bias_info])
+
+
+def test_gemm_bias_shape_is_inferred(tmp_path):
+    """A Gemm bias that is neither an initializer nor a DQ of one: its inferred shape [N] lets onnxruntime rewrite
+    the Gemm into MatMulNBits, bit for bit; an undeclared shape keeps it float; one inference cannot tell raises."""
+    node = helper.make_node
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, K)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    shaped = helper.make_tensor_value_info("b", TensorProto.FLOAT, [N])
+    for model in (_gemm_bias_model(shaped), _gemm_bias_model(shaped, [node("Relu", ["b"], ["rb"])], "rb")):
+        reference, theirs = _optimized_ops(model, tmp_path)
+        assert "MatMulNBits" in theirs and "MatMulNBits" in [n.op_type for n in onnx_graph.compile_model(model).nodes]
+        assert moved(onnx_graph.run_model(model, {"x": x, "b": b})["y"], reference.run(None, {"x": x, "b": b})[0]) == 0
+    for declared in ([1, N], ["n"], None):
+        model = _gemm_bias_model(helper.make_tensor_value_info("b", TensorProto.FLOAT, declared))
+        _, theirs = _optimized_ops(model, tmp_path)
+        assert "MatMulNBits" not in theirs
+        assert "MatMulNBits" not in [n.op_type for n in onnx_graph.compile_model(model).nodes]
+    unknown = helper.make_tensor_value_info("b", TensorProto.FLOAT, None)
+    model = _gemm_bias_model(unknown, [node("Relu", ["b"], ["rb"])], "rb")
+    with pytest.raises(ValueError, match="shape of its bias 'rb' cannot be inferred"):
+        onnx_graph.compile_model(model)
+
+
+def _attempt(model, x):
+    try:
+        return session(model).run(None, {"x": x})[0]
+    except Exception as error:  # onnxruntime's own refusal
+        return error
+
+
+def test_missing_bits_defaults_to_four():
+    rng = np.random.default_rng(6)
+    codes, scales = rng.integers(0, 16, (4, 64)), rng.uniform(0.01, 0.1, (4, 2)).astype(np.float32)
+    model = nbits_model((2, 64), codes, scales, None, None, 4)
+    bits = [a for a in model.graph.node[0].attribute if a.name == "bits"][0]
+    model.graph.node[0].attribute.remove(bits)
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    assert moved(onnx_graph.run_model(model, {"x": x})["y"], session(model).run(None, {"x": x})[0]) == 0
+
+
+@pytest.mark.parametrize("attribute", ["K", "N", "block_size"])
+def test_missing_attribute_raises(attribute):
+    rng = np.random.default_rng(7)
+    model = nbits_model((2, 64), rng.integers(0, 16, (4, 64)), np.ones((4, 2), np.float32), None, None, 4)
+    found = [a for a in model.graph.node[0].attribute if a.name == attribute][0]
+    model.graph.node[0].attribute.remove(found)
+    with pytest.raises(ValueError, match=f"needs the attribute.*'{attribute}'"):
+        onnx_graph.compile_model(model)
+
+
+WRONG_SHAPES = {  # name: (initializer index, array, message); onnxruntime refuses each at PrePack
+    "scales short": (1, np.ones(7, np.float32), "scales has shape \\(7,\\).*need \\(8,\\) or \\(4, 2\\)"),
+    "scales [B, N]": (1, np.ones((2, 4), np.float32), "scales has shape \\(2, 4\\)"),
+    "B bytes per block": (0, np.ones((4, 2, 8), np.uint8), "B has shape \\(4, 2, 8\\).*need \\(4, 2, 16\\)"),
+    "B too long": (0, np.ones((4, 2, 32), np.uint8), "B has shape \\(4, 2, 32\\)"),
+    "B 2-D": (0, np.ones((4, 32), np.uint8), "B has shape \\(4, 32\\)"),
+    "zero points short": (2, np.ones(1, np.uint8), "zero_points has shape \\(1,\\).*need \\(4,\\) or \\(4, 1\\)"),
+    "zero points too long": (2, np.ones(8, np.uint8), "zero_points has shape \\(8,\\)"),
+}
+
+
+@pytest.mark.parametrize("name", list(WRONG_SHAPES))
+def test_weights_of_the_wrong_shape_raise(name):
+    index, array, message = WRONG_SHAPES[name]
+    rng = np.random.default_rng(8)
+    codes, scales = rng.integers(0, 16, (4, 64)), rng.uniform(0.01, 0.1, (4, 2)).astype(np.float32)
+    model = nbits_model((2, 64), codes, scales, rng.integers(0, 16, (4, 2)), None, 4)
+    initializer = model.graph.initializer[index]
+    initializer.CopyFrom(numpy_helper.from_array(array, initializer.name))
+    assert isinstance(_attempt(model, np.ones((2, 64), np.float32)), Exception)
+    with pytest.raises(ValueError, match=message):
+        onnx_graph.compile_model(model)
+
+
+@pytest.mark.parametrize("which", ["B", "scales", "zero_points"])
+@pytest.mark.parametrize("overridable", [False, True])
+def test_weights_that_are_not_constants_raise(which, overridable):
+    """Weights fed at run time (onnxruntime runs another, unprepacked kernel) are refused before tracing."""
+    rng = np.random.default_rng(9)
+    model = nbits_model((3, 64), rng.integers(0, 256, (5, 64)), np.ones((5, 2), np.float32), np.ones((5, 2)), None, 8)
+    initializer = [t for t in model.graph.initializer if t.name == which][0]
+    shape = list(numpy_helper.to_array(initializer).shape)
+    if not overridable:
+        model.graph.initializer.remove(initializer)
+    model.graph.input.append(helper.make_tensor_value_info(which, initializer.data_type, shape))
+    with pytest.raises(ValueError, match=f"'{which}' must be constant.*prepacked constant weights"):
+        onnx_graph.compile_model(model)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("k", [20, 40, 50, 64, 100])
+def test_nan_activations_bit_for_bit(k, bits):
+    """A NaN at every position of ``K`` (one per row; full blocks and tails of at most or more than 16 values):
+    skipped, knocking out the value it is compared with, or making its row NaN, as MLAS's vmaxps steps do."""
+    rng = np.random.default_rng(k + bits)
+    blocks, n = -(-k // 32), 6
+    codes = rng.integers(0, 1 << bits, (n, 32 * blocks))
+    scales = rng.uniform(0.001, 0.1, (n, blocks)).astype(np.float32)
+    model = nbits_model((k, k), codes, scales, rng.integers(0, 1 << bits, (n, blocks)), None, bits)
+    x = rng.standard_normal((k, k)).astype(np.float32)
+    x[np.arange(k), np.arange(k)] = np.nan
+    x[0, 1], x[1, 5] = np.nan, np.inf
+    expected = session(model).run(None, {"x": x})[0]
+    assert np.isnan(expected).any(axis=1).sum() < k - 1  # most rows stay finite
+    assert moved(onnx_graph.run_model(model, {"x": x})["y"], expected) == 0

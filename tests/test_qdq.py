@@ -394,3 +394,96 @@ def test_compiled_model_runs_many_batches(quantized, inputs):
     assert compiled.input_names == ("x",) and compiled.flavor == "onnxruntime"
     with pytest.raises(ValueError, match="flavor must be one of"):
         qonnx_graph.compile_model(path, flavor="tensorrt")
+
+
+def _override_model(nodes, inits, overridden, shape, out_type):
+    value = np.asarray(inits[overridden])
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
+        helper.make_tensor_value_info(overridden, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "override",
+        inputs,
+        [helper.make_tensor_value_info("y", out_type, None)],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    return model
+
+
+OVERRIDES = {  # name: (nodes, initializers, overridden initializer, fed value, input shape)
+    "MaxPool drop, Q scale": (
+        [
+            helper.make_node("QuantizeLinear", ["x", "s1", "z1"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "s1", "z1"], ["xd"]),
+            helper.make_node("MaxPool", ["xd"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+            helper.make_node("QuantizeLinear", ["p", "s2", "z2"], ["y"]),
+        ],
+        {"s1": np.float32(0.02), "z1": np.uint8(128), "s2": np.float32(0.02), "z2": np.uint8(128)},
+        "s2",
+        np.array(0.05, np.float32),
+        [1, 2, 4, 4],
+    ),
+    "propagation, DQ scale": (
+        [
+            helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+            helper.make_node("Reshape", ["xd", "shape"], ["r"]),
+            helper.make_node("Sigmoid", ["r"], ["sg"]),
+            helper.make_node("QuantizeLinear", ["sg", "ys", "yz"], ["y"]),
+        ],
+        {
+            "xs": np.float32(0.02),
+            "xz": np.uint8(128),
+            "ys": np.float32(1 / 256),
+            "yz": np.uint8(0),
+            "shape": np.array([8, 3], np.int64),
+        },
+        "xs",
+        np.array(0.03, np.float32),
+        [3, 8],
+    ),
+    "int8 to uint8, zero point": (
+        [
+            helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+            helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"]),
+            helper.make_node("MatMul", ["xd", "w"], ["m"]),
+            helper.make_node("QuantizeLinear", ["m", "ys", "yz"], ["y"]),
+        ],
+        {
+            "xs": np.float32(0.02),
+            "xz": np.int8(1),
+            "wq": np.arange(40, dtype=np.int8).reshape(8, 5),
+            "ws": np.float32(0.01),
+            "wz": np.int8(0),
+            "ys": np.float32(0.05),
+            "yz": np.int8(1),
+        },
+        "xz",
+        np.array(-7, np.int8),
+        [3, 8],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(OVERRIDES))
+def test_overridable_initializers_are_not_constants(name):
+    """An initializer graph.input also lists may be fed: onnxruntime's rewrites do not rely on its value, and the
+    default flavor computes what its session does with the fed value, code for code."""
+    nodes, inits, overridden, fed, shape = OVERRIDES[name]
+    out_type = TensorProto.INT8 if name.startswith("int8") else TensorProto.UINT8
+    model = _override_model(nodes, inits, overridden, shape, out_type)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    reference = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    if name.startswith("propagation"):  # no Q/DQ pair carried across the Reshape: the Sigmoid stays float
+        assert "QLinearSigmoid" not in [node.op_type for node in qonnx_graph.compile_model(model).nodes]
+    x = np.random.default_rng(12).standard_normal(shape).astype(np.float32) * 2
+    for feeds in ({"x": x}, {"x": x, overridden: fed}):
+        expected = reference.run(None, feeds)[0]
+        got = qonnx_graph.run_model(model, feeds)["y"]
+        np.testing.assert_array_equal(got, expected)

@@ -19,6 +19,7 @@ ort = pytest.importorskip("onnxruntime", reason="run_model's cross-checks need t
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from quantref.export import onnx as export_onnx  # noqa: E402
+from quantref.runtimes import onnx_graph  # noqa: E402
 from quantref.runtimes.onnx_graph import SUPPORTED_OPS, run_model  # noqa: E402
 
 LEVELS = {
@@ -574,3 +575,30 @@ def test_library_imports_without_onnx():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "needs onnx"
+
+
+def test_nodes_reading_an_overridable_initializer_are_not_folded():
+    """An initializer graph.input also lists may be fed: nodes that read it are computed from the fed value, not
+    folded from the initializer (onnxruntime's constant folding skips them too)."""
+    node = helper.make_node
+    nodes = [node("Mul", ["c", "two"], ["c2"]), node("Add", ["x", "c2"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "fold",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [4]),
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, [4]),
+        ],  # fmt: skip  # noqa: E501
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[
+            numpy_helper.from_array(np.full(4, 1.5, np.float32), "c"),
+            numpy_helper.from_array(np.float32(2), "two"),
+        ],  # fmt: skip  # noqa: E501
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.arange(4, dtype=np.float32)
+    compiled = onnx_graph.compile_model(model)
+    for feeds in ({"x": x}, {"x": x, "c": np.array([0.25, -1, 7, 3], np.float32)}):
+        np.testing.assert_array_equal(compiled(feeds)["y"], reference.run(None, feeds)[0])

@@ -40,7 +40,8 @@ def drop_max_pool(nodes: list[Node], initializers: Mapping[str, np.ndarray], out
 
     Args:
       nodes: the nodes to run, in topological order (after :func:`~quantref.runtimes.onnx_qdq.fuse`).
-      initializers: constant tensors by name (the scales and zero points).
+      initializers: constant tensors by name (the scales and zero points): not those that ``graph.input`` also
+        lists, which may be fed and which onnxruntime's rule does not treat as constants.
       outputs: the graph's output names (never bypassed).
 
     Returns:

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from quantref._validate import is_concrete
-from quantref.runtimes import _arith, _qdq_drop, onnx_float, onnx_microsoft, onnx_ops, onnx_qdq
+from quantref.runtimes import _arith, _qdq_drop, onnx_float, onnx_microsoft, onnx_nbits, onnx_ops, onnx_qdq
 from quantref.runtimes import onnx as qonnx
 from quantref.runtimes.onnx_ops import Context
 from quantref.runtimes.onnx_qdq import Node
@@ -107,8 +107,9 @@ def run_model(
     by position), a float NaN's payload through float operators, onnxruntime's answers for float16/float64 →
     uint32/uint64 casts out of range, and the optimised session's MatMulNBits rewrite where its kernel is not
     reproduced (2-bit weights, blocks other than 32, float16 scales; see :mod:`~quantref.runtimes.onnx_nbits`),
-    which runs as a float MatMul here. Every rule is checked against onnxruntime 1.32 (CPU execution provider) and
-    the reference evaluator of onnx 1.23 in ``tests/test_run_model.py``, ``tests/test_qdq.py``,
+    which runs as a float MatMul here (MatMulNBits' NaN activations are reproduced, as MLAS's maximum treats them).
+    Every rule is checked against onnxruntime 1.32 (CPU execution provider) and the reference evaluator of onnx
+    1.23 in ``tests/test_run_model.py``, ``tests/test_qdq.py``,
     ``tests/test_onnx_microsoft.py``, ``tests/test_onnx_node_tests.py`` and ``tests/test_matmul_nbits.py``.
 
     The graph runs as one ``jax.jit``-compiled function with 64-bit types enabled for the duration of the call
@@ -197,13 +198,62 @@ def compile_model(model: onnx.ModelProto | str | os.PathLike | bytes, *, flavor:
     for name in outputs:
         if name not in defined:
             raise ValueError(f"graph output {name!r} is produced by no node, input or initializer")
+    # An initializer that graph.input also lists may be fed: onnxruntime does not treat it as a constant (its
+    # GetConstantInitializer returns null), so no rewrite may rely on its value.
+    constants = {name: value for name, value in initializers.items() if name not in _graph_input_names(graph)}
+    _check_nbits_nodes(nodes, constants, _graph_input_names(graph))
     if flavor == "onnxruntime":
         types = {name: np.dtype(value.dtype) for name, value in initializers.items()}
         types.update({vi.name: _np_dtype(vi.type.tensor_type.elem_type) for vi in graph.input if _is_tensor(vi)})
-        nodes, added = onnx_qdq.fuse(nodes, initializers, types, set(outputs), opsets.get("", 1))
+        shapes = _inferred_shapes(onnx, model, constants)
+        nodes, added = onnx_qdq.fuse(nodes, constants, types, set(outputs), opsets.get("", 1), shapes)
         initializers = {**initializers, **added}
-        nodes = _qdq_drop.drop_max_pool(nodes, initializers, set(outputs))
+        nodes = _qdq_drop.drop_max_pool(nodes, {**constants, **added}, set(outputs))
     return CompiledModel(onnx, graph, _live(nodes, outputs), initializers, outputs, opsets, flavor)
+
+
+def _graph_input_names(graph) -> frozenset[str]:
+    return frozenset(value_info.name for value_info in graph.input)
+
+
+def _inferred_shapes(onnx, model, constants: Mapping[str, np.ndarray]) -> dict[str, tuple | None]:
+    """Every value's shape as ONNX shape inference knows it (ints, dim_param names or None per dimension; None for
+    an unknown rank), the constant initializers' own shapes included: what onnxruntime's rewrites look at."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True).graph
+    except Exception:  # inference that fails (a >2 GB model, an inconsistent graph) leaves only what is declared
+        inferred = model.graph
+    shapes: dict[str, tuple | None] = {}
+    for value_info in (*inferred.value_info, *inferred.output, *inferred.input):
+        if _is_tensor(value_info):
+            shapes[value_info.name] = _expected_shape(value_info)
+    shapes.update({name: tuple(np.shape(value)) for name, value in constants.items()})
+    return shapes
+
+
+def _check_nbits_nodes(nodes: list[Node], constants: Mapping[str, np.ndarray], graph_inputs: frozenset[str]) -> None:
+    """MatMulNBits' attributes and constant weights, checked before tracing (:mod:`~quantref.runtimes.onnx_nbits`)."""
+    for node in nodes:
+        if node.domain != _MS or node.op_type != "MatMulNBits":
+            continue
+        label = _node_label(node)
+        try:
+            onnx_nbits.nbits_attributes(node.attributes)
+            weights = [name for name in node.inputs[1:4] if name]
+            fed = [name for name in weights if name in graph_inputs]
+            if fed:
+                raise ValueError(f"MatMulNBits: {', '.join(map(repr, fed))} {onnx_nbits.WEIGHTS_NOT_CONSTANT}")
+            if all(name in constants for name in node.inputs[1:3]):
+                zero_points = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
+                if zero_points is None or zero_points in constants:
+                    onnx_nbits.check_weight_shapes(
+                        node.attributes,
+                        np.shape(constants[node.inputs[1]]),
+                        np.shape(constants[node.inputs[2]]),
+                        None if zero_points is None else np.shape(constants[zero_points]),
+                    )
+        except ValueError as error:
+            raise ValueError(f"{label}: {error}") from None
 
 
 class CompiledModel:

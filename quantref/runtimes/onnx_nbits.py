@@ -29,6 +29,13 @@ kernel's, every product-sum a fused multiply-add ($\\mathrm{fma}$, one rounding)
    blocks) and
    $y \\leftarrow f_{32}(y + t)$.
 
+NaN activations follow MLAS's ``vmaxps`` steps (which return their second operand when either is NaN): the
+block's two halves of 16 lanes are folded (only the first half in a last block of at most 16 values), then the 16
+lanes in halves down to one; so a NaN is skipped, or knocks out the value it was compared with, or reaches
+$m_b$ (the row is then NaN), depending on its position. A NaN's code is 0 (``cvtps2dq``'s $-2^{31}$, truncated to 8
+bits by ``vpmovdb``), as is any product that leaves int32; codes above 127 (a value whose comparison a NaN won) wrap
+to 8 bits. An infinity makes its row NaN, as in onnxruntime.
+
 Checked bit for bit against onnxruntime 1.32's session on an AVX512-VNNI CPU (``tests/test_matmul_nbits.py``: 4 and
 8 bits, random shapes, ``K`` not a multiple of 32, every ``N mod 4``, all-zero blocks, ties, one or several
 threads). Other machines run other MLAS kernels (AVX2, AVX512 without VNNI, ARM), whose lanes and sums differ; so do
@@ -47,9 +54,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from quantref._validate import is_concrete
 from quantref.affine import true_divide
 
-__all__ = ["BLOCK", "matmul_nbits", "matmul_nbits_op", "pack_weights"]
+__all__ = ["BLOCK", "check_weight_shapes", "matmul_nbits", "matmul_nbits_op", "nbits_attributes", "pack_weights"]
 
 BLOCK = 32
 _LANES = 8
@@ -77,14 +85,41 @@ def _fma(x: jax.Array, y: jax.Array, c: jax.Array) -> jax.Array:
         return jax.lax.bitcast_convert_type(bits, jnp.float64).astype(jnp.float32)
 
 
-def _quantize_activations(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per row and block of 32: int8 codes ``[M, B, 32]`` (int32) and scales ``[M, B]`` (see the module docstring)."""
-    amax = jnp.max(jnp.abs(a), axis=-1)
+def _vmax(x: jax.Array, y: jax.Array) -> jax.Array:
+    """``vmaxps``: ``x`` where ``x > y``, else ``y`` — so ``y`` whenever either is NaN."""
+    return jnp.where(x > y, x, y)
+
+
+def _block_amax(magnitudes: jax.Array, last: int) -> jax.Array:
+    """MLAS's per-block maximum of ``|a|`` (``[..., B, 32]`` → ``[..., B]``), NaNs included as its ``vmaxps``
+    steps treat them: the two halves of 16 lanes (one, the first, in a last block of ``last`` ≤ 16 values), then
+    the 256-, 128-, 64- and 32-bit folds of ``_mm512_reduce_max_ps``."""
+    lanes = _vmax(magnitudes[..., :16], magnitudes[..., 16:])
+    if last <= 16:
+        lanes = lanes.at[..., -1, :].set(magnitudes[..., -1, :16])
+    lanes = _vmax(lanes[..., 8:], lanes[..., :8])
+    lanes = _vmax(lanes[..., 4:], lanes[..., :4])
+    lanes = _vmax(lanes, lanes[..., [2, 3, 0, 1]])
+    return _vmax(lanes, lanes[..., [1, 0, 3, 2]])[..., 0]
+
+
+def _quantize_activations(a: jax.Array, last: int = BLOCK) -> tuple[jax.Array, jax.Array]:
+    """Per row and block of 32: int8 codes ``[M, B, 32]`` (int32) and scales ``[M, B]`` (see the module docstring).
+
+    ``last`` is the number of values in the last block (the rest is padding). Without NaNs this is
+    $m_b = \\max_k |a_k|$ and $q_k = \\mathrm{rne}(f_{32}(a_k \\cdot f_{32}(127 / m_b)))$; a NaN goes through
+    :func:`_block_amax`, its code (and any that leaves int32) is $-2^{31}$, and codes are truncated to 8 bits as
+    ``vpmovdb`` does (a NaN's code is 0).
+    """
+    amax = _block_amax(jnp.abs(a), last)
     # true_divide: XLA would turn a division by a constant into a multiplication by its (rounded) reciprocal.
     scale = true_divide(amax, jnp.float32(127))
     inverse = true_divide(jnp.full_like(amax, 127), jnp.where(amax != 0, amax, 1))
     inverse = jnp.where(amax != 0, inverse, jnp.float32(0))
-    return jnp.round(a * inverse[..., None]).astype(jnp.int32), scale
+    rounded = jnp.round(a * inverse[..., None])
+    fits = jnp.abs(rounded) < jnp.float32(2**31)  # False for NaN: cvtps2dq's -2^31, whose low byte is 0
+    codes = jnp.where(fits, rounded, jnp.float32(0)).astype(jnp.int32)
+    return ((codes + 128) & 255) - 128, scale
 
 
 def matmul_nbits(
@@ -119,7 +154,7 @@ def matmul_nbits(
     rows = a.reshape(-1, k)
     m = rows.shape[0]
     rows = jnp.pad(rows, ((0, 0), (0, padded - k))).reshape(m, blocks, BLOCK)
-    q_a, s_a = _quantize_activations(rows)
+    q_a, s_a = _quantize_activations(rows, k - BLOCK * (blocks - 1))
     w = jnp.asarray(codes, jnp.int32).at[:, k:].set(0).reshape(n, blocks, _LANES, BLOCK // _LANES)
     s_w = jnp.asarray(scales, jnp.float32)
     lanes_a = q_a.reshape(m, blocks, _LANES, BLOCK // _LANES)
@@ -174,37 +209,102 @@ def _unpack(packed: jax.Array, bits: int, count: int) -> jax.Array:
     return jnp.stack(fields, axis=-1).reshape(*packed.shape[:-1], -1)[..., :count]
 
 
-def matmul_nbits_op(inputs, attributes) -> jax.Array:
-    """The ONNX operator: ``(A, B, scales[, zero_points[, g_idx[, bias]]])`` with MatMulNBits' packed layouts.
+def nbits_attributes(attributes) -> tuple[int, int, int, int, int]:
+    """``(K, N, bits, block_size, accuracy_level)`` of a MatMulNBits node, checked against what is reproduced.
 
-    ``B`` is ``[N, B, 32·bits/8]`` uint8 (fields little-endian within a byte), ``scales`` ``[N·B]`` float32,
-    ``zero_points`` ``[N·⌈B·bits/8⌉]`` uint8 packed the same way (default $2^{\\text{bits}-1}$), ``bias`` ``[N]``.
+    ``bits`` defaults to 4 and ``accuracy_level`` to 0, as in the operator's schema; ``K``, ``N`` and ``block_size``
+    have no default.
 
     Args:
-      inputs: the node's inputs (``None`` for absent optional ones).
-      attributes: ``K``, ``N``, ``bits``, ``block_size``, ``accuracy_level``.
+      attributes: the node's attributes.
 
     Returns:
-      float32 ``[..., N]``.
+      The five integers.
 
     Raises:
-      ValueError: a configuration whose kernel is not reproduced (see the module docstring).
-      TypeError: float activations other than float32, or float zero points.
+      ValueError: a required attribute missing, or a configuration whose kernel is not reproduced.
     """
-    a, b, scales = inputs[:3]
-    zero_points = inputs[3] if len(inputs) > 3 else None
-    g_idx = inputs[4] if len(inputs) > 4 else None
-    bias = inputs[5] if len(inputs) > 5 else None
+    missing = [name for name in ("K", "N", "block_size") if name not in attributes]
+    if missing:
+        raise ValueError(f"MatMulNBits needs the attribute(s) {missing} (they have no default)")
     k, n = int(attributes["K"]), int(attributes["N"])
-    bits, block = int(attributes["bits"]), int(attributes["block_size"])
+    bits, block = int(attributes.get("bits", 4)), int(attributes["block_size"])
     level = int(attributes.get("accuracy_level", 0))
     if bits not in (4, 8) or block != BLOCK or level != 4 or attributes.get("weight_prepacked", 0):
         raise ValueError(
             f"MatMulNBits is reproduced for bits 4 or 8, block_size 32, accuracy_level 4 (MLAS's AVX512-VNNI "
             f"CompInt8 kernel); got bits={bits}, block_size={block}, accuracy_level={level}"
         )
+    if k < 1 or n < 1:
+        raise ValueError(f"MatMulNBits: K and N must be positive, got K={k}, N={n}")
+    return k, n, bits, block, level
+
+
+def check_weight_shapes(attributes, b_shape, scales_shape, zero_points_shape=None) -> None:
+    """Checks MatMulNBits' ``B``, ``scales`` and ``zero_points`` shapes as onnxruntime's PrePack does.
+
+    With $n_b = \\lceil K / L \\rceil$ blocks of length $L$: ``B`` must be ``[N, n_b, L·bits/8]``, ``scales``
+    ``[N·n_b]`` or ``[N, n_b]``, ``zero_points`` ``[N·⌈n_b·bits/8⌉]`` or ``[N, ⌈n_b·bits/8⌉]`` (onnxruntime refuses
+    longer or shorter ones when it prepacks the constant weights).
+
+    Args:
+      attributes: the node's attributes (:func:`nbits_attributes`).
+      b_shape: ``B``'s shape.
+      scales_shape: ``scales``' shape.
+      zero_points_shape: ``zero_points``' shape, or None when absent.
+
+    Raises:
+      ValueError: an input of another shape, naming it and the expected shape.
+    """
+    k, n, bits, block, _ = nbits_attributes(attributes)
+    blocks = -(-k // block)
+    expected_b = (n, blocks, block * bits // 8)
+    if tuple(b_shape) != expected_b:
+        raise ValueError(f"MatMulNBits: B has shape {tuple(b_shape)}; K={k}, N={n}, bits={bits} need {expected_b}")
+    if tuple(scales_shape) not in ((n * blocks,), (n, blocks)):
+        raise ValueError(
+            f"MatMulNBits: scales has shape {tuple(scales_shape)}; K={k}, N={n} need ({n * blocks},) or ({n}, {blocks})"
+        )
+    per_row = -(-blocks * bits // 8)
+    if zero_points_shape is not None and tuple(zero_points_shape) not in ((n * per_row,), (n, per_row)):
+        raise ValueError(
+            f"MatMulNBits: zero_points has shape {tuple(zero_points_shape)}; K={k}, N={n}, bits={bits} need "
+            f"({n * per_row},) or ({n}, {per_row})"
+        )
+
+
+def matmul_nbits_op(inputs, attributes) -> jax.Array:
+    """The ONNX operator: ``(A, B, scales[, zero_points[, g_idx[, bias]]])`` with MatMulNBits' packed layouts.
+
+    ``B`` is ``[N, B, 32·bits/8]`` uint8 (fields little-endian within a byte), ``scales`` ``[N·B]`` float32,
+    ``zero_points`` ``[N·⌈B·bits/8⌉]`` uint8 packed the same way (default $2^{\\text{bits}-1}$), ``bias`` ``[N]``.
+    ``B``, ``scales`` and ``zero_points`` must be constants: onnxruntime prepacks constant weights, and its kernel
+    for weights fed at run time (another code path) is not reproduced.
+
+    Args:
+      inputs: the node's inputs (``None`` for absent optional ones).
+      attributes: ``K``, ``N``, ``bits`` (default 4), ``block_size``, ``accuracy_level``.
+
+    Returns:
+      float32 ``[..., N]``.
+
+    Raises:
+      ValueError: a configuration whose kernel is not reproduced (see the module docstring), a missing attribute,
+        weights of the wrong shape or not constant.
+      TypeError: float activations other than float32, or float zero points.
+    """
+    a, b, scales = inputs[:3]
+    zero_points = inputs[3] if len(inputs) > 3 else None
+    g_idx = inputs[4] if len(inputs) > 4 else None
+    bias = inputs[5] if len(inputs) > 5 else None
+    k, n, bits, block, _ = nbits_attributes(attributes)
     if g_idx is not None:
         raise ValueError("MatMulNBits with g_idx is not supported")
+    weights = (("B", b), ("scales", scales), ("zero_points", zero_points))
+    fed = [label for label, value in weights if value is not None and not is_concrete(value)]
+    if fed:
+        raise ValueError(f"MatMulNBits: {', '.join(fed)} {WEIGHTS_NOT_CONSTANT}")
+    check_weight_shapes(attributes, b.shape, scales.shape, None if zero_points is None else zero_points.shape)
     if np.dtype(a.dtype) != np.float32:
         raise TypeError(f"MatMulNBits: A must be float32, got {np.dtype(a.dtype).name}")
     if a.shape[-1] != k:
@@ -219,6 +319,12 @@ def matmul_nbits_op(inputs, attributes) -> jax.Array:
     else:
         zero_points = _unpack(jnp.asarray(zero_points).reshape(n, -1), bits, blocks)
     return matmul_nbits(a, codes, scales, zero_points, bias)
+
+
+WEIGHTS_NOT_CONSTANT = (
+    "must be constant initializers (not graph inputs): run_model reproduces only the kernel onnxruntime runs on "
+    "prepacked constant weights"
+)
 
 
 def pack_weights(

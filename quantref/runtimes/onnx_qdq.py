@@ -26,8 +26,8 @@ so that :func:`~quantref.runtimes.onnx_graph.run_model` computes what deploys:
 4. **Replacement**: the unit's target becomes one integer node reading the DQs' inputs and writing the Q's output.
    What DQ and Q nodes no longer feed anything is dropped by the interpreter.
 5. **Weight-only units** (``DQMatMulToMatMulNBits``): a MatMul, or a Gemm with ``alpha = 1``, no transposes and (if
-   it has a bias) ``beta = 1`` and a bias of shape ``[N]``, that no rule above took, whose second input is a
-   DequantizeLinear of a constant rank-2 int8/uint8/int4/uint4 weight — per tensor, per column (``axis`` 1 or
+   it has a bias) ``beta = 1`` and a bias whose inferred shape is ``[N]``, that no rule above took, whose second
+   input is a DequantizeLinear of a constant rank-2 int8/uint8/int4/uint4 weight — per tensor, per column (``axis`` 1 or
    absent; ``-1`` is refused) or in blocks along ``K`` (``axis=0``, ``block_size`` a power of two ≥ 16) — with a
    float32 scale, the DQ feeding only this node and no other DQ reading that weight, becomes ``com.microsoft``
    MatMulNBits with ``accuracy_level=4`` (:mod:`~quantref.runtimes.onnx_nbits`): weights as unsigned codes (int8 and
@@ -36,6 +36,10 @@ so that :func:`~quantref.runtimes.onnx_graph.run_model` computes what deploys:
    8-bit, 4-bit or 32-bit DQ keeps the MatMul float. This is what happens to the MatMuls and Gemms of
    ``quantize_static(..., activation_type=QInt16)`` models and of weight-only models; MatMulNBits then quantizes
    the activations to int8 per row and block of 32 as it runs.
+
+"Constant" means an initializer that ``graph.input`` does not also list: one it lists may be fed, and onnxruntime
+neither propagates, converts to uint8, drops around a MaxPool, nor rewrites into MatMulNBits on its value (the
+integer units themselves do not need constants and fuse either way).
 
 Everything else runs as written: data movement between a DQ and a Q with equal parameters gives the same codes
 either way, so the ``drop`` rules (DQ→MaxPool→Q becoming an integer MaxPool, and so on) need not be reproduced.
@@ -113,28 +117,37 @@ def fuse(
     value_types: Mapping[str, np.dtype],
     graph_outputs: set[str],
     opset: int,
+    value_shapes: Mapping[str, tuple | None] | None = None,
 ) -> tuple[list[Node], dict[str, np.ndarray]]:
     """The nodes onnxruntime's optimised session runs for a QDQ graph (see the module docstring).
 
     Args:
       nodes: the graph's nodes, in topological order.
-      initializers: constant tensors by name (the scales and zero points the rules look at).
+      initializers: constant tensors by name (the scales and zero points the rules look at): not those that
+        ``graph.input`` also lists, which may be fed and which onnxruntime does not treat as constants.
       value_types: the element type of every graph input and initializer (more are inferred from the nodes).
       graph_outputs: names of the graph's outputs (a unit never swallows one).
       opset: the model's ai.onnx opset (QLinearSoftmax computes as its Softmax version does).
+      value_shapes: value name → shape from ONNX shape inference (ints, dim_param names or None per dimension;
+        None for an unknown rank): a Gemm bias's shape decides its MatMulNBits rewrite.
 
     Returns:
       The rewritten nodes (topological order kept) and the constants they add (zero points a DQ left implicit).
+
+    Raises:
+      ValueError: a Gemm that onnxruntime may rewrite into MatMulNBits but whose bias shape shape inference cannot
+        tell (so whether it is rewritten is unknown).
     """
-    graph = _Graph(list(nodes), dict(initializers), dict(value_types), set(graph_outputs), opset)
+    graph = _Graph(list(nodes), dict(initializers), dict(value_types), set(graph_outputs), opset, value_shapes)
     graph.propagate()
     graph.signed_to_unsigned()
     return graph.select(), graph.added
 
 
 class _Graph:
-    def __init__(self, nodes, initializers, value_types, graph_outputs, opset):
+    def __init__(self, nodes, initializers, value_types, graph_outputs, opset, value_shapes=None):
         self.nodes = nodes
+        self.shapes = dict(value_shapes or {})
         self.opset = opset
         self.initializers = initializers
         self.types = value_types
@@ -544,7 +557,7 @@ def _select_nbits(graph: _Graph, node: Node) -> Node | None:
     codes, scales, zero_points, bits = weights
     k, n = codes.shape
     bias = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] else ""
-    if bias and not (_close_to_one(node, "beta") and _bias_shape(graph, bias) == (n,)):
+    if bias and not (_close_to_one(node, "beta") and _bias_is_n(graph, node, bias, n)):
         return None
     names = []
     for label, value in zip(("B", "scales", "zero_points"), onnx_nbits.pack_weights(codes, scales, zero_points, bits)):
@@ -556,13 +569,36 @@ def _select_nbits(graph: _Graph, node: Node) -> Node | None:
     return _fused(node, "MatMulNBits", _MS, inputs, node.outputs, attributes, [node, dq])
 
 
-def _bias_shape(graph: _Graph, name: str) -> tuple[int, ...] | None:
-    if name in graph.initializers:
-        return tuple(np.shape(graph.initializers[name]))
-    producer = graph.producer(name)
-    if producer is not None and producer.is_op("DequantizeLinear") and producer.inputs[0] in graph.initializers:
-        return tuple(np.shape(graph.initializers[producer.inputs[0]]))
-    return None
+def _bias_is_n(graph: _Graph, node: Node, name: str, n: int) -> bool:
+    """Whether a Gemm bias has the static shape ``[N]`` that the MatMulNBits rewrite needs, as onnxruntime's
+    inferred shapes tell it: a symbolic dimension or an undeclared graph input's unknown shape is not ``[N]``
+    (onnxruntime does not know it either); a node output whose shape inference cannot tell raises."""
+    shape = _shape(graph, name)
+    if shape is not None and (len(shape) != 1 or isinstance(shape[0], (int, str))):
+        return shape == (n,)
+    source = name
+    while graph.producer(source) is not None and graph.producer(source).op_type in (
+        "QuantizeLinear",
+        "DequantizeLinear",
+    ):
+        source = graph.producer(source).inputs[0]
+    if graph.producer(source) is None:  # a graph input declared without a (complete) shape
+        return False
+    label = f"node {node.index} {node.name!r}" if node.name else f"node {node.index} (unnamed)"
+    raise ValueError(
+        f"{label} (Gemm): the shape of its bias {name!r} cannot be inferred, so whether onnxruntime rewrites it into "
+        f"MatMulNBits (a bias of shape [{n}]) is unknown; declare the shape (graph.value_info) to run it"
+    )
+
+
+def _shape(graph: _Graph, name: str) -> tuple | None:
+    """A value's inferred shape, through the Q/DQ nodes propagation inserted (they keep their input's shape)."""
+    while name not in graph.shapes:
+        producer = graph.producer(name)
+        if producer is None or producer.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            return None
+        name = producer.inputs[0]
+    return graph.shapes[name]
 
 
 def _nbits_weights(graph: _Graph, dq: Node) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
