@@ -87,7 +87,7 @@ def run_model(
       Identity, Constant, ConstantOfShape, Range, Where), MaxPool (1 to 3 spatial dimensions, ``ceil_mode``,
       ``auto_pad``; padded positions are skipped as in onnxruntime; only the first output), Cast (below), and the
       exactly rounded float operators of :mod:`~quantref.runtimes.onnx_float` (Add, Mul, Relu, Clip, ..., and
-      Sigmoid, which follows MLAS's own approximation in the onnxruntime flavors).
+      float32 and float16 Sigmoid, which follow MLAS's own approximation in the onnxruntime flavors).
     - **float, not bit-exact**: float Conv, MatMul, Gemm, pools, Softmax, reductions that sum, LayerNormalization
       and the other transcendental functions, which onnxruntime's kernels compute in another order or with other
       approximations (:mod:`~quantref.runtimes.onnx_float`): within a few float32 ulps, so a QuantizeLinear after
