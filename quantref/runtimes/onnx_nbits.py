@@ -50,6 +50,9 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -209,7 +212,7 @@ def _unpack(packed: jax.Array, bits: int, count: int) -> jax.Array:
     return jnp.stack(fields, axis=-1).reshape(*packed.shape[:-1], -1)[..., :count]
 
 
-def nbits_attributes(attributes) -> tuple[int, int, int, int, int]:
+def nbits_attributes(attributes: Mapping[str, Any]) -> tuple[int, int, int, int, int]:
     """``(K, N, bits, block_size, accuracy_level)`` of a MatMulNBits node, checked against what is reproduced.
 
     ``bits`` defaults to 4 and ``accuracy_level`` to 0, as in the operator's schema; ``K``, ``N`` and ``block_size``
@@ -240,7 +243,12 @@ def nbits_attributes(attributes) -> tuple[int, int, int, int, int]:
     return k, n, bits, block, level
 
 
-def check_weight_shapes(attributes, b_shape, scales_shape, zero_points_shape=None) -> None:
+def check_weight_shapes(
+    attributes: Mapping[str, Any],
+    b_shape: Sequence[int],
+    scales_shape: Sequence[int],
+    zero_points_shape: Sequence[int] | None = None,
+) -> None:
     """Checks MatMulNBits' ``B``, ``scales`` and ``zero_points`` shapes as onnxruntime's PrePack does.
 
     With $n_b = \\lceil K / L \\rceil$ blocks of length $L$: ``B`` must be ``[N, n_b, L·bits/8]``, ``scales``
@@ -273,7 +281,7 @@ def check_weight_shapes(attributes, b_shape, scales_shape, zero_points_shape=Non
         )
 
 
-def matmul_nbits_op(inputs, attributes) -> jax.Array:
+def matmul_nbits_op(inputs: Sequence[jax.Array | None], attributes: Mapping[str, Any]) -> jax.Array:
     """The ONNX operator: ``(A, B, scales[, zero_points[, g_idx[, bias]]])`` with MatMulNBits' packed layouts.
 
     ``B`` is ``[N, B, 32·bits/8]`` uint8 (fields little-endian within a byte), ``scales`` ``[N·B]`` float32,
