@@ -225,13 +225,13 @@ errors = [
     float(gptq.layer_error(scaled_kernel, weight_only.GroupFakeQuant(grid, GRIDS[3])(scaled_kernel), scaled_gram))
     for grid in (weight_only.group_scales(scaled_kernel, GRIDS[3], 128), clip_scale)
 ]
-print("candidate ratios r:", ", ".join(f"{1 - i / 20:.2f}" for i in range(10)))
+print("candidate ratios r:", ", ".join(f"{r:.2f}" for r in scaling.clip_ratios()))
 print(
-    f"clipping ratios: {np.mean(np.asarray(ratios) < 1):.0%} of the 384 columns clipped, median r = "
+    f"clipping ratios: {np.mean(np.asarray(ratios) < 1):.0%} of the {np.size(ratios)} columns clipped, median r = "
     f"{np.median(np.asarray(ratios)):.2f}; output error {errors[1] / errors[0]:.0%} of the unclipped kernel's"
 )
 
-awq_models = {}
+awq_models, unclipped = {}, {}
 for bits in (4, 3):
     start = time.perf_counter()
     awq_statistics = scaling.input_statistics(model, calibration)  # timed with the rest: AWQ calibrates
@@ -240,14 +240,22 @@ for bits in (4, 3):
     seconds[("AWQ g128", bits)] = time.perf_counter() - start
     table[("AWQ g128", bits)] = evaluate(weights, base=scaled)
     awq_models[bits] = (scaled, weights)
+    scaled_only, weights_only, _ = scaling.awq(model, awq_statistics, pairs, GRIDS[bits], 128, clip=False, skip="head")
+    unclipped[bits] = evaluate(weights_only, base=scaled_only)
 show(["AWQ g128"])
+for bits in (4, 3):
+    rtn, scales_only, both = table[("RTN g128", bits)], unclipped[bits], table[("AWQ g128", bits)]
+    print(
+        f"int{bits}: RTN {rtn:.4f} -> AWQ scales only {scales_only:.4f} ({rtn - scales_only:+.4f}) -> "
+        f"with clipping {both:.4f} ({scales_only - both:+.4f} more)"
+    )
 
 # %% [markdown]
 # AWQ helps less than GPTQ on this model. The lever of its scales is the spread of the input channels'
 # magnitudes — a few salient channels to protect — and this small model's activations are spread little (the
-# outlier section below shows their maxima); the clipping does not depend on that spread, and it is what gains most
-# at int3 (the benchmarks page runs AWQ with and without it). On the calibration data AWQ can only gain; the test
-# text follows, less closely.
+# outlier section below shows their maxima); the clipping does not depend on that spread, and the last two lines
+# above split AWQ's gain over round to nearest between the scales alone and the clipping added to them. On the
+# calibration data AWQ can only gain; the test text follows, less closely.
 
 # %% [markdown]
 # ## The perplexity table

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from quantref import formats, gptq, nn, weight_only
+from quantref import _validate, formats, gptq, nn, weight_only
 
 __all__ = [
     "ChannelStatistics",
@@ -56,6 +56,7 @@ __all__ = [
     "smooth",
     "awq_scales",
     "awq_clip",
+    "clip_ratios",
     "awq",
 ]
 
@@ -249,10 +250,22 @@ def awq_scales(
 
     Returns:
       ``(scale, alpha, losses)``: the best $s$ (``(in,)``), its $\\alpha$, and the loss at every $\\alpha$.
+
+    Raises:
+      ValueError: if ``grid`` is not an int in ``[1, 10000]``, ``kernels`` is empty or its kernels differ in rows,
+        the statistics do not match the kernels or hold NaN or infinity (calibration inputs that do); as
+        :func:`quantref.weight_only.group_scales` for the kernels, grid and group size.
     """
+    _check_grid(grid, "grid")
     alphas = np.arange(grid) / grid
+    if len(kernels) == 0:
+        raise ValueError("kernels must hold at least one (in, out) kernel")
     kernels = tuple(jnp.asarray(kernel, jnp.float32) for kernel in kernels)
-    weight_only.group_scales(kernels[0], fmt, group_size)  # validates the grid and the group size
+    for kernel in kernels:
+        weight_only.group_scales(kernel, fmt, group_size)  # validates the kernel, the grid and the group size
+        if kernel.shape[0] != kernels[0].shape[0]:
+            raise ValueError(f"kernels must all read the same input: {kernels[0].shape[0]} rows, got {kernel.shape}")
+    _check_statistics(statistics.abs_mean, statistics.gram, kernels[0].shape[0])
     scales, losses = _awq_search(
         kernels, statistics.abs_mean, statistics.gram, jnp.asarray(alphas), weight_only.grid_bounds(fmt), group_size
     )
@@ -307,17 +320,34 @@ def awq_clip(
       numbers, ``(out,)`` or ``(in // group_size, out)``) and the chosen $r$ of each (same shape).
 
     Raises:
-      ValueError: if ``grid`` is not a positive int, ``max_shrink`` is outside ``[0, 1)``, or ``gram`` is not
-        ``(in, in)``; as :func:`quantref.weight_only.group_scales` for the kernel, grid and group size.
+      ValueError: if ``grid`` is not an int in ``[1, 10000]``, ``max_shrink`` is outside ``[0, 1)``, or ``gram``
+        is not ``(in, in)`` or holds NaN or infinity; as :func:`quantref.weight_only.group_scales` for the kernel,
+        grid and group size.
     """
     ratios = _clip_ratios(grid, max_shrink)
     kernel = jnp.asarray(kernel, jnp.float32)
     weight_only.group_scales(kernel, fmt, group_size)  # validates the kernel, the grid and the group size
     gram = jnp.asarray(gram, jnp.float32)
-    if gram.shape != (kernel.shape[0],) * 2:
-        raise ValueError(f"gram must be ({kernel.shape[0]}, {kernel.shape[0]}) for this kernel, got {gram.shape}")
+    _check_statistics(None, gram, kernel.shape[0])
     scale, choice = _clip_search(kernel, gram, weight_only.grid_bounds(fmt), group_size, ratios)
     return scale, jnp.asarray(ratios, jnp.float32)[choice]
+
+
+def clip_ratios(grid: int = 20, max_shrink: float = 0.5) -> tuple[float, ...]:
+    """The clipping ratios :func:`awq_clip` tries: $r = 1 - i / n$ for $i = 0, 1, \\dots$ while $i / n <$
+    ``max_shrink``, largest first.
+
+    Args:
+      grid: $n$, the number of steps from $r = 1$ to $r = 0$ (at most 10,000).
+      max_shrink: the largest fraction of the range that may be clipped away, in ``[0, 1)``.
+
+    Returns:
+      The ratios, starting with 1.
+
+    Raises:
+      ValueError: if ``grid`` is not an int in ``[1, 10000]`` or ``max_shrink`` is not a number in ``[0, 1)``.
+    """
+    return _clip_ratios(grid, max_shrink)
 
 
 def awq(
@@ -373,8 +403,9 @@ def awq(
       TypeError: if ``clip`` is not a bool.
       ValueError: for a ``clip_grid`` or ``max_shrink`` that :func:`awq_clip` refuses (checked before any search).
     """
-    if not isinstance(clip, bool):
+    if not isinstance(clip, (bool, np.bool_)):
         raise TypeError(f"clip must be a bool, got {clip!r}")
+    clip = bool(clip)
     if clip:
         _clip_ratios(clip_grid, max_shrink, "clip_grid")
     chosen = nn.find_layers(model, select, skip)
@@ -418,12 +449,35 @@ def _kernel(model: nnx.Module, path: str) -> jax.Array:
 
 
 def _clip_ratios(grid: int, max_shrink: float, grid_name: str = "grid") -> tuple[float, ...]:
-    """The clipping ratios $1 - i / n$ for $i / n <$ ``max_shrink``, largest first."""
-    if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 1:
-        raise ValueError(f"{grid_name} must be a positive int, got {grid!r}")
-    if isinstance(max_shrink, bool) or not isinstance(max_shrink, (int, float)) or not 0.0 <= max_shrink < 1.0:
+    _check_grid(grid, grid_name)
+    if (
+        isinstance(max_shrink, (bool, np.bool_))
+        or not isinstance(max_shrink, (int, float, np.integer, np.floating))
+        or not 0.0 <= float(max_shrink) < 1.0
+    ):
         raise ValueError(f"max_shrink must be a number in [0, 1), got {max_shrink!r}")
-    return tuple(1.0 - i / grid for i in range(int(grid)) if i / grid < max_shrink or i == 0)
+    grid, max_shrink = int(grid), float(max_shrink)
+    return tuple(1.0 - i / grid for i in range(grid) if i / grid < max_shrink or i == 0)
+
+
+_MAX_GRID = 10_000
+
+
+def _check_grid(grid: int, name: str) -> None:
+    if isinstance(grid, (bool, np.bool_)) or not isinstance(grid, (int, np.integer)) or not 1 <= grid <= _MAX_GRID:
+        raise ValueError(f"{name} must be an int in [1, {_MAX_GRID}], got {grid!r}")
+
+
+def _check_statistics(abs_mean: jax.Array | None, gram: jax.Array, rows: int) -> None:
+    """The calibration statistics' shapes, and their finiteness (NaN would make every candidate's error NaN, and the
+    search would silently pick the first)."""
+    if gram.shape != (rows, rows):
+        raise ValueError(f"gram must be ({rows}, {rows}) for this kernel, got {tuple(gram.shape)}")
+    for name, value in (("abs_mean", abs_mean), ("gram", gram)):
+        if value is not None and _validate.is_concrete(value) and not bool(jnp.all(jnp.isfinite(value))):
+            raise ValueError(
+                f"the calibration statistics' {name} must be finite: the calibration inputs hold NaN or infinity"
+            )
 
 
 def _round_float(kernel: jax.Array, scale: jax.Array, bounds: jax.Array) -> jax.Array:
@@ -446,10 +500,14 @@ def _clip_search(kernel, gram, bounds, group_size, ratios):
     for group in range(rows // size):
         # e_c as a function of group k's delta D, the others fixed: e_c = const + 2 D.(G_k,rest Delta_rest) + D.G_kk D
         band = slice(group * size, (group + 1) * size)
-        others = (np.arange(rows) // size != group)[:, None]  # the other groups
-        cross = gram[band] @ jnp.where(others, current, 0.0)
         trial = deltas[:, band]
-        error = jax.vmap(lambda delta: jnp.sum(delta * (2.0 * cross + gram[band, band] @ delta), axis=0))(trial)
+        if rows // size == 1:  # one group: no cross term (and no product with a constant zero matrix, which XLA's
+            # CPU backend 0.10.2 can miscompile when it fuses it into the reduction below)
+            error = jax.vmap(lambda delta: jnp.sum(delta * (gram @ delta), axis=0))(trial)
+        else:
+            others = (np.arange(rows) // size != group)[:, None]  # the other groups
+            cross = gram[band] @ jnp.where(others, current, 0.0)
+            error = jax.vmap(lambda delta: jnp.sum(delta * (2.0 * cross + gram[band, band] @ delta), axis=0))(trial)
         best = jnp.argmin(error, axis=0)  # the first minimum: ties keep the larger range
         choice = choice.at[group].set(best)
         current = current.at[band].set(jnp.take_along_axis(trial, best[None, None, :], axis=0)[0])

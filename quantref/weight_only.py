@@ -52,7 +52,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from quantref import affine, formats, gptq, nn
+from quantref import _validate, affine, formats, gptq, nn
 
 __all__ = [
     "WeightQuant",
@@ -197,12 +197,13 @@ def rtn_weights(
 
     Raises:
       ValueError: for a grid that is not signed with 2 to 8 bits, a group size that does not divide a layer's
-        rows, or a convolution.
+        rows, a convolution, or a kernel holding NaN or infinity.
     """
     fmt = _check_format(fmt)
     result = {}
     for path, kernel in _kernels(model, select, skip).items():
         _check_group_size(group_size, kernel.shape[0])
+        _check_finite(kernel, f"the kernel of {path!r}")
         codes, scale = _round_kernel(kernel, grid_bounds(fmt), group_size)
         result[path] = WeightQuant(codes, scale, fmt)
     return result
@@ -248,7 +249,8 @@ def gptq_weights(
       ``{path: WeightQuant}``.
 
     Raises:
-      ValueError: as :func:`rtn_weights`, or if ``batches`` is empty.
+      ValueError: as :func:`rtn_weights`, if ``batches`` is empty, or if a layer's calibration inputs hold NaN or
+        infinity.
     """
     if len(batches) == 0:
         raise ValueError("batches must hold at least one batch")
@@ -259,7 +261,10 @@ def gptq_weights(
     current = nnx.clone(model)
     result: dict[str, WeightQuant] = {}
     for path in tqdm(order, desc="GPTQ", unit="layer", disable=not progress):
+        _check_group_size(group_size, kernels[path].shape[0])
+        _check_finite(kernels[path], f"the kernel of {path!r}")
         gram = _input_gram(current, order, path, batches)
+        _check_finite(gram, f"the calibration inputs of {path!r} (their X^T X)")
         scale = _compiled_group_scales(kernels[path], fmt, group_size)
         codes = gptq.gptq(
             kernels[path], 2.0 * gram, scale, fmt, block_size=block_size, damping=damping, act_order=act_order
@@ -535,6 +540,12 @@ def _as_input(batch: jax.Array | np.ndarray) -> jax.Array:
     # The pipeline takes float inputs (quantref.nn.check_input); a language model's token ids go in as floats, which
     # float32 holds exactly below 2**24, and the model casts them back.
     return jnp.asarray(batch, jnp.float32)
+
+
+def _check_finite(array: jax.Array, name: str) -> None:
+    """Refuses NaN and infinity before a compiled call, where they would become NaN scales without an error."""
+    if _validate.is_concrete(array) and not bool(jnp.all(jnp.isfinite(array))):
+        raise ValueError(f"{name} must be finite: it holds NaN or infinity")
 
 
 def _check_format(fmt: formats.IntFormat) -> formats.IntFormat:

@@ -113,3 +113,45 @@ def test_awq_refuses_bad_clip_arguments_before_searching():
         scaling.awq(None, {}, [], INT3, clip_grid=0)
     with pytest.raises(ValueError, match="max_shrink"):
         scaling.awq(None, {}, [], INT3, max_shrink=1.5)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_calibration_statistics_that_are_not_finite_are_refused(bad):
+    # A NaN error for every candidate would make the search silently pick the first (no clipping, alpha = 0).
+    kernel, gram = _problem(rows=16, columns=4)
+    broken = gram.at[2, 5].set(bad)
+    with pytest.raises(ValueError, match="gram must be finite"):
+        scaling.awq_clip(kernel, broken, INT3)
+    abs_mean = jnp.ones(16)
+    with pytest.raises(ValueError, match="gram must be finite"):
+        scaling.awq_scales([kernel], _statistics(abs_mean, broken), INT3)
+    statistics = _statistics(abs_mean.at[0].set(bad), gram)
+    with pytest.raises(ValueError, match="abs_mean must be finite"):
+        scaling.awq_scales([kernel], statistics, INT3)
+
+
+def test_awq_scales_names_bad_kernels_and_grids():
+    kernel, gram = _problem(rows=16, columns=4)
+    statistics = _statistics(jnp.ones(16), gram)
+    with pytest.raises(ValueError, match="kernels must hold at least one"):
+        scaling.awq_scales([], statistics, INT3)
+    with pytest.raises(ValueError, match="same input"):
+        scaling.awq_scales([kernel, kernel[:8]], statistics, INT3)
+    for grid in (0, True, 2.5, 10**7):
+        with pytest.raises(ValueError, match="grid"):
+            scaling.awq_scales([kernel], statistics, INT3, grid=grid)
+    with pytest.raises(ValueError, match="grid"):
+        scaling.awq_clip(kernel, gram, INT3, grid=np.uint64(2**63))
+
+
+def test_numpy_numbers_are_accepted_like_python_ones():
+    kernel, gram = _problem(rows=16, columns=4)
+    plain = scaling.awq_clip(kernel, gram, INT3, grid=20, max_shrink=0.5)
+    numpy = scaling.awq_clip(kernel, gram, INT3, grid=np.int64(20), max_shrink=np.float32(0.5))
+    np.testing.assert_array_equal(np.asarray(plain[1]), np.asarray(numpy[1]))
+    assert scaling.clip_ratios(np.int32(10), np.float64(0.3)) == scaling.clip_ratios(10, 0.3)
+    assert scaling.clip_ratios(10, 0.3) == pytest.approx((1.0, 0.9, 0.8))
+
+
+def _statistics(abs_mean, gram):
+    return scaling.ChannelStatistics(count=256, abs_mean=abs_mean, abs_max=abs_mean, gram=gram)

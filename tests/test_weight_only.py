@@ -37,3 +37,40 @@ def test_rtn_weights_still_names_a_bad_group_size():
         weight_only.rtn_weights(model, formats.int_format(4), 0)
     with pytest.raises(ValueError):
         weight_only.grid_bounds(formats.int_format(4, signed=False))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_rtn_and_gptq_weights_refuse_a_kernel_that_is_not_finite(bad):
+    # Both round under jit, where a NaN would become a NaN scale without an error: they check first.
+    from flax import nnx
+
+    class Model(nnx.Module):
+        def __init__(self):
+            self.layer = nnx.Linear(16, 8, rngs=nnx.Rngs(0))
+
+        def __call__(self, x):
+            return self.layer(x)
+
+    model = Model()
+    model.layer.kernel[...] = model.layer.kernel[...].at[0, 0].set(bad)
+    with pytest.raises(ValueError, match="kernel of 'layer' must be finite"):
+        weight_only.rtn_weights(model, formats.int_format(4), 8)
+    batches = [np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)]
+    with pytest.raises(ValueError, match="kernel of 'layer' must be finite"):
+        weight_only.gptq_weights(model, batches, formats.int_format(4), 8)
+
+
+def test_gptq_weights_refuses_calibration_inputs_that_are_not_finite():
+    from flax import nnx
+
+    class Model(nnx.Module):
+        def __init__(self):
+            self.layer = nnx.Linear(16, 8, rngs=nnx.Rngs(0))
+
+        def __call__(self, x):
+            return self.layer(x)
+
+    batch = np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)
+    batch[1, 3] = np.nan
+    with pytest.raises(ValueError, match="calibration inputs of 'layer'.*finite"):
+        weight_only.gptq_weights(Model(), [batch], formats.int_format(4), 8)
