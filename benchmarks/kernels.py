@@ -39,6 +39,26 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def interleaved(functions: dict[str, Callable[[], object]], rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Seconds per call of each function, wall-clock and CPU (``time.process_time``: every thread of this process).
+
+    Every round calls each function once, in a new random order (so that no path is always the one that runs
+    first), after a warm-up. On a loaded machine the wall time includes waiting for a core; the CPU time does not,
+    which makes its ratios the steadier measure of how much work each path does.
+    """
+    for function in functions.values():
+        jax.block_until_ready(function())
+    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in functions}
+    order = np.random.default_rng(0)
+    for _ in range(rounds):
+        for name in order.permutation(list(functions)):
+            wall, cpu = time.perf_counter(), time.process_time()
+            jax.block_until_ready(functions[name]())
+            times[name]["cpu"].append(time.process_time() - cpu)
+            times[name]["wall"].append(time.perf_counter() - wall)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=1 << 24, help="number of float32 values (default 16 M)")

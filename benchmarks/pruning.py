@@ -31,13 +31,13 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from kernels import interleaved  # benchmarks/kernels.py, beside this script
 
 # The chapter's structured fine-tuning, so that both read the same cache entry.
 STRUCTURED = {"amount": 0.5, "steps": 1000, "learning_rate": 3e-3}
@@ -99,26 +99,6 @@ def float_session(model: nnx.Module, x_calib: np.ndarray):
 
     proto = qexport.float_model_proto(model, ptq.quantize_model(model, x_calib))
     return onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-
-
-def interleaved(functions: dict[str, Callable[[], object]], rounds: int) -> dict[str, dict[str, list[float]]]:
-    """Seconds per call of each function, wall-clock and CPU (``time.process_time``: every thread of this process).
-
-    Every round calls each function once, in a new random order (so that no path is always the one that runs
-    first), after a warm-up. On a loaded machine the wall time includes waiting for a core; the CPU time does not,
-    which makes its ratios the steadier measure of how much work each path does.
-    """
-    for function in functions.values():
-        jax.block_until_ready(function())
-    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in functions}
-    order = np.random.default_rng(0)
-    for _ in range(rounds):
-        for name in order.permutation(list(functions)):
-            wall, cpu = time.perf_counter(), time.process_time()
-            jax.block_until_ready(functions[name]())
-            times[name]["cpu"].append(time.process_time() - cpu)
-            times[name]["wall"].append(time.perf_counter() - wall)
-    return times
 
 
 def report(times: dict[str, dict[str, list[float]]], baseline: Callable[[str], str]) -> None:

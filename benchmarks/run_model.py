@@ -10,7 +10,7 @@ as onnxruntime does), at batch 1 and 1024, times one call of:
 - :func:`quantref.runtimes.onnx_graph.compile_model`'s compiled model, called with the feeds (feed checks, the jit'd
   graph, outputs back to numpy), compiled once before timing.
 
-The two are timed interleaved (one call of each per round) and the medians printed with their ratio
+The two are timed interleaved (one call of each per round, in a random order) and the medians printed with their ratio
 (run_model ÷ onnxruntime; the goal is ≤ 2 at batch 1024), of wall-clock time and of the process's CPU time
 (``time.process_time``, all threads: steadier than wall-clock time on a shared machine, though it counts threads
 that spin while they wait). Every output is also compared, bit for bit. No number here is a test assertion: the
@@ -25,27 +25,10 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 
 import jax
 import numpy as np
-
-
-def interleaved_medians(functions: dict, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Median wall-clock and CPU seconds of each function, the calls interleaved round by round after one warm-up
-    call each."""
-    for fn in functions.values():
-        jax.block_until_ready(fn())
-    times = {name: [] for name in functions}
-    cpu = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, fn in functions.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    return medians, {name: statistics.median(values) for name, values in cpu.items()}
+from kernels import interleaved  # benchmarks/kernels.py, beside this script
 
 
 def main() -> None:
@@ -94,9 +77,11 @@ def main() -> None:
         for batch in (1, 1024):
             x = splits.x_test[rng.integers(0, len(splits.x_test), batch)]
             feeds = {"x": x}
-            medians, cpu = interleaved_medians(
+            times = interleaved(
                 {"onnxruntime": lambda: session.run(None, feeds), "run_model": lambda: compiled(feeds)}, args.repeats
             )
+            medians = {path: statistics.median(entry["wall"]) for path, entry in times.items()}
+            cpu = {path: statistics.median(entry["cpu"]) for path, entry in times.items()}
             expected = session.run(None, feeds)[0]
             got = next(iter(compiled(feeds).values()))
             equal = np.array_equal(got.view(np.uint32), expected.view(np.uint32))
