@@ -168,6 +168,19 @@ def test_qlinear_concat_copies_and_requantizes(dtype):
     check(model, {"x0": x0, "x1": x1, "x2": x2})
 
 
+def _sigmoid(elem_type):
+    """A one-node float Sigmoid model of ``elem_type``, and onnxruntime's session on it."""
+    graph = helper.make_graph(
+        [helper.make_node("Sigmoid", ["x"], ["y"])],
+        "sigmoid",
+        [helper.make_tensor_value_info("x", elem_type, [None])],
+        [helper.make_tensor_value_info("y", elem_type, [None])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]), model
+
+
 def test_mlas_logistic_and_run_models_sigmoid_are_onnxruntimes_bit_for_bit():
     from quantref.runtimes.onnx_float import mlas_logistic
 
@@ -176,16 +189,7 @@ def test_mlas_logistic_and_run_models_sigmoid_are_onnxruntimes_bit_for_bit():
     x = np.concatenate(
         [rng.uniform(-20, 20, 200_000), rng.standard_normal(200_000), np.linspace(-1e-3, 1e-3, 4001), specials]
     ).astype(F32)
-    node = helper.make_node("Sigmoid", ["x"], ["y"])
-    graph = helper.make_graph(
-        [node],
-        "sigmoid",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session, model = _sigmoid(TensorProto.FLOAT)
     expected = session.run(None, {"x": x})[0]
     in_graph = qonnx_graph.run_model(model, {"x": x})["y"]
     for got in (np.asarray(mlas_logistic(x)), np.asarray(jax.jit(mlas_logistic)(x)), in_graph):
@@ -193,17 +197,8 @@ def test_mlas_logistic_and_run_models_sigmoid_are_onnxruntimes_bit_for_bit():
         assert not moved.any(), f"{moved.sum()} of {x.size} differ, first at x = {x[moved][:5]}"
     # float16: onnxruntime computes in float32 and rounds; so does run_model.
     half = rng.uniform(-12, 12, 4000).astype(np.float16)
-    graph16 = helper.make_graph(
-        [node],
-        "sigmoid16",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [None])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [None])],
-    )
-    model16 = helper.make_model(graph16, opset_imports=[helper.make_opsetid("", 13)])
-    model16.ir_version = 8
-    expected16 = ort.InferenceSession(model16.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"x": half}
-    )[0]
+    session16, model16 = _sigmoid(TensorProto.FLOAT16)
+    expected16 = session16.run(None, {"x": half})[0]
     got16 = qonnx_graph.run_model(model16, {"x": half})["y"]
     assert got16.dtype == np.float16 and np.array_equal(got16.view(np.uint16), expected16.view(np.uint16))
     # Not the exact logistic: the approximation differs from it in the last bits for many inputs.

@@ -430,15 +430,20 @@ def _multiplier(first, second, y_scale, half, flavor):
     return _divide(product, y_scale).astype(half).astype(jnp.float32)
 
 
+def _output_codes(acc, first_scale, second_scale, y_scale, y_zero_point, out_dtype, half, flavor):
+    """The int32 accumulator requantized with $M = f_{32}(f_{32}(s_1 s_2) / s_y)$ to the output's codes."""
+    multiplier = _multiplier(first_scale, second_scale, y_scale, half, flavor)
+    fmt = _types.INT_FORMATS[out_dtype]
+    codes = _requantize(acc, multiplier, y_zero_point.astype(jnp.int32), qmin=fmt.qmin, qmax=fmt.qmax, flavor=flavor)
+    return codes.astype(out_dtype)
+
+
 @functools.partial(jax.jit, static_argnames=("out_dtype", "half", "flavor", "mode"))
 def _qlinear_matmul(
     a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, *, out_dtype, half, flavor, mode
 ):
     acc = _matmul_int32(a, b, a_zero_point, b_zero_point, mode=mode)
-    multiplier = _multiplier(a_scale, b_scale, y_scale, half, flavor)
-    fmt = _types.INT_FORMATS[out_dtype]
-    codes = _requantize(acc, multiplier, y_zero_point.astype(jnp.int32), qmin=fmt.qmin, qmax=fmt.qmax, flavor=flavor)
-    return codes.astype(out_dtype)
+    return _output_codes(acc, a_scale, b_scale, y_scale, y_zero_point, out_dtype, half, flavor)
 
 
 def qlinear_matmul(
@@ -554,10 +559,8 @@ def _qlinear_conv(
         keep_float=float_bias,
     )
     acc = acc + (bias.astype(jnp.float32) if float_bias and mode == "float" else bias)
-    multiplier = _multiplier(x_scale, w_scale, y_scale, half, flavor)
-    fmt = _types.INT_FORMATS[out_dtype]
-    codes = _requantize(acc, multiplier, y_zero_point.astype(jnp.int32), qmin=fmt.qmin, qmax=fmt.qmax, flavor=flavor)
-    return codes.astype(out_dtype).transpose(0, 3, 1, 2)
+    codes = _output_codes(acc, x_scale, w_scale, y_scale, y_zero_point, out_dtype, half, flavor)
+    return codes.transpose(0, 3, 1, 2)
 
 
 def qlinear_conv(
