@@ -161,3 +161,23 @@ def fma_small_int(a: jax.Array, r: jax.Array, c: jax.Array) -> jax.Array:
     r_high = jax.lax.bitcast_convert_type(r_bits & jnp.int32(-256), jnp.float32)
     r_low = r - r_high
     return sum3(a * r_high, a * r_low, c)
+
+
+def fma_f32(x: jax.Array, y: jax.Array, c: jax.Array) -> jax.Array:
+    """float32 ``fma(x, y, c) = rn(x·y + c)``, one rounding: the product exact in float64, the sum rounded to odd,
+    then once to float32.
+
+    Rounding to odd at 53 bits and then to nearest at 24 gives the correctly rounded sum (Boldo and Melquiond 2008),
+    so the result is the hardware FMA's whatever the backend does with float32 multiply-adds. 64-bit types are
+    enabled for the computation (``jax.enable_x64``, scoped); it traces under ``jit`` and runs eagerly alike.
+    """
+    with jax.enable_x64(True):
+        p = x.astype(jnp.float64) * y.astype(jnp.float64)  # 24 x 24 bits: exact
+        c = c.astype(jnp.float64)
+        s = p + c
+        c_virtual = s - p
+        e = (p - (s - c_virtual)) + (c - c_virtual)
+        bits = jax.lax.bitcast_convert_type(s, jnp.int64)
+        step = jnp.where((e > 0) == (s > 0), 1, -1).astype(jnp.int64)
+        bits = jnp.where((e != 0) & ((bits & 1) == 0), bits + step, bits)
+        return jax.lax.bitcast_convert_type(bits, jnp.float64).astype(jnp.float32)

@@ -33,9 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from quantref import _validate
 from quantref.affine import true_divide
-from quantref.runtimes import onnx_ops
+from quantref.runtimes import _arith, onnx_ops
 from quantref.runtimes.onnx_ops import Op
 
 __all__ = ["OPS", "conv_float", "mlas_logistic"]
@@ -182,9 +181,8 @@ def mlas_logistic(x) -> jax.Array:
 
     with ``p`` of degree 4 and ``q`` of degree 5 in ``v²`` evaluated by Horner's rule, each step one fused
     multiply-add (one rounding), ``v²``, ``v · p``, the quotient and the ``+ ½`` each rounded to float32. The fused
-    multiply-adds are emulated exactly in numpy (float64 products are exact, the sums rounded to odd and then to
-    float32, which is the correct rounding), so the result does not depend on the backend's own FMA; inside a jit
-    the values go through ``jax.pure_callback``.
+    multiply-adds are emulated exactly (:func:`quantref.runtimes._arith.fma_f32`), so the result does not depend on
+    the backend's own FMA.
 
     References:
       onnxruntime ``core/mlas/lib/logistic.cpp`` (the constants) and ``core/mlas/lib/x86_64/LogisticKernelFma3.S``;
@@ -197,39 +195,18 @@ def mlas_logistic(x) -> jax.Array:
     Returns:
       float32 values in [0, 1] (NaN stays NaN), the shape of ``x``.
     """
-    if _validate.is_concrete(x):
-        return jnp.asarray(_mlas_logistic_numpy(np.asarray(x, np.float32)))
-    shape = jax.ShapeDtypeStruct(jnp.shape(x), jnp.float32)
-    return jax.pure_callback(_mlas_logistic_numpy, shape, jnp.asarray(x, jnp.float32), vmap_method="sequential")
-
-
-def _mlas_logistic_numpy(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    v = np.where(x < -_LOGISTIC_RANGE, np.float32(-_LOGISTIC_RANGE), x)  # vmaxps/vminps: NaN passes through
-    v = np.where(v > _LOGISTIC_RANGE, np.float32(_LOGISTIC_RANGE), v).astype(np.float32)
-    square = (v * v).astype(np.float32)
-    p = _fma(square, np.float32(_LOGISTIC_P[0]), np.float32(_LOGISTIC_P[1]))
+    x = jnp.asarray(x, jnp.float32)
+    v = jnp.where(x < -_LOGISTIC_RANGE, jnp.float32(-_LOGISTIC_RANGE), x)  # vmaxps/vminps: NaN passes through
+    v = jnp.where(v > _LOGISTIC_RANGE, jnp.float32(_LOGISTIC_RANGE), v)
+    square = v * v
+    p = _arith.fma_f32(square, jnp.float32(_LOGISTIC_P[0]), jnp.float32(_LOGISTIC_P[1]))
     for coefficient in _LOGISTIC_P[2:]:
-        p = _fma(square, p, np.float32(coefficient))
-    q = _fma(square, np.float32(_LOGISTIC_Q[0]), np.float32(_LOGISTIC_Q[1]))
+        p = _arith.fma_f32(square, p, jnp.float32(coefficient))
+    q = _arith.fma_f32(square, jnp.float32(_LOGISTIC_Q[0]), jnp.float32(_LOGISTIC_Q[1]))
     for coefficient in _LOGISTIC_Q[2:]:
-        q = _fma(square, q, np.float32(coefficient))
-    with np.errstate(invalid="ignore"):
-        y = ((v * p).astype(np.float32) / q).astype(np.float32) + np.float32(0.5)
-        return np.where(y < 0, np.float32(0), y).astype(np.float32)  # vmaxps(0, y): NaN passes through
-
-
-def _fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """float32 ``fma(a, b, c)``, one rounding: the product exact in float64, the sum rounded to odd, then to f32."""
-    product = np.float64(a) * np.float64(b)
-    addend = np.float64(c)
-    total = product + addend
-    with np.errstate(invalid="ignore"):
-        virtual = total - product
-        error = (product - (total - virtual)) + (addend - virtual)  # TwoSum: total + error is exact
-        even = (np.asarray(total).view(np.int64) & 1) == 0
-        odd = np.nextafter(total, np.where(error > 0, np.inf, -np.inf))
-    return np.where((error != 0) & even, odd, total).astype(np.float32)
+        q = _arith.fma_f32(square, q, jnp.float32(coefficient))
+    y = true_divide(v * p, q) + jnp.float32(0.5)
+    return jnp.where(y < 0, jnp.float32(0), y)  # vmaxps(0, y): NaN passes through
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ import numpy as np
 
 from quantref._validate import is_concrete
 from quantref.affine import true_divide
+from quantref.runtimes import _arith
 
 __all__ = ["BLOCK", "check_weight_shapes", "matmul_nbits", "matmul_nbits_op", "nbits_attributes", "pack_weights"]
 
@@ -68,24 +69,6 @@ _LANES = 8
 _GROUP_LANES = tuple(
     (int(h >= 2) + 2 * int(i >= 2), 4 * (h % 2) + (i % 2)) for h in range(4) for i in range(4)
 )  # fmt: skip
-
-
-def _fma(x: jax.Array, y: jax.Array, c: jax.Array) -> jax.Array:
-    """float32 ``fma(x, y, c)``: the product exact in float64, the sum rounded to odd, then once to float32.
-
-    Rounding to odd at 53 bits and then to nearest at 24 gives the correctly rounded sum (Boldo and Melquiond 2008),
-    so the result is the hardware FMA's whatever the backend does with float32 multiply-adds.
-    """
-    with jax.enable_x64(True):
-        p = x.astype(jnp.float64) * y.astype(jnp.float64)  # 24 x 24 bits: exact
-        c = c.astype(jnp.float64)
-        s = p + c
-        c_virtual = s - p
-        e = (p - (s - c_virtual)) + (c - c_virtual)
-        bits = jax.lax.bitcast_convert_type(s, jnp.int64)
-        step = jnp.where((e > 0) == (s > 0), 1, -1).astype(jnp.int64)
-        bits = jnp.where((e != 0) & ((bits & 1) == 0), bits + step, bits)
-        return jax.lax.bitcast_convert_type(bits, jnp.float64).astype(jnp.float32)
 
 
 def _vmax(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -183,14 +166,14 @@ def matmul_nbits(
             lanes = jnp.einsum("mbjk,nbjk->mnbj", d, e, preferred_element_type=jnp.int32)
             pairs = lanes[:, :, lane_block, lane_j] + lanes[:, :, lane_block, lane_j + 2]
             c = jax.lax.dynamic_slice_in_dim(combined, 4 * g, 4, axis=2)[:, :, lane_block]
-            return _fma(pairs.astype(jnp.float32), c, acc), None
+            return _arith.fma_f32(pairs.astype(jnp.float32), c, acc), None
 
         acc, _ = jax.lax.scan(step, acc, jnp.arange(groups))
     x = acc[..., :8] + acc[..., 8:]
     if blocks > 4 * groups:
         tail = dots(4 * groups, blocks - 4 * groups).astype(jnp.float32)
         for b in range(blocks - 4 * groups):
-            x = _fma(tail[:, :, b], combined[:, :, 4 * groups + b, None], x)
+            x = _arith.fma_f32(tail[:, :, b], combined[:, :, 4 * groups + b, None], x)
     grouped = (((x[..., 0] + x[..., 1]) + x[..., 2]) + x[..., 3]) + (((x[..., 4] + x[..., 5]) + x[..., 6]) + x[..., 7])
     single = ((x[..., 0] + x[..., 4]) + (x[..., 2] + x[..., 6])) + ((x[..., 1] + x[..., 5]) + (x[..., 3] + x[..., 7]))
     y = jnp.where(np.arange(n) < n // 4 * 4, grouped, single)
@@ -200,7 +183,7 @@ def matmul_nbits(
     sum_w = -(s_w * jnp.asarray(zero_points, jnp.float32))  # [N, B]
     t = jnp.zeros((m, n), jnp.float32)
     for b in range(blocks):
-        t = _fma(sum_a[:, None, b], sum_w[None, :, b], t)
+        t = _arith.fma_f32(sum_a[:, None, b], sum_w[None, :, b], t)
     return (y + t).reshape(*a.shape[:-1], n)
 
 
