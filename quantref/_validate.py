@@ -39,6 +39,20 @@ def is_concrete(value: object) -> bool:
     return not isinstance(value, jax.core.Tracer)
 
 
+def check_finite(array: object, name: str) -> None:
+    """Refuses NaN and infinity in a concrete array, before a compiled call would turn them into NaN results.
+
+    Args:
+      array: the values (a tracer is not checked).
+      name: how the error names them.
+
+    Raises:
+      ValueError: if a value is NaN or infinite.
+    """
+    if is_concrete(array) and not bool(jnp.all(jnp.isfinite(jnp.asarray(array)))):
+        raise ValueError(f"{name} must be finite: it holds NaN or infinity")
+
+
 def _type_name(value: object) -> str:
     return type(value).__name__
 

@@ -203,7 +203,7 @@ def rtn_weights(
     result = {}
     for path, kernel in _kernels(model, select, skip).items():
         _check_group_size(group_size, kernel.shape[0])
-        _check_finite(kernel, f"the kernel of {path!r}")
+        _validate.check_finite(kernel, f"the kernel of {path!r}")
         codes, scale = _round_kernel(kernel, grid_bounds(fmt), group_size)
         result[path] = WeightQuant(codes, scale, fmt)
     return result
@@ -262,9 +262,9 @@ def gptq_weights(
     result: dict[str, WeightQuant] = {}
     for path in tqdm(order, desc="GPTQ", unit="layer", disable=not progress):
         _check_group_size(group_size, kernels[path].shape[0])
-        _check_finite(kernels[path], f"the kernel of {path!r}")
+        _validate.check_finite(kernels[path], f"the kernel of {path!r}")
         gram = _input_gram(current, order, path, batches)
-        _check_finite(gram, f"the calibration inputs of {path!r} (their X^T X)")
+        _validate.check_finite(gram, f"the calibration inputs of {path!r} (their X^T X)")
         scale = _compiled_group_scales(kernels[path], fmt, group_size)
         codes = gptq.gptq(
             kernels[path], 2.0 * gram, scale, fmt, block_size=block_size, damping=damping, act_order=act_order
@@ -540,12 +540,6 @@ def _as_input(batch: jax.Array | np.ndarray) -> jax.Array:
     # The pipeline takes float inputs (quantref.nn.check_input); a language model's token ids go in as floats, which
     # float32 holds exactly below 2**24, and the model casts them back.
     return jnp.asarray(batch, jnp.float32)
-
-
-def _check_finite(array: jax.Array, name: str) -> None:
-    """Refuses NaN and infinity before a compiled call, where they would become NaN scales without an error."""
-    if _validate.is_concrete(array) and not bool(jnp.all(jnp.isfinite(array))):
-        raise ValueError(f"{name} must be finite: it holds NaN or infinity")
 
 
 def _check_format(fmt: formats.IntFormat) -> formats.IntFormat:
