@@ -4,7 +4,6 @@ traceback, nothing written or deleted; and a run killed at several points leaves
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -13,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from _kill import run_and_kill  # tests/_kill.py
 
 from quantref import cli, vectors
 
@@ -270,26 +270,7 @@ def test_vectors_force_killed_leaves_the_old_or_the_new_set(tmp_path, marker, co
     user = {"README": b"the user's", "cases/mine.npz": b"the user's too"}
     assert _state(out, [c.id for c in old], [c.id for c in new], user) == "old"
 
-    process = subprocess.Popen(
-        [sys.executable, "-c", _DRIVER, str(out), str(len(new))],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    seen = 0
-    try:
-        for line in process.stdout:
-            if marker is not None and line.strip() == marker:
-                seen += 1
-                if seen == count:
-                    process.send_signal(signal.SIGKILL)
-                    break
-        process.wait(timeout=600)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    process, seen = run_and_kill(_DRIVER, [str(out), str(len(new))], marker, count)
     if marker is None:
         assert process.returncode == 0, process.stderr.read()
     else:

@@ -2,10 +2,7 @@
 empty batch gives an empty result, a corrupt cache entry is rebuilt, and `quantref export onnx --force` killed at any
 point leaves the complete old set of files or the complete new one."""
 
-import os
 import signal
-import subprocess
-import sys
 import textwrap
 import zipfile
 from pathlib import Path
@@ -13,6 +10,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _kill import run_and_kill  # tests/_kill.py
 from flax import nnx
 
 from quantref import cache, integer, models, nn, ptq, train
@@ -136,23 +134,7 @@ FILES = ("model.onnx", "float.onnx", "test_inputs.npz", "expected.npz")
 
 
 def _run_export(out: Path, observer: str, kill_after: str | None) -> int:
-    process = subprocess.Popen(
-        [sys.executable, "-c", _DRIVER, str(out), observer],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        for line in process.stdout:
-            if kill_after is not None and line.strip() == f"wrote {kill_after}":
-                process.send_signal(signal.SIGKILL)
-                break
-        process.wait(timeout=600)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    process, _ = run_and_kill(_DRIVER, [str(out), observer], None if kill_after is None else f"wrote {kill_after}")
     return process.returncode
 
 
