@@ -23,16 +23,19 @@ statistics and updates the running ones.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import lax
 
 from quantref.data import IMAGE_SHAPE, NUM_CLASSES
 
-__all__ = ["DigitsCNN", "accuracy"]
+__all__ = ["DigitsCNN", "accuracy", "tap_conv"]
 
 # With a few hundred training steps, the default momentum 0.99 leaves the running statistics too close to
 # their initial values; 0.9 lets them track the data within a few epochs.
@@ -57,7 +60,9 @@ class DigitsCNN(nnx.Module):
           rngs: random streams for the weight initializers; the same seed gives the same weights.
         """
         height, width, channels = IMAGE_SHAPE
-        self.conv1 = nnx.Conv(channels, 16, kernel_size=(3, 3), padding="SAME", rngs=rngs)
+        self.conv1 = nnx.Conv(
+            channels, 16, kernel_size=(3, 3), padding="SAME", conv_general_dilated=tap_conv, rngs=rngs
+        )
         self.bn1 = nnx.BatchNorm(16, momentum=_BATCH_NORM_MOMENTUM, rngs=rngs)
         self.conv2 = nnx.Conv(16, 32, kernel_size=(3, 3), padding="SAME", rngs=rngs)
         self.bn2 = nnx.BatchNorm(32, momentum=_BATCH_NORM_MOMENTUM, rngs=rngs)
@@ -115,6 +120,94 @@ def accuracy(model: DigitsCNN, x: np.ndarray, y: np.ndarray) -> float:
         raise ValueError(f"y must be {len(x)} integer labels, shape ({len(x)},), got {labels.dtype}{labels.shape}")
     predictions = np.asarray(_predict(model, jnp.asarray(x)))
     return float(np.mean(predictions == labels))
+
+
+def tap_conv(
+    inputs: jax.Array,
+    kernel: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: lax.ConvDimensionNumbers | None = None,
+    feature_group_count: int = 1,
+    precision: lax.PrecisionLike = None,
+    **kwargs,
+) -> jax.Array:
+    """``lax.conv_general_dilated`` for a convolution over one input channel, as one multiply-add per kernel tap.
+
+    With one input channel a convolution is a weighted sum of shifted copies of the input: for a kernel $K$ of
+    $k_1 \times k_2$ taps, strides $s$ and dilation $d$,
+
+    $$
+    y_{n,h,w,c} = \\sum_{i<k_1,\\, j<k_2} x_{n,\\, s h + d i,\\, s w + d j} \\; K_{i,j,0,c}
+    $$
+
+    on the padded input. Computed this way the cost is one broadcast multiply-add per tap and output element, so
+    it follows the output channel count. XLA's CPU convolution (Eigen's spatial convolution) instead builds the
+    $k_1 k_2$-long patch of every pixel and contracts it with the kernel; with a contraction that short the patches
+    are the work, which costs about as much for 8 output channels as for 16 and runs several times slower than the
+    taps at this model's sizes (``benchmarks/pruning.py``). It is the same function of the input up to float32
+    summation order. Any other convolution (more input channels, groups, input dilation, a layout other than
+    channels-last, a preferred element type) goes to ``lax.conv_general_dilated`` unchanged; the signature is that
+    function's, which ``nnx.Conv`` takes as its ``conv_general_dilated`` argument.
+
+    Args:
+      inputs: the input, channels last: ``(N, *spatial, C_in)``.
+      kernel: ``(*spatial, C_in, C_out)``.
+      window_strides: one stride per spatial axis.
+      padding: ``"SAME"``, ``"VALID"`` or one ``(low, high)`` pair per spatial axis.
+      lhs_dilation: as ``lax.conv_general_dilated``.
+      rhs_dilation: kernel dilation per spatial axis (None: 1).
+      dimension_numbers: as ``lax.conv_general_dilated``; the taps need ``nnx.Conv``'s channels-last numbers.
+      feature_group_count: as ``lax.conv_general_dilated``.
+      precision: as ``lax.conv_general_dilated``.
+      **kwargs: passed to ``lax.conv_general_dilated`` (``preferred_element_type``, ``out_sharding``).
+
+    Returns:
+      The convolution, ``(N, *output spatial, C_out)``, as ``lax.conv_general_dilated`` shapes it.
+    """
+    spatial = inputs.ndim - 2
+    channels_last = lax.ConvDimensionNumbers(
+        lhs_spec=(0, spatial + 1, *range(1, spatial + 1)),
+        rhs_spec=(spatial + 1, spatial, *range(spatial)),
+        out_spec=(0, spatial + 1, *range(1, spatial + 1)),
+    )
+    taps = (
+        kernel.shape[-2] == 1
+        and feature_group_count == 1
+        and all(d == 1 for d in lhs_dilation or ())
+        and dimension_numbers == channels_last
+        and all(value is None for value in kwargs.values())
+    )
+    if not taps:
+        return lax.conv_general_dilated(
+            inputs,
+            kernel,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            precision=precision,
+            **kwargs,
+        )
+    dilation = tuple(rhs_dilation or (1,) * spatial)
+    window = tuple((size - 1) * d + 1 for size, d in zip(kernel.shape[:spatial], dilation))
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(inputs.shape[1:-1], window, window_strides, padding)
+    padded = jnp.pad(inputs, ((0, 0), *padding, (0, 0)))  # (N, *padded spatial, 1)
+    out_shape = tuple(
+        (size - extent) // stride + 1 for size, extent, stride in zip(padded.shape[1:-1], window, window_strides)
+    )
+    output = None
+    for tap in itertools.product(*(range(size) for size in kernel.shape[:spatial])):
+        start = (0, *(i * d for i, d in zip(tap, dilation)), 0)
+        limit = (len(padded), *(s + (n - 1) * t + 1 for s, n, t in zip(start[1:], out_shape, window_strides)), 1)
+        term = lax.slice(padded, start, limit, (1, *window_strides, 1)) * kernel[tap][0]  # (N, *out, C_out)
+        output = term if output is None else output + term
+    return output
 
 
 def _check_images(x: object, name: str) -> np.ndarray | jax.Array:

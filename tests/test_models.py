@@ -1,10 +1,12 @@
 """Tests for quantref.models: shapes, eval-mode determinism, accuracy."""
 
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import assume, given, settings
 
 from quantref import models
 
@@ -52,3 +54,79 @@ def test_accuracy_counts_argmax_matches(model, images):
     predictions = np.asarray(jnp.argmax(model(images), axis=-1))
     assert models.accuracy(model, np.asarray(images), predictions) == 1.0
     assert models.accuracy(model, np.asarray(images), (predictions + 1) % 10) == 0.0
+
+
+def _lax_conv(x, kernel, strides, padding, dilation):
+    return jax.lax.conv_general_dilated(
+        x, kernel, strides, padding, rhs_dilation=dilation, dimension_numbers=_layout(x.ndim - 2), precision="highest"
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    spatial=st.integers(1, 3),
+    size=st.integers(3, 9),
+    window=st.integers(1, 3),
+    stride=st.integers(1, 3),
+    dilation=st.integers(1, 2),
+    padding=st.sampled_from(["SAME", "VALID", "explicit"]),
+    out_channels=st.integers(1, 5),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_tap_conv_equals_xla_convolution_over_one_channel(
+    spatial, size, window, stride, dilation, padding, out_channels, seed
+):
+    """The taps compute XLA's convolution (to float32 summation order), its gradients too, for any geometry."""
+    assume((window - 1) * dilation + 1 <= size)
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(2, *(size,) * spatial, 1)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(*(window,) * spatial, 1, out_channels)), jnp.float32)
+    strides, dilations = (stride,) * spatial, (dilation,) * spatial
+    pads = [(1, 2)] * spatial if padding == "explicit" else padding
+    channels_last = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, _layout(spatial))
+    taps = models.tap_conv(x, kernel, strides, pads, rhs_dilation=dilations, dimension_numbers=channels_last)
+    expected = _lax_conv(x, kernel, strides, pads, dilations)
+    assert taps.shape == expected.shape
+    np.testing.assert_allclose(taps, expected, rtol=1e-5, atol=1e-5)
+
+    def loss(conv, x, kernel):
+        return jnp.sum(jnp.sin(conv(x, kernel)))
+
+    grads = jax.grad(
+        lambda x, k: loss(lambda a, b: models.tap_conv(a, b, strides, pads, None, dilations, channels_last), x, k),
+        argnums=(0, 1),
+    )(x, kernel)
+    expected_grads = jax.grad(
+        lambda x, k: loss(lambda a, b: _lax_conv(a, b, strides, pads, dilations), x, k), argnums=(0, 1)
+    )(x, kernel)
+    for got, want in zip(grads, expected_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _layout(spatial):
+    return {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}[spatial]
+
+
+def test_tap_conv_hands_other_convolutions_to_xla_unchanged():
+    """More than one input channel, groups or a channels-first layout: lax.conv_general_dilated, bit for bit."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 6, 6, 4)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 2, 6)), jnp.float32)
+    numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+    for groups, k in ((1, jnp.concatenate([kernel, kernel], axis=2)), (2, kernel)):
+        got = models.tap_conv(x, k, (1, 1), "SAME", dimension_numbers=numbers, feature_group_count=groups)
+        want = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=numbers, feature_group_count=groups)
+        np.testing.assert_array_equal(got, want)
+    nchw = jnp.transpose(x[..., :1], (0, 3, 1, 2))
+    oihw = jnp.transpose(kernel[:, :, :1], (3, 2, 0, 1))
+    got = models.tap_conv(nchw, oihw, (1, 1), "SAME")
+    np.testing.assert_array_equal(got, jax.lax.conv_general_dilated(nchw, oihw, (1, 1), "SAME"))
+
+
+def test_conv1_runs_as_taps_and_matches_xla(model, images):
+    """The model's conv1 (one input channel) goes through the taps: no convolution op in its jaxpr, same values."""
+    jaxpr = jax.make_jaxpr(lambda x: model.conv1(x))(images)
+    assert "conv_general_dilated" not in str(jaxpr)
+    expected = _lax_conv(images, model.conv1.kernel[...], (1, 1), "SAME", (1, 1)) + model.conv1.bias[...]
+    np.testing.assert_allclose(model.conv1(images), expected, rtol=1e-5, atol=1e-6)
+    assert "conv_general_dilated" in str(jax.make_jaxpr(lambda x: model.conv2(x))(model.conv1(images)))
