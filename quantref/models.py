@@ -23,6 +23,7 @@ statistics and updates the running ones.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -168,16 +169,11 @@ def tap_conv(
       The convolution, ``(N, *output spatial, C_out)``, as ``lax.conv_general_dilated`` shapes it.
     """
     spatial = inputs.ndim - 2
-    channels_last = lax.ConvDimensionNumbers(
-        lhs_spec=(0, spatial + 1, *range(1, spatial + 1)),
-        rhs_spec=(spatial + 1, spatial, *range(spatial)),
-        out_spec=(0, spatial + 1, *range(1, spatial + 1)),
-    )
     taps = (
         kernel.shape[-2] == 1
         and feature_group_count == 1
         and all(d == 1 for d in lhs_dilation or ())
-        and dimension_numbers == channels_last
+        and dimension_numbers == _channels_last(spatial)
         and all(value is None for value in kwargs.values())
     )
     if not taps:
@@ -197,17 +193,64 @@ def tap_conv(
     window = tuple((size - 1) * d + 1 for size, d in zip(kernel.shape[:spatial], dilation))
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(inputs.shape[1:-1], window, window_strides, padding)
+    geometry = (tuple(window_strides), tuple(tuple(pair) for pair in padding), dilation, precision)
+    return _taps(inputs, kernel, geometry)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _taps(inputs: jax.Array, kernel: jax.Array, geometry: tuple) -> jax.Array:
+    """The taps of :func:`tap_conv`: ``output = fma(tap, K[tap], output)`` in row-major tap order, from zero.
+
+    That is the order and rounding of XLA's CPU convolution over one input channel (one fused multiply-add per tap
+    and output element, taps in order), so where XLA fuses each multiply-add, as on the CPU, the result is the
+    convolution's bit for bit; elsewhere it differs only in float32 rounding.
+    """
+    strides, padding, dilation, _ = geometry
+    spatial = len(strides)
     padded = jnp.pad(inputs, ((0, 0), *padding, (0, 0)))  # (N, *padded spatial, 1)
+    window = tuple((size - 1) * d + 1 for size, d in zip(kernel.shape[:spatial], dilation))
     out_shape = tuple(
-        (size - extent) // stride + 1 for size, extent, stride in zip(padded.shape[1:-1], window, window_strides)
+        (size - extent) // stride + 1 for size, extent, stride in zip(padded.shape[1:-1], window, strides)
     )
-    output = None
+    output = jnp.zeros((len(inputs), *out_shape, kernel.shape[-1]), jnp.result_type(inputs, kernel))
     for tap in itertools.product(*(range(size) for size in kernel.shape[:spatial])):
         start = (0, *(i * d for i, d in zip(tap, dilation)), 0)
-        limit = (len(padded), *(s + (n - 1) * t + 1 for s, n, t in zip(start[1:], out_shape, window_strides)), 1)
-        term = lax.slice(padded, start, limit, (1, *window_strides, 1)) * kernel[tap][0]  # (N, *out, C_out)
-        output = term if output is None else output + term
+        limit = (len(padded), *(s + (n - 1) * t + 1 for s, n, t in zip(start[1:], out_shape, strides)), 1)
+        output = lax.slice(padded, start, limit, (1, *strides, 1)) * kernel[tap][0] + output  # (N, *out, C_out)
     return output
+
+
+def _taps_forward(inputs: jax.Array, kernel: jax.Array, geometry: tuple) -> tuple[jax.Array, tuple]:
+    return _taps(inputs, kernel, geometry), (inputs, kernel)
+
+
+def _taps_backward(geometry: tuple, residuals: tuple, cotangent: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The gradients of the convolution the taps compute, as XLA computes them for ``lax.conv_general_dilated``.
+
+    Differentiating the taps would give the same gradients up to float32 summation order; taking the convolution's
+    keeps training bit for bit what it is with ``lax.conv_general_dilated``.
+    """
+    strides, padding, dilation, precision = geometry
+    numbers = _channels_last(len(strides))
+    _, pullback = jax.vjp(
+        lambda x, k: lax.conv_general_dilated(
+            x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=numbers, precision=precision
+        ),
+        *residuals,
+    )
+    return pullback(cotangent)
+
+
+_taps.defvjp(_taps_forward, _taps_backward)
+
+
+def _channels_last(spatial: int) -> lax.ConvDimensionNumbers:
+    """``nnx.Conv``'s dimension numbers: input and output ``(N, *spatial, C)``, kernel ``(*spatial, C_in, C_out)``."""
+    return lax.ConvDimensionNumbers(
+        lhs_spec=(0, spatial + 1, *range(1, spatial + 1)),
+        rhs_spec=(spatial + 1, spatial, *range(spatial)),
+        out_spec=(0, spatial + 1, *range(1, spatial + 1)),
+    )
 
 
 def _check_images(x: object, name: str) -> np.ndarray | jax.Array:
