@@ -8,6 +8,8 @@ Speed: the jit'd forward pass at batch 1024 (and 1) of
 - half the channels of conv1 and conv2 removed by L1 norm (:func:`quantref.structured.prune_channels`, which shrinks
   the arrays), fine-tuned and folded;
 - 90 % unstructured sparsity and 2:4 sparsity: the same dense shapes with zeros in them;
+- the unpruned and the shrunk model again with conv1 run as XLA's own convolution (``lax.conv_general_dilated``)
+  instead of the model's nine multiply-adds (:func:`quantref.models.tap_conv`), to show what that choice is worth;
 
 and the same in PyTorch and onnxruntime as peers: ``torch.nn.utils.prune.ln_structured`` on the same channels (it
 masks: the weight keeps its shape and a hook multiplies it by the mask before every call), that mask made permanent
@@ -47,6 +49,13 @@ def jit_forward(model: nnx.Module, x: jax.Array) -> Callable[[], jax.Array]:
     graphdef, state = nnx.split(model)
     forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
     return lambda: forward(state, x)
+
+
+def with_xla_conv1(model: nnx.Module) -> nnx.Module:
+    """A copy whose conv1 runs as ``lax.conv_general_dilated`` instead of :func:`quantref.models.tap_conv`."""
+    copy = nnx.clone(model)
+    copy.conv1.conv_general_dilated = jax.lax.conv_general_dilated
+    return copy
 
 
 def layer_forwards(model: nnx.Module, x: jax.Array) -> dict[str, Callable[[], jax.Array]]:
@@ -103,12 +112,12 @@ def float_session(model: nnx.Module, x_calib: np.ndarray):
 
 def report(times: dict[str, dict[str, list[float]]], baseline: Callable[[str], str]) -> None:
     """One line per path: wall median and minimum, CPU median, and the speed-ups against ``baseline(name)``."""
-    print(f"{'path':<38} {'wall ms':>8} {'(min)':>7} {'CPU ms':>7}   {'speed-up: wall':>14} {'CPU':>6}")
+    print(f"{'path':<44} {'wall ms':>8} {'(min)':>7} {'CPU ms':>7}   {'speed-up: wall':>14} {'CPU':>6}")
     for name, entry in times.items():
         wall, cpu = statistics.median(entry["wall"]), statistics.median(entry["cpu"])
         base = times[baseline(name)]
         print(
-            f"{name:<38} {wall * 1e3:>8.3f} {min(entry['wall']) * 1e3:>7.3f} {cpu * 1e3:>7.3f}   "
+            f"{name:<44} {wall * 1e3:>8.3f} {min(entry['wall']) * 1e3:>7.3f} {cpu * 1e3:>7.3f}   "
             f"{statistics.median(base['wall']) / wall:>13.2f}x {statistics.median(base['cpu']) / cpu:>5.2f}x"
         )
 
@@ -173,6 +182,8 @@ def main() -> None:
             "JAX: half the channels (shrunk)": jit_forward(small, x),
             "JAX: 90% unstructured zeros": jit_forward(sparse, x),
             "JAX: 2:4 zeros in conv2": jit_forward(two_four, x),
+            "JAX, XLA conv1: unpruned": jit_forward(with_xla_conv1(folded), x),
+            "JAX, XLA conv1: half the channels (shrunk)": jit_forward(with_xla_conv1(small), x),
         }
         torch_paths = {
             "torch: unpruned": lambda: torch_dense(x_torch),

@@ -256,11 +256,11 @@ figure.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The logits move by 4.8e-06 at most (float32 rounding): the function is the same. conv1's output channels, whose
-# ranges spanned a factor 3.0, now span 2.0, the same as conv2's input channels — the geometric mean of the two
+# The logits move by a few millionths at most (float32 rounding): the function is the same. conv1's output channels,
+# whose ranges spanned a factor 3.0, now span 2.0, the same as conv2's input channels — the geometric mean of the two
 # spreads. Bias absorption is the other half of DFQ: if a channel's output is at least $c_i$ for almost every input (DFQ
-# takes $c_i = \max(0, \delta_i - 3\gamma_i)$ from the BatchNorm), $c_i$ can move out of the ReLU into the next
-# layer's bias, and the activation's grid gets a finer step. On this network no channel qualifies:
+# takes $c_i = \max(0, \delta_i - 3\gamma_i)$ from the BatchNorm), $c_i$ can move out of the ReLU into the next layer's
+# bias, and the activation's grid gets a finer step. On this network no channel qualifies:
 
 # %%
 absorbed = correction.absorb_bias(equalized.model, x_test[:1], equalized.statistics)

@@ -242,7 +242,8 @@ print("half the channels, fine-tuned: accuracy {:.2%}, test loss {:.3f}".format(
 # map with it — but fine-tuning brings the accuracy back (99.67 %). The smaller network computes a quarter of
 # conv2's multiplications (half the inputs times half the outputs) and half of conv1's and the dense layer's. Is it
 # faster? The jit'd forward pass at batch 1024, against the unpruned model, next to the 90 %-sparse and 2:4 models
-# (the same dense shapes, with zeros), the calls interleaved in a random order so that all see the same load:
+# (the same dense shapes, with zeros) and to both networks with conv1 run as XLA's own convolution (explained
+# below), the calls interleaved in a random order so that all see the same load:
 
 
 # %%
@@ -252,12 +253,21 @@ def jit_forward(candidate, x):
     return lambda: forward(state, x).block_until_ready()
 
 
+def with_xla_conv1(candidate):
+    """A copy whose conv1 runs as XLA's own convolution instead of the model's nine multiply-adds."""
+    copy = nnx.clone(candidate)
+    copy.conv1.conv_general_dilated = jax.lax.conv_general_dilated
+    return copy
+
+
 x_batch = jnp.asarray(splits.x_test[np.random.default_rng(0).integers(0, len(splits.x_test), 1024)])
 paths = {
     "unpruned": jit_forward(folded, x_batch),
     "half the channels": jit_forward(small_tuned, x_batch),
     "90 % unstructured": jit_forward(gradual[0.9], x_batch),
     "2:4 (conv2, dense)": jit_forward(tuned_two_four, x_batch),
+    "unpruned, XLA conv1": jit_forward(with_xla_conv1(folded), x_batch),
+    "half, XLA conv1": jit_forward(with_xla_conv1(small_tuned), x_batch),
 }
 times = {name: [] for name in paths}
 for function in paths.values():
@@ -269,18 +279,26 @@ for _ in range(15):
         paths[name]()
         times[name].append(time.perf_counter() - start)
 for name, values in times.items():
-    ratio = statistics.median(times["unpruned"]) / statistics.median(values)
+    baseline = "unpruned, XLA conv1" if "XLA" in name else "unpruned"
+    ratio = statistics.median(times[baseline]) / statistics.median(values)
     print(f"{name:<20} median {statistics.median(values) * 1e3:6.2f} ms  speed-up {ratio:.2f}x")
 
 # %% [markdown]
 # The unstructured and 2:4 models do every multiplication of the dense one — XLA's CPU convolution does not look
 # at the values — so any difference between their times and the unpruned time is noise (run the cell again and it
 # moves); they would need sparse kernels, or sparse tensor cores for 2:4, to gain anything. The smaller network is
-# genuinely smaller, but its speed-up falls well short of its count of multiplications: on a network this small,
-# XLA's CPU convolutions over a few channels run far below peak, and conv1, with its one input channel, costs
-# nearly the same at any width. `benchmarks/pruning.py` measures this with more rounds, at batch 1 too, layer by
-# layer, and with torch's pruning utilities side by side (they mask; they do not shrink); its results are on the
-# benchmarks page. The timings here come from one short run on a shared machine.
+# faster, though by less than its count of multiplications: at 8 to 32 channels XLA's CPU convolutions run far
+# below the machine's peak.
+#
+# The last two rows are a lesson about kernels. The walkthrough model computes conv1, whose input has one channel,
+# as nine multiply-adds of shifted copies of the image (`models.tap_conv`, the same numbers as XLA's convolution).
+# XLA's own CPU convolution first builds the nine-value patch of every pixel and then contracts it with the
+# kernel; with a contraction that short the patches are the work, whatever the number of output channels. With it,
+# conv1 costs about as much at 8 channels as at 16, takes a large share of the forward pass, and hides most of what
+# pruning saved. A smaller network is faster only if its kernels' cost follows its size. `benchmarks/pruning.py`
+# measures all this with more rounds, at batch 1 too, layer by layer, and with torch's pruning utilities and
+# onnxruntime side by side (torch's utilities mask; they do not shrink); its results are on the benchmarks page.
+# The timings here come from one short run on a shared machine.
 #
 # ## Deep Compression: from weights to bytes
 #

@@ -16,6 +16,11 @@ Every layer is an attribute, and its name is its NNX path (``conv1``, ``bn1``, `
 name :mod:`quantref.nn` and every later step use; a chapter reads ``model.conv1.kernel`` directly. BatchNorm follows
 each conv, as in the networks that BN folding (:func:`quantref.nn.fold_batch_norm`) is for.
 
+conv1, whose input has one channel, runs as nine multiply-adds of shifted copies of the image (:func:`tap_conv`),
+not as XLA's convolution: the same function up to float32 rounding (on the CPU, a training step of this model is
+the convolution's bit for bit, so training gives the weights it gave before), at a cost that follows the channel
+count, which XLA's CPU convolution over one input channel does not (``benchmarks/pruning.py``).
+
 The model runs in one of two modes, chosen per call: ``train=False`` (the default) normalizes with the running
 statistics and is a pure, deterministic function of the input; ``train=True`` normalizes with the batch's
 statistics and updates the running ones.
@@ -133,7 +138,7 @@ def tap_conv(
     dimension_numbers: lax.ConvDimensionNumbers | None = None,
     feature_group_count: int = 1,
     precision: lax.PrecisionLike = None,
-    **kwargs,
+    **kwargs: object,
 ) -> jax.Array:
     """``lax.conv_general_dilated`` for a convolution over one input channel, as one multiply-add per kernel tap.
 
@@ -169,8 +174,11 @@ def tap_conv(
       The convolution, ``(N, *output spatial, C_out)``, as ``lax.conv_general_dilated`` shapes it.
     """
     spatial = inputs.ndim - 2
-    taps = (
-        kernel.shape[-2] == 1
+    taps = (  # anything else, malformed arguments included, is lax's to compute or to refuse
+        kernel.ndim == inputs.ndim
+        and inputs.shape[-1] == kernel.shape[-2] == 1
+        and len(window_strides) == len(rhs_dilation or window_strides) == spatial
+        and (isinstance(padding, str) or len(padding) == spatial)
         and feature_group_count == 1
         and all(d == 1 for d in lhs_dilation or ())
         and dimension_numbers == _channels_last(spatial)

@@ -130,3 +130,26 @@ def test_conv1_runs_as_taps_and_matches_xla(model, images):
     expected = _lax_conv(images, model.conv1.kernel[...], (1, 1), "SAME", (1, 1)) + model.conv1.bias[...]
     np.testing.assert_allclose(model.conv1(images), expected, rtol=1e-5, atol=1e-6)
     assert "conv_general_dilated" in str(jax.make_jaxpr(lambda x: model.conv2(x))(model.conv1(images)))
+
+
+def test_training_step_is_the_xla_convolutions_bit_for_bit(images):
+    """Train-mode logits and every gradient equal those of the same model with conv1 as lax.conv_general_dilated.
+
+    The taps accumulate fma(tap, K, output) in the order XLA's CPU convolution does and take the convolution's own
+    gradients, so training (and every cached model) is what it was before conv1 ran as taps.
+    """
+    taps = models.DigitsCNN(rngs=nnx.Rngs(3))
+    xla = nnx.clone(taps)
+    xla.conv1.conv_general_dilated = jax.lax.conv_general_dilated
+    x = jax.random.normal(jax.random.key(4), (64, 8, 8, 1))
+    labels = jax.random.randint(jax.random.key(5), (64,), 0, 10)
+
+    def loss(model):
+        logits = model(x, train=True)
+        return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0])
+
+    step = nnx.jit(nnx.value_and_grad(loss))
+    (loss_taps, grads_taps), (loss_xla, grads_xla) = step(taps), step(xla)
+    assert loss_taps == loss_xla
+    for got, want in zip(jax.tree.leaves(grads_taps), jax.tree.leaves(grads_xla), strict=True):
+        np.testing.assert_array_equal(got, want)
