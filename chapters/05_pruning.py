@@ -291,7 +291,7 @@ for name, values in times.items():
 # below the machine's peak.
 #
 # The last two rows are a lesson about kernels. The walkthrough model computes conv1, whose input has one channel,
-# as nine multiply-adds of shifted copies of the image (`models.tap_conv`, the same numbers as XLA's convolution).
+# as nine multiply-adds of shifted copies of the image (`models.tap_conv`: XLA's convolution up to float32 rounding).
 # XLA's own CPU convolution first builds the nine-value patch of every pixel and then contracts it with the
 # kernel; with a contraction that short the patches are the work, whatever the number of output channels. With it,
 # conv1 costs about as much at 8 channels as at 16, takes a large share of the forward pass, and hides most of what

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from quantref.data import IMAGE_SHAPE, NUM_CLASSES
 
@@ -143,7 +144,7 @@ def tap_conv(
     """``lax.conv_general_dilated`` for a convolution over one input channel, as one multiply-add per kernel tap.
 
     With one input channel a convolution is a weighted sum of shifted copies of the input: for a kernel $K$ of
-    $k_1 \times k_2$ taps, strides $s$ and dilation $d$,
+    $k_1 \\times k_2$ taps, strides $s$ and dilation $d$,
 
     $$
     y_{n,h,w,c} = \\sum_{i<k_1,\\, j<k_2} x_{n,\\, s h + d i,\\, s w + d j} \\; K_{i,j,0,c}
@@ -153,16 +154,25 @@ def tap_conv(
     it follows the output channel count. XLA's CPU convolution (Eigen's spatial convolution) instead builds the
     $k_1 k_2$-long patch of every pixel and contracts it with the kernel; with a contraction that short the patches
     are the work, which costs about as much for 8 output channels as for 16 and runs several times slower than the
-    taps at this model's sizes (``benchmarks/pruning.py``). It is the same function of the input up to float32
-    summation order. Any other convolution (more input channels, groups, input dilation, a layout other than
-    channels-last, a preferred element type) goes to ``lax.conv_general_dilated`` unchanged; the signature is that
-    function's, which ``nnx.Conv`` takes as its ``conv_general_dilated`` argument.
+    taps at this model's sizes (``benchmarks/pruning.py``).
+
+    It is the same function as the convolution up to float32 rounding, and its derivatives (forward and reverse
+    mode) are the convolution's, computed by ``lax.conv_general_dilated``. The taps accumulate
+    ``fma(tap, K[tap], output)`` from zero in row-major tap order, which is what XLA's CPU convolution over one
+    input channel computes; where XLA fuses each multiply-add into one FMA the result is the convolution's bit for
+    bit. It does so in this model's training step on the CPU (a test checks that step, logits and gradients), so
+    the model trains to the same weights either way; in other graphs, or eagerly, the outputs may differ in the
+    last bits. Any other convolution goes to ``lax.conv_general_dilated`` unchanged: more input channels, groups,
+    input dilation, a layout other than channels-last, a preferred element type, dtypes other than float32 and
+    float64 (the taps would round a narrower type at every tap), an empty output, negative padding, and malformed
+    arguments, which lax refuses. The signature is that function's, which ``nnx.Conv`` takes as its
+    ``conv_general_dilated`` argument.
 
     Args:
       inputs: the input, channels last: ``(N, *spatial, C_in)``.
       kernel: ``(*spatial, C_in, C_out)``.
       window_strides: one stride per spatial axis.
-      padding: ``"SAME"``, ``"VALID"`` or one ``(low, high)`` pair per spatial axis.
+      padding: ``"SAME"``, ``"VALID"`` (or another ``lax`` padding type) or one ``(low, high)`` pair per spatial axis.
       lhs_dilation: as ``lax.conv_general_dilated``.
       rhs_dilation: kernel dilation per spatial axis (None: 1).
       dimension_numbers: as ``lax.conv_general_dilated``; the taps need ``nnx.Conv``'s channels-last numbers.
@@ -173,18 +183,10 @@ def tap_conv(
     Returns:
       The convolution, ``(N, *output spatial, C_out)``, as ``lax.conv_general_dilated`` shapes it.
     """
-    spatial = inputs.ndim - 2
-    taps = (  # anything else, malformed arguments included, is lax's to compute or to refuse
-        kernel.ndim == inputs.ndim
-        and inputs.shape[-1] == kernel.shape[-2] == 1
-        and len(window_strides) == len(rhs_dilation or window_strides) == spatial
-        and (isinstance(padding, str) or len(padding) == spatial)
-        and feature_group_count == 1
-        and all(d == 1 for d in lhs_dilation or ())
-        and dimension_numbers == _channels_last(spatial)
-        and all(value is None for value in kwargs.values())
+    geometry = _tap_geometry(
+        inputs, kernel, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count
     )
-    if not taps:
+    if geometry is None or any(value is not None for value in kwargs.values()):
         return lax.conv_general_dilated(
             inputs,
             kernel,
@@ -197,59 +199,87 @@ def tap_conv(
             precision=precision,
             **kwargs,
         )
-    dilation = tuple(rhs_dilation or (1,) * spatial)
-    window = tuple((size - 1) * d + 1 for size, d in zip(kernel.shape[:spatial], dilation))
-    if isinstance(padding, str):
-        padding = lax.padtype_to_pads(inputs.shape[1:-1], window, window_strides, padding)
-    geometry = (tuple(window_strides), tuple(tuple(pair) for pair in padding), dilation, precision)
-    return _taps(inputs, kernel, geometry)
+    return _taps(inputs, kernel, (*geometry, precision))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _taps(inputs: jax.Array, kernel: jax.Array, geometry: tuple) -> jax.Array:
-    """The taps of :func:`tap_conv`: ``output = fma(tap, K[tap], output)`` in row-major tap order, from zero.
-
-    That is the order and rounding of XLA's CPU convolution over one input channel (one fused multiply-add per tap
-    and output element, taps in order), so where XLA fuses each multiply-add, as on the CPU, the result is the
-    convolution's bit for bit; elsewhere it differs only in float32 rounding.
-    """
-    strides, padding, dilation, _ = geometry
-    spatial = len(strides)
+    """The taps of :func:`tap_conv`: ``output = tap * K[tap] + output`` in row-major tap order, from zero."""
+    strides, padding, dilation, out_shape, _ = geometry
     padded = jnp.pad(inputs, ((0, 0), *padding, (0, 0)))  # (N, *padded spatial, 1)
-    window = tuple((size - 1) * d + 1 for size, d in zip(kernel.shape[:spatial], dilation))
-    out_shape = tuple(
-        (size - extent) // stride + 1 for size, extent, stride in zip(padded.shape[1:-1], window, strides)
-    )
-    output = jnp.zeros((len(inputs), *out_shape, kernel.shape[-1]), jnp.result_type(inputs, kernel))
-    for tap in itertools.product(*(range(size) for size in kernel.shape[:spatial])):
+    output = jnp.zeros((len(inputs), *out_shape, kernel.shape[-1]), inputs.dtype)
+    for tap in itertools.product(*(range(size) for size in kernel.shape[:-2])):
         start = (0, *(i * d for i, d in zip(tap, dilation)), 0)
         limit = (len(padded), *(s + (n - 1) * t + 1 for s, n, t in zip(start[1:], out_shape, strides)), 1)
         output = lax.slice(padded, start, limit, (1, *strides, 1)) * kernel[tap][0] + output  # (N, *out, C_out)
     return output
 
 
-def _taps_forward(inputs: jax.Array, kernel: jax.Array, geometry: tuple) -> tuple[jax.Array, tuple]:
-    return _taps(inputs, kernel, geometry), (inputs, kernel)
+def _taps_jvp(geometry: tuple, primals: tuple, tangents: tuple) -> tuple[jax.Array, jax.Array]:
+    """The convolution's derivative, ``conv(dx, K) + conv(x, dK)``, with ``lax.conv_general_dilated``.
 
-
-def _taps_backward(geometry: tuple, residuals: tuple, cotangent: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The gradients of the convolution the taps compute, as XLA computes them for ``lax.conv_general_dilated``.
-
-    Differentiating the taps would give the same gradients up to float32 summation order; taking the convolution's
-    keeps training bit for bit what it is with ``lax.conv_general_dilated``.
+    Reverse mode transposes it into the convolution's own backward convolutions, so gradients are those of
+    ``lax.conv_general_dilated`` exactly. A tangent that is zero (the data, in training) costs nothing.
     """
-    strides, padding, dilation, precision = geometry
-    numbers = _channels_last(len(strides))
-    _, pullback = jax.vjp(
-        lambda x, k: lax.conv_general_dilated(
-            x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=numbers, precision=precision
-        ),
-        *residuals,
+    strides, padding, dilation, _, precision = geometry
+    inputs, kernel = primals
+    conv = functools.partial(
+        lax.conv_general_dilated,
+        window_strides=strides,
+        padding=padding,
+        rhs_dilation=dilation,
+        dimension_numbers=_channels_last(len(strides)),
+        precision=precision,
     )
-    return pullback(cotangent)
+    terms = [conv(tangent, kernel) for tangent in tangents[:1] if type(tangent) is not SymbolicZero]
+    terms += [conv(inputs, tangent) for tangent in tangents[1:] if type(tangent) is not SymbolicZero]
+    output = _taps(inputs, kernel, geometry)
+    return output, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(output)
 
 
-_taps.defvjp(_taps_forward, _taps_backward)
+_taps.defjvp(_taps_jvp, symbolic_zeros=True)
+
+
+def _tap_geometry(
+    inputs: jax.Array,
+    kernel: jax.Array,
+    window_strides: object,
+    padding: object,
+    lhs_dilation: object,
+    rhs_dilation: object,
+    dimension_numbers: object,
+    feature_group_count: object,
+) -> tuple | None:
+    """``(strides, padding pairs, dilation, output spatial shape)`` when :func:`tap_conv` can use taps, else None."""
+    spatial = inputs.ndim - 2
+    dilation = (1,) * spatial if rhs_dilation is None else rhs_dilation
+    if not (
+        inputs.dtype == kernel.dtype
+        and inputs.dtype in (jnp.float32, jnp.float64)
+        and kernel.ndim == inputs.ndim >= 3
+        and inputs.shape[-1] == kernel.shape[-2] == 1
+        and feature_group_count == 1
+        and all(d == 1 for d in lhs_dilation or ())
+        and dimension_numbers == _channels_last(spatial)
+        and isinstance(window_strides, Sequence)
+        and isinstance(dilation, Sequence)
+        and len(window_strides) == len(dilation) == spatial
+        and all(isinstance(v, int) and v >= 1 for v in (*window_strides, *dilation))
+    ):
+        return None
+    window = tuple((size - 1) * d + 1 for size, d in zip(kernel.shape[:-2], dilation))
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(inputs.shape[1:-1], window, window_strides, padding)
+    pads = tuple(tuple(pair) for pair in padding)
+    if len(pads) != spatial or any(len(pair) != 2 or min(pair) < 0 for pair in pads):
+        return None
+    out_shape = tuple(
+        (size + low + high - extent) // stride + 1
+        for size, (low, high), extent, stride in zip(inputs.shape[1:-1], pads, window, window_strides)
+    )
+    if min(out_shape) < 1:
+        return None
+    return tuple(window_strides), pads, tuple(dilation), out_shape
 
 
 def _channels_last(spatial: int) -> lax.ConvDimensionNumbers:

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 
 from quantref import models
 
@@ -65,29 +65,35 @@ def _lax_conv(x, kernel, strides, padding, dilation):
 @settings(max_examples=40, deadline=None)
 @given(
     spatial=st.integers(1, 3),
-    size=st.integers(3, 9),
+    size=st.integers(1, 9),
     window=st.integers(1, 3),
     stride=st.integers(1, 3),
     dilation=st.integers(1, 2),
-    padding=st.sampled_from(["SAME", "VALID", "explicit"]),
+    padding=st.sampled_from(["SAME", "VALID", "SAME_LOWER", "explicit", "negative"]),
     out_channels=st.integers(1, 5),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_tap_conv_equals_xla_convolution_over_one_channel(
     spatial, size, window, stride, dilation, padding, out_channels, seed
 ):
-    """The taps compute XLA's convolution (to float32 summation order), its gradients too, for any geometry."""
-    assume((window - 1) * dilation + 1 <= size)
+    """The taps compute XLA's convolution (to float32 rounding), its gradients too, for any geometry.
+
+    Geometries the taps do not take (negative padding, an empty output) must give lax's result as well.
+    """
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.normal(size=(2, *(size,) * spatial, 1)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(*(window,) * spatial, 1, out_channels)), jnp.float32)
     strides, dilations = (stride,) * spatial, (dilation,) * spatial
-    pads = [(1, 2)] * spatial if padding == "explicit" else padding
+    pads = {"explicit": [(1, 2)] * spatial, "negative": [(-1, 1)] * spatial}.get(padding, padding)
     channels_last = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, _layout(spatial))
     taps = models.tap_conv(x, kernel, strides, pads, rhs_dilation=dilations, dimension_numbers=channels_last)
     expected = _lax_conv(x, kernel, strides, pads, dilations)
     assert taps.shape == expected.shape
     np.testing.assert_allclose(taps, expected, rtol=1e-5, atol=1e-5)
+    traced = str(
+        jax.make_jaxpr(lambda a, b: models.tap_conv(a, b, strides, pads, None, dilations, channels_last))(x, kernel)
+    )
+    assert ("conv_general_dilated" in traced) == (padding == "negative" or min(expected.shape[1:-1]) == 0)
 
     def loss(conv, x, kernel):
         return jnp.sum(jnp.sin(conv(x, kernel)))
@@ -121,6 +127,50 @@ def test_tap_conv_hands_other_convolutions_to_xla_unchanged():
     oihw = jnp.transpose(kernel[:, :, :1], (3, 2, 0, 1))
     got = models.tap_conv(nchw, oihw, (1, 1), "SAME")
     np.testing.assert_array_equal(got, jax.lax.conv_general_dilated(nchw, oihw, (1, 1), "SAME"))
+
+
+def test_tap_conv_forward_mode_derivatives_are_the_convolutions():
+    """jvp and the Hessian go through the convolution's derivative: equal to lax.conv_general_dilated's."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 5, 5, 1)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 1, 3)), jnp.float32)
+    numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, _layout(2))
+
+    def taps(x, k):
+        return jnp.sum(jnp.tanh(models.tap_conv(x, k, (1, 1), "SAME", dimension_numbers=numbers)))
+
+    def xla(x, k):
+        return jnp.sum(jnp.tanh(_lax_conv(x, k, (1, 1), "SAME", (1, 1))))
+
+    tangents = (jnp.ones_like(x), jnp.full_like(kernel, 0.5))
+    np.testing.assert_allclose(jax.jvp(taps, (x, kernel), tangents)[1], jax.jvp(xla, (x, kernel), tangents)[1], 1e-5)
+    np.testing.assert_allclose(jax.hessian(taps, 1)(x, kernel), jax.hessian(xla, 1)(x, kernel), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["bfloat16", "mixed dtypes", "zero dilation", "zero stride", "int stride"],
+)
+def test_tap_conv_leaves_to_lax_what_the_taps_do_not_take(case):
+    """Narrow dtypes get lax's result; malformed arguments get lax's own error, as they would without the taps."""
+    x = jnp.ones((2, 6, 6, 1), jnp.float32)
+    kernel = jnp.ones((3, 3, 1, 4), jnp.float32)
+    numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, _layout(2))
+    arguments = {
+        "bfloat16": ((x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), (1, 1), "SAME"), {}),
+        "mixed dtypes": ((x.astype(jnp.bfloat16), kernel, (1, 1), "SAME"), {}),
+        "zero dilation": ((x, kernel, (1, 1), "SAME"), {"rhs_dilation": (0, 1)}),
+        "zero stride": ((x, kernel, (0, 1), "SAME"), {}),
+        "int stride": ((x, kernel, 1, "SAME"), {}),
+    }[case]
+    args, kwargs = arguments
+    try:
+        expected = jax.lax.conv_general_dilated(*args, dimension_numbers=numbers, **kwargs)
+    except Exception as error:  # lax refuses: the taps must not compute something instead
+        with pytest.raises(type(error)):
+            models.tap_conv(*args, dimension_numbers=numbers, **kwargs)
+    else:
+        np.testing.assert_array_equal(models.tap_conv(*args, dimension_numbers=numbers, **kwargs), expected)
 
 
 def test_conv1_runs_as_taps_and_matches_xla(model, images):
