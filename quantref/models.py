@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -160,12 +160,14 @@ def tap_conv(
     mode) are the convolution's, computed by ``lax.conv_general_dilated``. The taps accumulate
     ``fma(tap, K[tap], output)`` from zero in row-major tap order, which is what XLA's CPU convolution over one
     input channel computes; where XLA fuses each multiply-add into one FMA the result is the convolution's bit for
-    bit. It does so in this model's training step on the CPU (a test checks that step, logits and gradients), so
-    the model trains to the same weights either way; in other graphs, or eagerly, the outputs may differ in the
-    last bits. Any other convolution goes to ``lax.conv_general_dilated`` unchanged: more input channels, groups,
-    input dilation, a layout other than channels-last, a preferred element type, dtypes other than float32 and
-    float64 (the taps would round a narrower type at every tap), an empty output, negative padding, and malformed
-    arguments, which lax refuses. The signature is that function's, which ``nnx.Conv`` takes as its
+    bit. It does so in this model's jit'd training step on the CPU at the batch sizes the library trains with (a
+    test checks the loss and every gradient at batch 64), so the model trains to the same weights either way; in
+    other graphs (batch 1, fused inference graphs) or eagerly, the outputs may differ in the last bits.
+
+    Any other convolution goes to ``lax.conv_general_dilated`` unchanged: more input channels, groups, input
+    dilation, a layout other than channels-last, a preferred element type, dtypes other than float32 and float64
+    (the taps would round a narrower type at every tap), an empty kernel or output, negative padding, and malformed
+    arguments, which lax then refuses. The signature is that function's, which ``nnx.Conv`` takes as its
     ``conv_general_dilated`` argument.
 
     Args:
@@ -186,7 +188,7 @@ def tap_conv(
     geometry = _tap_geometry(
         inputs, kernel, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count
     )
-    if geometry is None or any(value is not None for value in kwargs.values()):
+    if geometry is None or not isinstance(precision, Hashable) or any(v is not None for v in kwargs.values()):
         return lax.conv_general_dilated(
             inputs,
             kernel,
@@ -250,7 +252,10 @@ def _tap_geometry(
     dimension_numbers: object,
     feature_group_count: object,
 ) -> tuple | None:
-    """``(strides, padding pairs, dilation, output spatial shape)`` when :func:`tap_conv` can use taps, else None."""
+    """``(strides, padding pairs, dilation, output spatial shape)`` when :func:`tap_conv` can use taps, else None.
+
+    None for anything but a well-formed convolution the taps compute: lax then computes it or refuses it.
+    """
     spatial = inputs.ndim - 2
     dilation = (1,) * spatial if rhs_dilation is None else rhs_dilation
     if not (
@@ -258,28 +263,40 @@ def _tap_geometry(
         and inputs.dtype in (jnp.float32, jnp.float64)
         and kernel.ndim == inputs.ndim >= 3
         and inputs.shape[-1] == kernel.shape[-2] == 1
-        and feature_group_count == 1
-        and all(d == 1 for d in lhs_dilation or ())
+        and min(kernel.shape[:-2]) >= 1
+        and _ints([feature_group_count], 1, 1)
+        and (lhs_dilation is None or _ints(lhs_dilation, 1, 1, spatial))
         and dimension_numbers == _channels_last(spatial)
-        and isinstance(window_strides, Sequence)
-        and isinstance(dilation, Sequence)
-        and len(window_strides) == len(dilation) == spatial
-        and all(isinstance(v, int) and v >= 1 for v in (*window_strides, *dilation))
+        and _ints(window_strides, 1, None, spatial)
+        and _ints(dilation, 1, None, spatial)
     ):
         return None
     window = tuple((size - 1) * d + 1 for size, d in zip(kernel.shape[:-2], dilation))
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(inputs.shape[1:-1], window, window_strides, padding)
-    pads = tuple(tuple(pair) for pair in padding)
-    if len(pads) != spatial or any(len(pair) != 2 or min(pair) < 0 for pair in pads):
+    if not isinstance(padding, Sequence) or len(padding) != spatial:
         return None
+    if not all(isinstance(pair, Sequence) and _ints(pair, 0, None, 2) for pair in padding):
+        return None
+    pads = tuple((int(low), int(high)) for low, high in padding)
     out_shape = tuple(
         (size + low + high - extent) // stride + 1
         for size, (low, high), extent, stride in zip(inputs.shape[1:-1], pads, window, window_strides)
     )
     if min(out_shape) < 1:
         return None
-    return tuple(window_strides), pads, tuple(dilation), out_shape
+    return tuple(int(stride) for stride in window_strides), pads, tuple(int(d) for d in dilation), out_shape
+
+
+def _ints(values: object, low: int, high: int | None, length: int | None = None) -> bool:
+    """Whether ``values`` is a sequence (of ``length``, if given) of Python or numpy integers in ``[low, high]``."""
+    return (
+        isinstance(values, Sequence)
+        and (length is None or len(values) == length)
+        and all(
+            isinstance(value, int | np.integer) and low <= value and (high is None or value <= high) for value in values
+        )
+    )
 
 
 def _channels_last(spatial: int) -> lax.ConvDimensionNumbers:

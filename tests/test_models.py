@@ -149,7 +149,19 @@ def test_tap_conv_forward_mode_derivatives_are_the_convolutions():
 
 @pytest.mark.parametrize(
     "case",
-    ["bfloat16", "mixed dtypes", "zero dilation", "zero stride", "int stride"],
+    [
+        "bfloat16",
+        "mixed dtypes",
+        "zero dilation",
+        "zero stride",
+        "int stride",
+        "empty kernel",
+        "lhs_dilation too long",
+        "list precision",
+        "float padding",
+        "int padding",
+        "array padding",
+    ],
 )
 def test_tap_conv_leaves_to_lax_what_the_taps_do_not_take(case):
     """Narrow dtypes get lax's result; malformed arguments get lax's own error, as they would without the taps."""
@@ -162,6 +174,12 @@ def test_tap_conv_leaves_to_lax_what_the_taps_do_not_take(case):
         "zero dilation": ((x, kernel, (1, 1), "SAME"), {"rhs_dilation": (0, 1)}),
         "zero stride": ((x, kernel, (0, 1), "SAME"), {}),
         "int stride": ((x, kernel, 1, "SAME"), {}),
+        "empty kernel": ((x, jnp.zeros((0, 3, 1, 4)), (1, 1), "VALID"), {}),
+        "lhs_dilation too long": ((x, kernel, (1, 1), "SAME"), {"lhs_dilation": (1, 1, 1)}),
+        "list precision": ((x, kernel, (1, 1), "SAME"), {"precision": [jax.lax.Precision.HIGHEST] * 2}),
+        "float padding": ((x, kernel, (1, 1), [(1.5, 1), (1, 1)]), {}),
+        "int padding": ((x, kernel, (1, 1), 1), {}),
+        "array padding": ((x, kernel, (1, 1), jnp.array([[1, 2], [0, 1]])), {}),
     }[case]
     args, kwargs = arguments
     try:
