@@ -233,8 +233,9 @@ def _taps_jvp(geometry: tuple, primals: tuple, tangents: tuple) -> tuple[jax.Arr
         dimension_numbers=_channels_last(len(strides)),
         precision=precision,
     )
-    terms = [conv(tangent, kernel) for tangent in tangents[:1] if type(tangent) is not SymbolicZero]
-    terms += [conv(inputs, tangent) for tangent in tangents[1:] if type(tangent) is not SymbolicZero]
+    d_inputs, d_kernel = tangents
+    terms = [conv(d_inputs, kernel)] if type(d_inputs) is not SymbolicZero else []
+    terms += [conv(inputs, d_kernel)] if type(d_kernel) is not SymbolicZero else []
     output = _taps(inputs, kernel, geometry)
     return output, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(output)
 

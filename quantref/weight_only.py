@@ -202,8 +202,7 @@ def rtn_weights(
     fmt = _check_format(fmt)
     result = {}
     for path, kernel in _kernels(model, select, skip).items():
-        _check_group_size(group_size, kernel.shape[0])
-        _validate.check_finite(kernel, f"the kernel of {path!r}")
+        _check_kernel(path, kernel, group_size)
         codes, scale = _round_kernel(kernel, grid_bounds(fmt), group_size)
         result[path] = WeightQuant(codes, scale, fmt)
     return result
@@ -261,8 +260,7 @@ def gptq_weights(
     current = nnx.clone(model)
     result: dict[str, WeightQuant] = {}
     for path in tqdm(order, desc="GPTQ", unit="layer", disable=not progress):
-        _check_group_size(group_size, kernels[path].shape[0])
-        _validate.check_finite(kernels[path], f"the kernel of {path!r}")
+        _check_kernel(path, kernels[path], group_size)
         gram = _input_gram(current, order, path, batches)
         _validate.check_finite(gram, f"the calibration inputs of {path!r} (their X^T X)")
         scale = _compiled_group_scales(kernels[path], fmt, group_size)
@@ -440,6 +438,12 @@ def load_packed(path: str | os.PathLike, model: nnx.Module) -> dict[str, WeightQ
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
+
+
+def _check_kernel(path: str, kernel: jax.Array, group_size: int | None) -> None:
+    """A layer's kernel before it is rounded: the group size divides its rows, and it holds no NaN or infinity."""
+    _check_group_size(group_size, kernel.shape[0])
+    _validate.check_finite(kernel, f"the kernel of {path!r}")
 
 
 def _check_group_size(group_size: int | None, rows: int) -> None:

@@ -189,7 +189,7 @@ def compile_model(model: onnx.ModelProto | str | os.PathLike | bytes, *, flavor:
         for name in node.inputs:
             if name and name not in defined:
                 raise ValueError(
-                    f"{_node_label(node)} reads {name!r}, which no graph input, initializer or earlier node defines "
+                    f"{node.label()} reads {name!r}, which no graph input, initializer or earlier node defines "
                     f"(graph.node must be in topological order)"
                 )
         defined.update(name for name in node.outputs if name)
@@ -200,8 +200,9 @@ def compile_model(model: onnx.ModelProto | str | os.PathLike | bytes, *, flavor:
             raise ValueError(f"graph output {name!r} is produced by no node, input or initializer")
     # An initializer that graph.input also lists may be fed: onnxruntime does not treat it as a constant (its
     # GetConstantInitializer returns null), so no rewrite may rely on its value.
-    constants = {name: value for name, value in initializers.items() if name not in _graph_input_names(graph)}
-    _check_nbits_nodes(nodes, constants, _graph_input_names(graph))
+    graph_inputs = _graph_input_names(graph)
+    constants = {name: value for name, value in initializers.items() if name not in graph_inputs}
+    _check_nbits_nodes(nodes, constants, graph_inputs)
     if flavor == "onnxruntime":
         types = {name: np.dtype(value.dtype) for name, value in initializers.items()}
         types.update({vi.name: _np_dtype(vi.type.tensor_type.elem_type) for vi in graph.input if _is_tensor(vi)})
@@ -236,7 +237,7 @@ def _check_nbits_nodes(nodes: list[Node], constants: Mapping[str, np.ndarray], g
     for node in nodes:
         if node.domain != _MS or node.op_type != "MatMulNBits":
             continue
-        label = _node_label(node)
+        label = node.label()
         try:
             onnx_nbits.nbits_attributes(node.attributes)
             weights = [name for name in node.inputs[1:4] if name]
@@ -307,7 +308,7 @@ class CompiledModel:
                         for name, value in zip(node.outputs, results)
                     ]
             except (ValueError, TypeError) as error:
-                raise type(error)(f"{_node_label(node)}: {error}") from error
+                raise type(error)(f"{node.label()}: {error}") from error
             for name, value in zip(node.outputs, results):
                 if name:
                     env[name] = value
@@ -365,12 +366,6 @@ def _is_tensor(value_info) -> bool:
     return value_info.type.HasField("tensor_type")
 
 
-def _node_label(node: Node) -> str:
-    name = f" {node.name!r}" if node.name else " (unnamed)"
-    fused = " fused from a QDQ node unit" if node.fused else ""
-    return f"node {node.index}{name} ({node.op_type}{fused})"
-
-
 def _load_model(onnx, model):
     if isinstance(model, onnx.ModelProto):
         return model
@@ -401,7 +396,7 @@ def _check_node(node: Node) -> None:
     """Everything about a node that can be checked before running: op, domain, arity, attributes."""
     import onnx
 
-    label = _node_label(node)
+    label = node.label()
     if node.domain not in _OPS:
         raise ValueError(
             f"{label} is in the domain {node.domain!r}; run_model supports the default ONNX domain (ai.onnx) "

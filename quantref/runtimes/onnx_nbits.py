@@ -64,6 +64,11 @@ from quantref.runtimes import _arith
 __all__ = ["BLOCK", "check_weight_shapes", "matmul_nbits", "matmul_nbits_op", "nbits_attributes", "pack_weights"]
 
 BLOCK = 32
+#: The end of the error for MatMulNBits weights that are not constants (after the inputs' names).
+WEIGHTS_NOT_CONSTANT = (
+    "must be constant initializers (not graph inputs): run_model reproduces only the kernel onnxruntime runs on "
+    "prepacked constant weights"
+)
 _LANES = 8
 # Step 1's 16 lanes: (block within the group of four, int32 lane j) whose d_j + d_{j+2} each float lane holds.
 _GROUP_LANES = tuple(
@@ -310,12 +315,6 @@ def matmul_nbits_op(inputs: Sequence[jax.Array | None], attributes: Mapping[str,
     else:
         zero_points = _unpack(jnp.asarray(zero_points).reshape(n, -1), bits, blocks)
     return matmul_nbits(a, codes, scales, zero_points, bias)
-
-
-WEIGHTS_NOT_CONSTANT = (
-    "must be constant initializers (not graph inputs): run_model reproduces only the kernel onnxruntime runs on "
-    "prepacked constant weights"
-)
 
 
 def pack_weights(

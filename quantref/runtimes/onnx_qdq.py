@@ -60,7 +60,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -105,6 +105,12 @@ class Node(NamedTuple):
     outputs: tuple[str, ...]
     attributes: dict
     fused: tuple[int, ...] = ()
+
+    def label(self) -> str:
+        """The node as messages name it: ``node 3 'conv' (Conv)``, with its unit for a fused node."""
+        name = f" {self.name!r}" if self.name else " (unnamed)"
+        fused = " fused from a QDQ node unit" if self.fused else ""
+        return f"node {self.index}{name} ({self.op_type}{fused})"
 
     def is_op(self, op_type: str) -> bool:
         """Whether this is ``op_type`` of the default domain."""
@@ -573,32 +579,25 @@ def _bias_is_n(graph: _Graph, node: Node, name: str, n: int) -> bool:
     """Whether a Gemm bias has the static shape ``[N]`` that the MatMulNBits rewrite needs, as onnxruntime's
     inferred shapes tell it: a symbolic dimension or an undeclared graph input's unknown shape is not ``[N]``
     (onnxruntime does not know it either); a node output whose shape inference cannot tell raises."""
-    shape = _shape(graph, name)
+    chain = list(_through_qdq(graph, name))
+    shape = next((graph.shapes[value] for value in chain if value in graph.shapes), None)
     if shape is not None and (len(shape) != 1 or isinstance(shape[0], (int, str))):
         return shape == (n,)
-    source = name
-    while graph.producer(source) is not None and graph.producer(source).op_type in (
-        "QuantizeLinear",
-        "DequantizeLinear",
-    ):
-        source = graph.producer(source).inputs[0]
-    if graph.producer(source) is None:  # a graph input declared without a (complete) shape
+    if graph.producer(chain[-1]) is None:  # a graph input declared without a (complete) shape
         return False
-    label = f"node {node.index} {node.name!r}" if node.name else f"node {node.index} (unnamed)"
     raise ValueError(
-        f"{label} (Gemm): the shape of its bias {name!r} cannot be inferred, so whether onnxruntime rewrites it into "
+        f"{node.label()}: the shape of its bias {name!r} cannot be inferred, so whether onnxruntime rewrites it into "
         f"MatMulNBits (a bias of shape [{n}]) is unknown; declare the shape (graph.value_info) to run it"
     )
 
 
-def _shape(graph: _Graph, name: str) -> tuple | None:
-    """A value's inferred shape, through the Q/DQ nodes propagation inserted (they keep their input's shape)."""
-    while name not in graph.shapes:
-        producer = graph.producer(name)
-        if producer is None or producer.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            return None
+def _through_qdq(graph: _Graph, name: str) -> Iterator[str]:
+    """``name``, then the input of each Q/DQ node that produces the one before (propagation inserts Q/DQ nodes,
+    which keep their input's shape), back to the first value no Q/DQ node produces."""
+    yield name
+    while (producer := graph.producer(name)) is not None and producer.op_type in ("QuantizeLinear", "DequantizeLinear"):
         name = producer.inputs[0]
-    return graph.shapes[name]
+        yield name
 
 
 def _nbits_weights(graph: _Graph, dq: Node) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
